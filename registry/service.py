@@ -1,0 +1,471 @@
+"""The registry: models, versions, lifecycle, deployments and audit over one SQLAlchemy database.
+
+Every write runs in one transaction that first locks the ``generation`` counter row, so the audit
+chain and version numbers stay consistent under concurrent writers on SQLite and PostgreSQL alike.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from registry import audit
+from registry.artifacts import ArtifactStore, sha256_bytes
+from registry.errors import Conflict, InvalidRequest, NotFound
+from registry.lifecycle import DEPLOY_PATH, SERVABLE, State, check_transition
+from registry.settings import RoostSettings
+from registry.signature import Signature, signature_from_onnx
+from registry.tables import (
+    AuditRow,
+    Base,
+    CounterRow,
+    DeploymentRow,
+    ModelRow,
+    VersionRow,
+    utcnow,
+)
+
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def check_model_name(name: str) -> str:
+    if not MODEL_NAME.match(name) or ".." in name:
+        raise InvalidRequest(
+            f"model name {name!r} is invalid: use 1-128 letters, digits, '-', '_' or '.', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    model: str
+    version: int
+    sha256: str
+    size_bytes: int
+    state: State
+    signature: Signature
+    metrics: dict[str, Any]
+    lineage: dict[str, Any]
+    tags: dict[str, Any]
+    config: dict[str, Any]
+    registered_by: str
+    description: str
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, row: VersionRow) -> VersionInfo:
+        return cls(
+            model=row.model,
+            version=row.version,
+            sha256=row.sha256,
+            size_bytes=row.size_bytes,
+            state=State(row.state),
+            signature=Signature.from_dict(row.signature),
+            metrics=dict(row.metrics or {}),
+            lineage=dict(row.lineage or {}),
+            tags=dict(row.tags or {}),
+            config=dict(row.config or {}),
+            registered_by=row.registered_by,
+            description=row.description,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "version": self.version,
+            "state": self.state.value,
+            "sha256": self.sha256,
+            "size_bytes": self.size_bytes,
+            "signature": self.signature.to_dict(),
+            "metrics": self.metrics,
+            "lineage": self.lineage,
+            "tags": self.tags,
+            "config": self.config,
+            "registered_by": self.registered_by,
+            "description": self.description,
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+        }
+
+
+@dataclass(frozen=True)
+class DeploymentInfo:
+    model: str
+    production_version: int | None
+    generation: int
+    policy: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "production_version": self.production_version,
+            "generation": self.generation,
+            "policy": self.policy,
+        }
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    description: str
+    versions: int
+    production_version: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "versions": self.versions,
+            "production_version": self.production_version,
+        }
+
+
+def _make_engine(url: str, *, immediate: bool) -> Engine:
+    if not url.startswith("sqlite"):
+        return create_engine(url, pool_pre_ping=True)
+    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Take transaction control from pysqlite so that BEGIN IMMEDIATE below is honoured.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        # Writers take the lock up front: no deadlock between two read-then-write transactions.
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+class Registry:
+    """Models, versions, their lifecycle, deployments and the audit trail."""
+
+    def __init__(self, url: str, artifacts_dir: Path, actor: str = "roost") -> None:
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.url = url
+        self.engine = _make_engine(url, immediate=True)
+        self._read_engine = (
+            _make_engine(url, immediate=False) if url.startswith("sqlite") else self.engine
+        )
+        self.artifacts = ArtifactStore(artifacts_dir)
+        self.default_actor = actor
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._read_sessions = sessionmaker(self._read_engine, expire_on_commit=False)
+        Base.metadata.create_all(self.engine)
+        with self._write() as session:
+            if session.get(CounterRow, "generation") is None:
+                session.add(CounterRow(name="generation", value=0))
+
+    @classmethod
+    def from_settings(cls, settings: RoostSettings) -> Registry:
+        return cls(settings.registry_url, settings.artifacts_dir, settings.actor)
+
+    def close(self) -> None:
+        self.engine.dispose()
+        self._read_engine.dispose()
+
+    # -- transactions -------------------------------------------------------------------------
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        with self._read_sessions() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def _write(self) -> Iterator[Session]:
+        with self._sessions() as session, session.begin():
+            # Serialise writers (PostgreSQL: row lock; SQLite: BEGIN IMMEDIATE already did).
+            session.execute(
+                select(CounterRow).where(CounterRow.name == "generation").with_for_update()
+            )
+            yield session
+
+    def _bump_generation(self, session: Session) -> int:
+        counter = session.get(CounterRow, "generation")
+        assert counter is not None
+        counter.value += 1
+        return counter.value
+
+    # -- models and versions ------------------------------------------------------------------
+
+    def register_version(
+        self,
+        model: str,
+        artifact: bytes | Path,
+        *,
+        feature_names: list[str] | None = None,
+        metrics: dict[str, Any] | None = None,
+        lineage: dict[str, Any] | None = None,
+        tags: dict[str, Any] | None = None,
+        config: dict[str, Any] | None = None,
+        registered_by: str | None = None,
+        description: str = "",
+    ) -> VersionInfo:
+        """Store an ONNX artifact and register it as the model's next version (REGISTERED).
+
+        Idempotent: registering the same bytes for the same model returns the existing version.
+        """
+        check_model_name(model)
+        data = artifact.read_bytes() if isinstance(artifact, Path) else artifact
+        try:
+            signature = signature_from_onnx(data, feature_names)
+        except ValueError as exc:
+            raise InvalidRequest(f"artifact: {exc}") from None
+        except Exception as exc:  # onnxruntime raises its own types for a non-ONNX file
+            raise InvalidRequest(f"artifact is not a loadable ONNX model: {exc}") from None
+        digest = sha256_bytes(data)
+        actor = registered_by or self.default_actor
+        with self._write() as session:
+            existing = session.execute(
+                select(VersionRow).where(VersionRow.model == model, VersionRow.sha256 == digest)
+            ).scalar_one_or_none()
+            if existing is not None:
+                return VersionInfo.from_row(existing)
+            self.artifacts.put(data)
+            if session.get(ModelRow, model) is None:
+                session.add(ModelRow(name=model, description=description))
+                session.flush()
+                audit.append(session, actor=actor, action="create_model", model=model)
+            number = (
+                session.execute(
+                    select(func.max(VersionRow.version)).where(VersionRow.model == model)
+                ).scalar_one_or_none()
+                or 0
+            ) + 1
+            row = VersionRow(
+                model=model,
+                version=number,
+                sha256=digest,
+                size_bytes=len(data),
+                state=State.REGISTERED.value,
+                signature=signature.to_dict(),
+                metrics=dict(metrics or {}),
+                lineage=dict(lineage or {}),
+                tags=dict(tags or {}),
+                config=dict(config or {}),
+                registered_by=actor,
+                description=description,
+            )
+            session.add(row)
+            session.flush()
+            audit.append(
+                session,
+                actor=actor,
+                action="register",
+                model=model,
+                version=number,
+                details={"sha256": digest, "size_bytes": len(data)},
+            )
+            return VersionInfo.from_row(row)
+
+    def _version_row(self, session: Session, model: str, version: int) -> VersionRow:
+        row = session.execute(
+            select(VersionRow).where(VersionRow.model == model, VersionRow.version == version)
+        ).scalar_one_or_none()
+        if row is None:
+            if session.get(ModelRow, model) is None:
+                raise NotFound(f"unknown model '{model}'")
+            raise NotFound(f"model '{model}' has no version {version}")
+        return row
+
+    def get_version(self, model: str, version: int) -> VersionInfo:
+        with self._read() as session:
+            return VersionInfo.from_row(self._version_row(session, model, version))
+
+    def list_models(self) -> list[ModelInfo]:
+        with self._read() as session:
+            counts = dict(
+                session.execute(
+                    select(VersionRow.model, func.count()).group_by(VersionRow.model)
+                ).all()
+            )
+            deployed = {
+                d.model: d.production_version
+                for d in session.execute(select(DeploymentRow)).scalars()
+            }
+            return [
+                ModelInfo(m.name, m.description, counts.get(m.name, 0), deployed.get(m.name))
+                for m in session.execute(select(ModelRow).order_by(ModelRow.name)).scalars()
+            ]
+
+    def list_versions(self, model: str) -> list[VersionInfo]:
+        with self._read() as session:
+            if session.get(ModelRow, model) is None:
+                raise NotFound(f"unknown model '{model}'")
+            rows = session.execute(
+                select(VersionRow).where(VersionRow.model == model).order_by(VersionRow.version)
+            ).scalars()
+            return [VersionInfo.from_row(r) for r in rows]
+
+    def update_metrics(self, model: str, version: int, metrics: dict[str, Any]) -> VersionInfo:
+        with self._write() as session:
+            row = self._version_row(session, model, version)
+            row.metrics = {**(row.metrics or {}), **metrics}
+            row.updated_at = utcnow()
+            return VersionInfo.from_row(row)
+
+    def load_artifact(self, model: str, version: int) -> bytes:
+        """The version's ONNX bytes, verified against its sha256 (raises on mismatch)."""
+        info = self.get_version(model, version)
+        return self.artifacts.get(info.sha256)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def _transition(
+        self, session: Session, row: VersionRow, target: State, actor: str, reason: str
+    ) -> None:
+        current = State(row.state)
+        check_transition(current, target)
+        row.state = target.value
+        row.updated_at = utcnow()
+        audit.append(
+            session,
+            actor=actor,
+            action="transition",
+            model=row.model,
+            version=row.version,
+            details={"from": current.value, "to": target.value, "reason": reason},
+        )
+        deployment = session.get(DeploymentRow, row.model)
+        if (
+            deployment is not None
+            and deployment.production_version == row.version
+            and target not in SERVABLE
+        ):
+            deployment.production_version = None
+            self._touch(session, deployment)
+
+    def _touch(self, session: Session, deployment: DeploymentRow) -> None:
+        deployment.generation = self._bump_generation(session)
+        deployment.updated_at = utcnow()
+
+    def transition(
+        self,
+        model: str,
+        version: int,
+        target: State,
+        *,
+        reason: str,
+        actor: str | None = None,
+    ) -> VersionInfo:
+        """Move a version to ``target`` if the state machine allows it; audited."""
+        if not reason.strip():
+            raise InvalidRequest("reason: a non-empty reason is required for a transition")
+        with self._write() as session:
+            row = self._version_row(session, model, version)
+            self._transition(session, row, target, actor or self.default_actor, reason)
+            return VersionInfo.from_row(row)
+
+    def deploy(
+        self, model: str, version: int, *, reason: str = "deploy", actor: str | None = None
+    ) -> DeploymentInfo:
+        """Make a VALIDATED version the model's production version.
+
+        Walks STAGING -> STAGING_TESTED -> CANARY -> PRODUCTION (each step audited) and moves the
+        version it replaces to DEPRECATED. Deploying the current production version is a no-op.
+        """
+        who = actor or self.default_actor
+        with self._write() as session:
+            row = self._version_row(session, model, version)
+            deployment = session.get(DeploymentRow, model)
+            if (
+                deployment is not None
+                and deployment.production_version == version
+                and row.state == State.PRODUCTION.value
+            ):
+                return self._deployment_info(deployment)
+            if row.state != State.VALIDATED.value:
+                raise Conflict(
+                    f"version {version} of '{model}' is {row.state}; only a VALIDATED version "
+                    "can be deployed"
+                )
+            for step in DEPLOY_PATH:
+                self._transition(session, row, step, who, reason)
+            if deployment is None:
+                deployment = DeploymentRow(model=model, policy={})
+                session.add(deployment)
+            previous = deployment.production_version
+            if previous is not None and previous != version:
+                old = self._version_row(session, model, previous)
+                if old.state == State.PRODUCTION.value:
+                    self._transition(
+                        session, old, State.DEPRECATED, who, f"replaced by version {version}"
+                    )
+            deployment.production_version = version
+            self._touch(session, deployment)
+            audit.append(
+                session,
+                actor=who,
+                action="deploy",
+                model=model,
+                version=version,
+                details={"previous": previous, "reason": reason},
+            )
+            session.flush()
+            return self._deployment_info(deployment)
+
+    # -- deployments --------------------------------------------------------------------------
+
+    @staticmethod
+    def _deployment_info(row: DeploymentRow) -> DeploymentInfo:
+        return DeploymentInfo(row.model, row.production_version, row.generation, dict(row.policy))
+
+    def get_deployment(self, model: str) -> DeploymentInfo | None:
+        with self._read() as session:
+            row = session.get(DeploymentRow, model)
+            return None if row is None else self._deployment_info(row)
+
+    def list_deployments(self) -> list[DeploymentInfo]:
+        with self._read() as session:
+            rows = session.execute(select(DeploymentRow).order_by(DeploymentRow.model)).scalars()
+            return [self._deployment_info(r) for r in rows]
+
+    def served_versions(self) -> list[VersionInfo]:
+        """Every version the gateway should have loaded: each deployment's production version."""
+        with self._read() as session:
+            rows = session.execute(
+                select(VersionRow)
+                .join(DeploymentRow, DeploymentRow.model == VersionRow.model)
+                .where(VersionRow.version == DeploymentRow.production_version)
+                .order_by(VersionRow.model)
+            ).scalars()
+            return [VersionInfo.from_row(r) for r in rows]
+
+    def generation(self) -> int:
+        """Monotonic counter bumped by every deployment change; the gateway polls it."""
+        with self._read() as session:
+            counter = session.get(CounterRow, "generation")
+            return 0 if counter is None else counter.value
+
+    # -- audit --------------------------------------------------------------------------------
+
+    def audit_records(self, model: str | None = None) -> list[audit.AuditRecord]:
+        with self._read() as session:
+            query = select(AuditRow).order_by(AuditRow.id)
+            if model is not None:
+                query = query.where(AuditRow.model == model)
+            return [audit.AuditRecord.from_row(r) for r in session.execute(query).scalars()]
+
+    def audit_verify(self) -> audit.AuditVerification:
+        with self._read() as session:
+            return audit.verify(session)
