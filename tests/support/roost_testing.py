@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -39,3 +43,90 @@ def make_linear_onnx(n_features: int = 4, seed: int = 0) -> bytes:
     model.ir_version = 9
     onnx.checker.check_model(model)
     return model.SerializeToString()
+
+
+ECHO_TYPES: dict[str, int] = {
+    "BOOL": TensorProto.BOOL,
+    "INT8": TensorProto.INT8,
+    "INT16": TensorProto.INT16,
+    "INT32": TensorProto.INT32,
+    "INT64": TensorProto.INT64,
+    "UINT8": TensorProto.UINT8,
+    "UINT16": TensorProto.UINT16,
+    "UINT32": TensorProto.UINT32,
+    "UINT64": TensorProto.UINT64,
+    "FP16": TensorProto.FLOAT16,
+    "FP32": TensorProto.FLOAT,
+    "FP64": TensorProto.DOUBLE,
+    "BYTES": TensorProto.STRING,
+}
+
+
+def make_echo_onnx() -> bytes:
+    """One Identity per OIP datatype: input ``in_<DT>`` [-1, 2] -> output ``out_<DT>``."""
+    inputs, outputs, nodes = [], [], []
+    for name, elem in ECHO_TYPES.items():
+        inputs.append(helper.make_tensor_value_info(f"in_{name}", elem, [None, 2]))
+        outputs.append(helper.make_tensor_value_info(f"out_{name}", elem, [None, 2]))
+        nodes.append(helper.make_node("Identity", [f"in_{name}"], [f"out_{name}"]))
+    graph = helper.make_graph(nodes, "echo", inputs, outputs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def running_gateway(settings: Any) -> Iterator[str]:
+    """A real uvicorn server with the gateway app on a loopback port; yields its base URL."""
+    import threading
+    import time
+
+    import httpx
+    import uvicorn
+
+    from serving import create_app
+
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=port, log_level="warning",
+        access_log=False, lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{base}/v2/health/live", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("gateway did not start")
+        time.sleep(0.05)
+    try:
+        yield base
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def deploy_model(registry: Any, model: str, data: bytes, **kwargs: Any) -> int:
+    """Register, validate and deploy ``data`` as ``model``; returns the version number."""
+    from registry import State
+
+    info = registry.register_version(model, data, **kwargs)
+    registry.transition(model, info.version, State.VALIDATING, reason="test")
+    registry.transition(model, info.version, State.VALIDATED, reason="test")
+    registry.deploy(model, info.version, reason="test")
+    return int(info.version)

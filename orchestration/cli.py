@@ -1,0 +1,244 @@
+"""The ``roost`` command line: everything an operator does, on the local registry."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import click
+
+from registry import Registry, RoostError, RoostSettings, parse_state
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _settings() -> RoostSettings:
+    return RoostSettings()
+
+
+def _registry() -> Registry:
+    return Registry.from_settings(_settings())
+
+
+def friendly_errors(func: Callable[P, R]) -> Callable[P, R]:
+    """Turn Roost errors into one line on stderr and exit code 1 (no traceback)."""
+
+    @wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except RoostError as exc:
+            click.echo(f"error: {exc.message}", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+def _emit(rows: list[dict[str, Any]], as_json: bool, columns: list[str]) -> None:
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    if not rows:
+        click.echo("(none)")
+        return
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    click.echo("  ".join(c.upper().ljust(widths[c]) for c in columns))
+    for row in rows:
+        click.echo("  ".join(str(row.get(c, "")).ljust(widths[c]) for c in columns))
+
+
+def _key_values(pairs: tuple[str, ...], option: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint=option)
+        try:
+            out[key] = float(value) if option == "--metric" else value
+        except ValueError:
+            raise click.BadParameter(f"{key}: expected a number, got {value!r}") from None
+    return out
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Roost: serve ML models, promote versions safely, measure whether they are better."""
+
+
+@main.command()
+@click.option("--skip-pipeline", is_flag=True, help="Do not materialize the demo pipeline.")
+def up(skip_pipeline: bool) -> None:
+    """Run the platform on embedded defaults with the demo models (Ctrl-C stops it)."""
+    from orchestration.up import run_up
+
+    sys.exit(run_up(_settings(), skip_pipeline=skip_pipeline))
+
+
+@main.command()
+@click.option("--host", default=None, help="Bind address (default: ROOST_HOST).")
+@click.option("--port", type=int, default=None, help="REST port (default: ROOST_HTTP_PORT).")
+def serve(host: str | None, port: int | None) -> None:
+    """Run the serving gateway in the foreground."""
+    import uvicorn
+
+    from serving import create_app
+
+    settings = _settings()
+    uvicorn.run(
+        create_app(settings),
+        host=host or settings.host,
+        port=port or settings.http_port,
+        log_level="warning",
+        access_log=False,
+    )
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@friendly_errors
+def models(as_json: bool) -> None:
+    """List models with their version count and production version."""
+    rows = [m.to_dict() for m in _registry().list_models()]
+    _emit(rows, as_json, ["name", "versions", "production_version"])
+
+
+@main.command()
+@click.argument("model")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@friendly_errors
+def versions(model: str, as_json: bool) -> None:
+    """List the versions of MODEL."""
+    infos = _registry().list_versions(model)
+    if as_json:
+        _emit([v.to_dict() for v in infos], True, [])
+        return
+    rows = [
+        {
+            "version": v.version,
+            "state": v.state.value,
+            "sha256": v.sha256[:12],
+            "registered_by": v.registered_by,
+            "created_at": v.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+        for v in infos
+    ]
+    _emit(rows, False, ["version", "state", "sha256", "registered_by", "created_at"])
+
+
+@main.command()
+@click.argument("model")
+@click.argument("version", type=int)
+@friendly_errors
+def show(model: str, version: int) -> None:
+    """Show everything known about one version (JSON)."""
+    click.echo(json.dumps(_registry().get_version(model, version).to_dict(), indent=2))
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--model", "model", required=True, help="Model name to register under.")
+@click.option("--feature-names", default=None, help="Comma-separated column order of the input.")
+@click.option("--metric", multiple=True, help="KEY=NUMBER, repeatable.")
+@click.option("--tag", multiple=True, help="KEY=VALUE, repeatable.")
+@click.option("--by", "registered_by", default=None, help="Who registers it.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@friendly_errors
+def register(
+    path: Path,
+    model: str,
+    feature_names: str | None,
+    metric: tuple[str, ...],
+    tag: tuple[str, ...],
+    registered_by: str | None,
+    as_json: bool,
+) -> None:
+    """Register the ONNX file at PATH as the next version of a model."""
+    info = _registry().register_version(
+        model,
+        path,
+        feature_names=feature_names.split(",") if feature_names else None,
+        metrics=_key_values(metric, "--metric"),
+        tags=_key_values(tag, "--tag"),
+        registered_by=registered_by,
+        lineage={"source_path": str(path.resolve())},
+    )
+    if as_json:
+        click.echo(json.dumps(info.to_dict(), indent=2))
+    else:
+        click.echo(f"registered {model} version {info.version} (sha256:{info.sha256[:12]})")
+
+
+@main.command()
+@click.argument("model")
+@click.argument("version", type=int)
+@click.argument("state")
+@click.option("--reason", required=True, help="Why (recorded in the audit trail).")
+@click.option("--actor", default=None, help="Who (default: ROOST_ACTOR).")
+@friendly_errors
+def transition(model: str, version: int, state: str, reason: str, actor: str | None) -> None:
+    """Move a version to STATE, if the lifecycle allows it."""
+    info = _registry().transition(model, version, parse_state(state), reason=reason, actor=actor)
+    click.echo(f"{model} version {version} is now {info.state.value}")
+
+
+@main.command()
+@click.argument("model")
+@click.argument("version", type=int)
+@click.option("--reason", default="deploy", help="Why (recorded in the audit trail).")
+@click.option("--actor", default=None, help="Who (default: ROOST_ACTOR).")
+@friendly_errors
+def deploy(model: str, version: int, reason: str, actor: str | None) -> None:
+    """Make a VALIDATED version the production version of MODEL."""
+    dep = _registry().deploy(model, version, reason=reason, actor=actor)
+    click.echo(f"{model}: production version is {dep.production_version}")
+
+
+@main.command()
+@click.argument("query")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@friendly_errors
+def sql(query: str, as_json: bool) -> None:
+    """Run SQL over the prediction logs (table: predictions)."""
+    from warehouse import run_query
+
+    columns, rows = run_query(_settings().logs_dir, query)
+    records = [dict(zip(columns, row, strict=True)) for row in rows]
+    _emit(records, as_json, columns)
+
+
+@main.group()
+def audit() -> None:
+    """The tamper-evident audit trail."""
+
+
+@audit.command("verify")
+@friendly_errors
+def audit_verify() -> None:
+    """Check the hash chain; exit 1 and name the first tampered record if any."""
+    result = _registry().audit_verify()
+    if result.ok:
+        click.echo(f"audit trail intact: {result.checked} records verified")
+        return
+    click.echo(f"audit trail TAMPERED: {result.reason}", err=True)
+    sys.exit(1)
+
+
+@audit.command("log")
+@click.option("--model", default=None)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@friendly_errors
+def audit_log(model: str | None, as_json: bool) -> None:
+    """List audit records."""
+    rows = [
+        {
+            "id": r.id, "ts": r.ts, "actor": r.actor, "action": r.action, "model": r.model,
+            "version": r.version, "details": json.dumps(r.details),
+        }
+        for r in _registry().audit_records(model)
+    ]
+    _emit(rows, as_json, ["id", "ts", "actor", "action", "model", "version", "details"])

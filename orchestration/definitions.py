@@ -1,0 +1,26 @@
+"""The Dagster code location: demo pipelines, their checks, jobs and resources."""
+
+from __future__ import annotations
+
+from dagster import AssetSelection, Definitions, define_asset_job
+
+from assets.demo import demo_assets
+from assets.resources import RegistryResource
+
+
+def build_definitions() -> Definitions:
+    assets, checks = demo_assets()
+    demo_job = define_asset_job(
+        "demo_pipeline",
+        selection=AssetSelection.all(),
+        description="Train, export, register, validate and deploy every demo model.",
+    )
+    return Definitions(
+        assets=assets,
+        asset_checks=checks,
+        jobs=[demo_job],
+        resources={"registry": RegistryResource()},
+    )
+
+
+defs = build_definitions()

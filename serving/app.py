@@ -1,0 +1,78 @@
+"""The gateway's FastAPI application factory; nothing is built at import time."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from registry import Registry, RoostError, RoostSettings
+from serving.dataplane import SERVER_VERSION, DataPlane
+from serving.repository import ModelRepository
+from serving.rest import health, json_response, v1, v2
+from warehouse import PredictionLogWriter
+
+log = logging.getLogger("roost.serving")
+
+
+def create_app(settings: RoostSettings, registry: Registry | None = None) -> FastAPI:
+    """Build the gateway: routes, error mapping, and a lifespan that loads deployed versions."""
+    owns_registry = registry is None
+    reg = registry or Registry.from_settings(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        repository = ModelRepository(reg, settings)
+        writer = PredictionLogWriter.from_settings(settings)
+        writer.start()
+        app.state.dataplane = DataPlane(repository, writer)
+        await repository.sync(force=True)
+        poller = asyncio.create_task(repository.poll_forever())
+        try:
+            yield
+        finally:
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
+            await asyncio.to_thread(writer.close)
+            if owns_registry:
+                reg.close()
+
+    app = FastAPI(
+        title="Roost gateway",
+        version=SERVER_VERSION,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.include_router(health)
+    app.include_router(v2)
+    app.include_router(v1)
+
+    @app.exception_handler(RoostError)
+    async def roost_error(_request: Request, exc: RoostError) -> Response:
+        return json_response({"error": exc.message}, exc.status_code)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> Response:
+        return json_response({"error": str(exc.detail)}, exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return json_response({"error": f"{where}: {first.get('msg', 'invalid')}"}, 400)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error")
+        return json_response({"error": "internal server error"}, 500)
+
+    return app

@@ -1,0 +1,57 @@
+"""ONNX Runtime in the gateway process."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from registry.signature import OIP_TO_NUMPY, Signature
+
+
+def synthesize_inputs(signature: Signature, rows: int = 1) -> dict[str, np.ndarray]:
+    """Zero-valued inputs matching the signature (dynamic dimensions become ``rows``)."""
+    feeds: dict[str, np.ndarray] = {}
+    for spec in signature.inputs:
+        shape = tuple(rows if d < 0 else d for d in spec.shape)
+        if spec.datatype == "BYTES":
+            feeds[spec.name] = np.full(shape, "", dtype=object)
+        else:
+            feeds[spec.name] = np.zeros(shape, dtype=OIP_TO_NUMPY[spec.datatype])
+    return feeds
+
+
+class OnnxBackend:
+    """One ONNX Runtime session for one model version."""
+
+    platform = "onnxruntime_onnx"
+
+    def __init__(self, model_bytes: bytes, signature: Signature, intra_op_threads: int = 1):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self.signature = signature
+        self._session = ort.InferenceSession(
+            model_bytes, options, providers=["CPUExecutionProvider"]
+        )
+        self._output_names = [o.name for o in self._session.get_outputs()]
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the model; BYTES inputs are handed to ONNX Runtime as str objects."""
+        prepared: dict[str, Any] = {}
+        for name, array in feeds.items():
+            if array.dtype == object:
+                array = np.vectorize(
+                    lambda v: v.decode("utf-8", "replace") if isinstance(v, bytes) else v,
+                    otypes=[object],
+                )(array)
+            prepared[name] = array
+        results = self._session.run(self._output_names, prepared)
+        return dict(zip(self._output_names, results, strict=True))
+
+    def warm_up(self, runs: int) -> None:
+        feeds = synthesize_inputs(self.signature)
+        for _ in range(runs):
+            self.infer(feeds)

@@ -1,0 +1,225 @@
+"""The data plane: one set of handlers that every transport (REST today, gRPC next) calls.
+
+Transports decode their wire format into an :class:`~serving.oip.InferRequest`, call
+:meth:`DataPlane.infer`, and encode the :class:`InferResult`. Every inference, failed ones
+included, is recorded in the prediction log.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import orjson
+
+from registry import InvalidRequest, RoostError
+from serving import oip
+from serving.repository import LoadedVersion, ModelRepository
+from warehouse import PredictionLogWriter, PredictionRecord
+
+SERVER_NAME = "roost"
+SERVER_VERSION = "0.1.0"
+MAX_LOGGED_INPUT_CHARS = 65536
+
+
+@dataclass(frozen=True)
+class CallContext:
+    """What a transport knows about the caller, beyond the payload."""
+
+    protocol: str
+    user_id: str | None = None
+    request_id: str | None = None
+
+
+@dataclass(frozen=True)
+class InferResult:
+    model: str
+    version: int
+    request_id: str
+    outputs: list[tuple[str, np.ndarray]]
+
+
+class DataPlane:
+    """Transport-independent handlers for metadata, readiness and inference."""
+
+    def __init__(self, repository: ModelRepository, log_writer: PredictionLogWriter) -> None:
+        self.repository = repository
+        self.log_writer = log_writer
+
+    # -- metadata ---------------------------------------------------------------------------
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": []}
+
+    def model_metadata(self, model: str, version: str | None) -> dict[str, Any]:
+        loaded = self.repository.resolve(model, version)
+        info = loaded.info
+        served = sorted(v for m, v in self.repository.table.loaded if m == model)
+        return {
+            "name": model,
+            "versions": [str(v) for v in served],
+            "platform": loaded.backend.platform,
+            "inputs": [t.to_dict() for t in info.signature.inputs],
+            "outputs": [t.to_dict() for t in info.signature.outputs],
+            "parameters": {
+                "version": str(info.version),
+                "state": info.state.value,
+                "sha256": info.sha256,
+                "feature_names": list(info.signature.feature_names or []),
+            },
+        }
+
+    def model_ready(self, model: str, version: str | None) -> bool:
+        self.repository.resolve(model, version)
+        return True
+
+    # -- inference --------------------------------------------------------------------------
+
+    def infer(
+        self,
+        model: str,
+        version: str | None,
+        payload: bytes,
+        decode: Callable[[bytes], oip.InferRequest],
+        context: CallContext,
+    ) -> tuple[oip.InferRequest, InferResult]:
+        """Decode, route, validate, run and log one inference request.
+
+        ``decode`` turns the transport's payload into an OIP request; a payload it rejects is
+        logged against the version that would have answered, like any other failed prediction.
+        """
+        started = time.perf_counter()
+        request_id = context.request_id or ""
+        raw_inputs = payload[:MAX_LOGGED_INPUT_CHARS].decode("utf-8", "replace")
+        loaded: LoadedVersion | None = None
+        try:
+            loaded = self.repository.resolve(model, version)
+            request = decode(payload)
+            request_id = request.id or request_id or uuid.uuid4().hex
+            feeds = oip.validate_against_signature(request, loaded.info.signature)
+            outputs = loaded.backend.infer(feeds)
+            selected = oip.select_outputs(request, loaded.info.signature, outputs)
+        except RoostError as exc:
+            request_id = request_id or uuid.uuid4().hex
+            self._log_failure(model, loaded, request_id, context, raw_inputs, started, exc)
+            raise
+        result = InferResult(model, loaded.info.version, request_id, selected)
+        self._log(
+            model, loaded.info.version, request_id, context, raw_inputs,
+            _outputs_json(selected), started, 200, None,
+        )
+        return request, result
+
+    def instances_to_request(
+        self, model: str, version: str | None, payload: bytes
+    ) -> oip.InferRequest:
+        """Decode a KServe v1 body: map ``instances`` (records or rows) onto the model's input."""
+        try:
+            body = orjson.loads(payload)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+        if not isinstance(body, dict) or "instances" not in body:
+            raise InvalidRequest('request body must be an object with "instances": [...]')
+        instances = body["instances"]
+        signature = self.repository.resolve(model, version).info.signature
+        if len(signature.inputs) != 1 or len(signature.inputs[0].shape) != 2:
+            raise InvalidRequest(
+                f"model '{model}' does not take one 2-D input; use the v2 infer endpoint"
+            )
+        spec = signature.inputs[0]
+        if not isinstance(instances, list) or not instances:
+            raise InvalidRequest("instances: expected a non-empty list of records or rows")
+        names = signature.feature_names
+        rows: list[list[Any]] = []
+        for i, instance in enumerate(instances):
+            if isinstance(instance, dict):
+                if names is None:
+                    raise InvalidRequest(
+                        f"instances[{i}]: model '{model}' has no feature names; send rows "
+                        "(lists of values) instead of records"
+                    )
+                unknown = sorted(set(instance) - set(names))
+                if unknown:
+                    raise InvalidRequest(
+                        f"instances[{i}]: unknown feature '{unknown[0]}'; expected features: "
+                        + ", ".join(names)
+                    )
+                missing = [n for n in names if n not in instance]
+                if missing:
+                    raise InvalidRequest(f"instances[{i}]: missing feature '{missing[0]}'")
+                rows.append([instance[n] for n in names])
+            elif isinstance(instance, list):
+                rows.append(instance)
+            else:
+                raise InvalidRequest(f"instances[{i}]: expected an object or a list")
+        width = spec.shape[1]
+        for i, row in enumerate(rows):
+            if width >= 0 and len(row) != width:
+                raise InvalidRequest(
+                    f"instances[{i}]: expected {width} values, got {len(row)}"
+                )
+        shape = (len(rows), width if width >= 0 else len(rows[0]))
+        array = oip.json_data_to_array(spec.name, spec.datatype, shape, rows)
+        return oip.InferRequest(
+            id=body.get("id") if isinstance(body.get("id"), str) else None,
+            inputs=[oip.RequestInput(spec.name, spec.datatype, shape, array, {})],
+            outputs=None,
+            parameters={},
+        )
+
+    # -- logging ----------------------------------------------------------------------------
+
+    def _log(
+        self,
+        model: str,
+        version: int,
+        request_id: str,
+        context: CallContext,
+        inputs: str,
+        outputs: str,
+        started: float,
+        status: int,
+        error: str | None,
+    ) -> None:
+        self.log_writer.append(
+            PredictionRecord(
+                request_id=request_id,
+                ts=datetime.now(UTC),
+                model=model,
+                version=version,
+                inputs=inputs[:MAX_LOGGED_INPUT_CHARS],
+                outputs=outputs,
+                latency_ms=(time.perf_counter() - started) * 1000.0,
+                status=status,
+                user_id=context.user_id,
+                protocol=context.protocol,
+                error=error,
+            )
+        )
+
+    def _log_failure(
+        self,
+        model: str,
+        loaded: LoadedVersion | None,
+        request_id: str,
+        context: CallContext,
+        inputs: str,
+        started: float,
+        exc: RoostError,
+    ) -> None:
+        # Requests for models that do not exist are not predictions: nothing to record.
+        if loaded is None:
+            return
+        self._log(
+            model, loaded.info.version, request_id, context, inputs, "", started,
+            exc.status_code, exc.message,
+        )
+
+
+def _outputs_json(outputs: list[tuple[str, np.ndarray]]) -> str:
+    return orjson.dumps([oip.tensor_to_json(name, array) for name, array in outputs]).decode()

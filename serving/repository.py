@@ -1,0 +1,157 @@
+"""The gateway's view of what to serve: loaded versions and each model's production version.
+
+The registry is polled by generation counter; on a change the repository loads and warms up new
+versions off the event loop, then swaps in a new immutable :class:`RoutingTable` in one
+assignment. Requests read the table once, so an in-flight request keeps the version it started
+with and nothing is dropped during a swap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from registry import Registry, RoostError, RoostSettings, VersionInfo
+from registry.errors import NotFound, ServiceUnavailable
+from serving.backends import OnnxBackend
+
+log = logging.getLogger("roost.serving")
+
+
+@dataclass(frozen=True)
+class LoadedVersion:
+    info: VersionInfo
+    backend: OnnxBackend
+    load_seconds: float
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.info.model, self.info.version)
+
+
+@dataclass(frozen=True)
+class RoutingTable:
+    generation: int = -1
+    loaded: dict[tuple[str, int], LoadedVersion] = field(default_factory=dict)
+    production: dict[str, int] = field(default_factory=dict)
+    failures: dict[tuple[str, int], str] = field(default_factory=dict)
+    models: frozenset[str] = frozenset()
+
+
+class ModelRepository:
+    """Loads the registry's deployed versions into backends and answers 'which version?'."""
+
+    def __init__(self, registry: Registry, settings: RoostSettings) -> None:
+        self.registry = registry
+        self.settings = settings
+        self.table = RoutingTable()
+        self.synced = False
+        self.last_poll_error: str | None = None
+        self._lock = asyncio.Lock()
+
+    # -- loading ----------------------------------------------------------------------------
+
+    def _load(self, info: VersionInfo) -> LoadedVersion:
+        started = time.perf_counter()
+        data = self.registry.load_artifact(info.model, info.version)  # sha256-checked
+        backend = OnnxBackend(data, info.signature, self.settings.intra_op_threads)
+        backend.warm_up(max(1, self.settings.warmup_runs))
+        return LoadedVersion(info, backend, time.perf_counter() - started)
+
+    def _build(self, current: RoutingTable) -> RoutingTable:
+        generation = self.registry.generation()
+        desired = self.registry.served_versions()
+        models = frozenset(m.name for m in self.registry.list_models())
+        loaded: dict[tuple[str, int], LoadedVersion] = {}
+        failures: dict[tuple[str, int], str] = {}
+        for info in desired:
+            key = (info.model, info.version)
+            old = current.loaded.get(key)
+            if old is not None and old.info.sha256 == info.sha256:
+                loaded[key] = LoadedVersion(info, old.backend, old.load_seconds)
+                continue
+            try:
+                loaded[key] = self._load(info)
+                log.info("loaded %s v%d in %.3fs", *key, loaded[key].load_seconds)
+            except RoostError as exc:
+                failures[key] = exc.message
+                log.error("cannot serve %s v%d: %s", key[0], key[1], exc.message)
+            except Exception as exc:  # a backend that cannot load must not stop the others
+                failures[key] = f"failed to load: {exc}"
+                log.exception("cannot load %s v%d", *key)
+        production = {i.model: i.version for i in desired if (i.model, i.version) in loaded}
+        return RoutingTable(generation, loaded, production, failures, models)
+
+    async def sync(self, force: bool = False) -> bool:
+        """Reload if the registry's generation moved; True when a new table was swapped in."""
+        async with self._lock:
+            if not force and self.synced:
+                generation = await asyncio.to_thread(self.registry.generation)
+                if generation == self.table.generation:
+                    return False
+            self.table = await asyncio.to_thread(self._build, self.table)
+            self.synced = True
+            return True
+
+    async def poll_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.poll_interval_s)
+            try:
+                await self.sync()
+                self.last_poll_error = None
+            except Exception as exc:  # registry unreachable: keep serving the last table
+                self.last_poll_error = str(exc)
+                log.warning("registry poll failed, serving the last known table: %s", exc)
+
+    # -- questions requests ask -------------------------------------------------------------
+
+    def readiness(self) -> tuple[bool, list[str]]:
+        table = self.table
+        if not self.synced:
+            return False, ["deployed versions are still loading"]
+        reasons = [f"{m} v{v}: {why}" for (m, v), why in sorted(table.failures.items())]
+        return not reasons, reasons
+
+    def resolve(self, model: str, version: str | None) -> LoadedVersion:
+        """The loaded version that answers for ``model`` (pinned to ``version`` if given)."""
+        table = self.table
+        if version is None:
+            number = table.production.get(model)
+            if number is None:
+                self._raise_unserved(table, model, None)
+                raise AssertionError("unreachable")
+        else:
+            try:
+                number = int(version)
+            except ValueError:
+                raise NotFound(
+                    f"model '{model}' has no version '{version}' (versions are integers)"
+                ) from None
+        found = table.loaded.get((model, number))
+        if found is None:
+            self._raise_unserved(table, model, number)
+        assert found is not None
+        return found
+
+    def _raise_unserved(self, table: RoutingTable, model: str, version: int | None) -> None:
+        if model not in table.models and not any(m == model for m, _ in table.loaded):
+            raise NotFound(f"unknown model '{model}'")
+        if version is not None and (model, version) in table.failures:
+            raise ServiceUnavailable(
+                f"model '{model}' version {version} is unavailable: "
+                f"{table.failures[(model, version)]}"
+            )
+        served = sorted(v for m, v in table.loaded if m == model)
+        if version is None:
+            failed = [v for m, v in table.failures if m == model]
+            if failed:
+                raise ServiceUnavailable(
+                    f"model '{model}' is unavailable: {table.failures[(model, failed[0])]}"
+                )
+            raise NotFound(f"model '{model}' has no production deployment")
+        hint = ", ".join(map(str, served)) or "none"
+        raise NotFound(
+            f"model '{model}' version {version} is not served; served versions: {hint}"
+        )

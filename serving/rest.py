@@ -1,0 +1,123 @@
+"""REST transport: Open Inference Protocol v2 and KServe v1 routes over the data plane."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+
+from serving import oip
+from serving.dataplane import CallContext, DataPlane
+
+USER_HEADER = "roost-user"
+REQUEST_ID_HEADER = "x-request-id"
+
+
+def json_response(content: Any, status_code: int = 200) -> Response:
+    return Response(orjson.dumps(content), status_code, media_type="application/json")
+
+
+def get_dataplane(request: Request) -> DataPlane:
+    plane: DataPlane = request.app.state.dataplane
+    return plane
+
+
+DataPlaneDep = Annotated[DataPlane, Depends(get_dataplane)]
+
+
+def _context(request: Request, protocol: str) -> CallContext:
+    headers = request.headers
+    return CallContext(
+        protocol=protocol,
+        user_id=headers.get(USER_HEADER),
+        request_id=headers.get(REQUEST_ID_HEADER),
+    )
+
+
+health = APIRouter(tags=["health"])
+
+
+@health.get("/v2/health/live")
+async def live() -> Response:
+    return json_response({"live": True})
+
+
+@health.get("/v2/health/ready")
+async def ready(plane: DataPlaneDep) -> Response:
+    ok, reasons = plane.repository.readiness()
+    body: dict[str, Any] = {"ready": ok}
+    if reasons:
+        body["reasons"] = reasons
+    return json_response(body, 200 if ok else 503)
+
+
+v2 = APIRouter(tags=["open-inference-protocol-v2"])
+
+
+@v2.get("/v2")
+async def server_metadata(plane: DataPlaneDep) -> Response:
+    return json_response(plane.server_metadata())
+
+
+@v2.get("/v2/models/{model}")
+@v2.get("/v2/models/{model}/versions/{version}")
+async def model_metadata(plane: DataPlaneDep, model: str, version: str | None = None) -> Response:
+    return json_response(plane.model_metadata(model, version))
+
+
+@v2.get("/v2/models/{model}/ready")
+@v2.get("/v2/models/{model}/versions/{version}/ready")
+async def model_ready(plane: DataPlaneDep, model: str, version: str | None = None) -> Response:
+    plane.model_ready(model, version)
+    return json_response({"name": model, "ready": True})
+
+
+@v2.post("/v2/models/{model}/infer")
+@v2.post("/v2/models/{model}/versions/{version}/infer")
+async def infer(
+    request: Request, plane: DataPlaneDep, model: str, version: str | None = None
+) -> Response:
+    body = await request.body()
+    _, result = plane.infer(
+        model, version, body, oip.decode_infer_request, _context(request, "v2-rest")
+    )
+    payload = oip.encode_infer_response(
+        result.model, str(result.version), result.request_id, result.outputs
+    )
+    return Response(payload, media_type="application/json")
+
+
+v1 = APIRouter(tags=["kserve-v1"])
+
+
+@v1.get("/v1/models/{model}")
+async def v1_model(plane: DataPlaneDep, model: str) -> Response:
+    plane.model_ready(model, None)
+    return json_response({"name": model, "ready": True})
+
+
+@v1.post("/v1/models/{model}:predict")
+async def v1_predict(request: Request, plane: DataPlaneDep, model: str) -> Response:
+    body = await request.body()
+    # Pin the version now so decoding and inference agree even if a swap happens in between.
+    version = str(plane.repository.resolve(model, None).info.version)
+    parsed, result = plane.infer(
+        model,
+        version,
+        body,
+        lambda payload: plane.instances_to_request(model, version, payload),
+        _context(request, "v1-rest"),
+    )
+    columns = {name: array.tolist() for name, array in result.outputs}
+    rows = len(parsed.inputs[0].data)
+    predictions = [{name: values[i] for name, values in columns.items()} for i in range(rows)]
+    return json_response(
+        {
+            "predictions": predictions,
+            "model_name": model,
+            "model_version": str(result.version),
+            "id": result.request_id,
+        }
+    )

@@ -1,0 +1,125 @@
+"""Querying the prediction log with DuckDB.
+
+:func:`connect` opens an in-memory DuckDB connection (never a ``.duckdb`` file: several processes
+share the logs) with a view ``predictions`` over every Parquet file under
+``<logs_dir>/predictions``, its hive partition keys ``model`` (VARCHAR) and ``date`` (DATE)
+restored as columns. The file list is read on every query, so new files show up without
+reconnecting; but if no file existed when the connection was opened, the view is an empty one
+with the same columns, so open a fresh connection to see data written since.
+
+Timestamps are returned in UTC (the connection's ``TimeZone`` is set to UTC).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from registry.errors import InvalidRequest
+from warehouse.records import PREDICTION_SCHEMA
+from warehouse.writer import PREDICTIONS_DIR
+
+VIEW = "predictions"
+
+_DUCKDB_TYPES: dict[pa.DataType, str] = {
+    pa.string(): "VARCHAR",
+    pa.int64(): "BIGINT",
+    pa.int32(): "INTEGER",
+    pa.float64(): "DOUBLE",
+    pa.timestamp("us", tz="UTC"): "TIMESTAMPTZ",
+}
+
+_PARTITION_TYPES = {"model": "VARCHAR", "date": "DATE"}
+
+# Statement types run_query accepts: read-only queries (SELECT, DESCRIBE, SUMMARIZE, SHOW,
+# VALUES, FROM-first queries, ...) and EXPLAIN.
+_READ_ONLY = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+
+
+def _sql_string(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _columns() -> list[tuple[str, str]]:
+    """(name, DuckDB type) of the view's columns: partition keys first, then the file schema."""
+    columns = list(_PARTITION_TYPES.items())
+    columns += [(f.name, _DUCKDB_TYPES[f.type]) for f in PREDICTION_SCHEMA]
+    return columns
+
+
+def _has_files(directory: Path) -> bool:
+    return directory.is_dir() and next(directory.glob("**/*.parquet"), None) is not None
+
+
+def connect(logs_dir: Path, *, sandboxed: bool = True) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with the view ``predictions`` over the prediction log.
+
+    ``sandboxed`` (the default) turns off DuckDB's access to files outside
+    ``<logs_dir>/predictions``, to extensions and to the network, and locks the configuration,
+    so the connection is safe to run user-supplied SQL on; pass ``False`` to join the log with
+    other files.
+    """
+    directory = Path(logs_dir).absolute() / PREDICTIONS_DIR
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        names = ", ".join(f'"{name}"' for name, _ in _columns())
+        if _has_files(directory):
+            hive_types = ", ".join(f"'{k}': '{v}'" for k, v in _PARTITION_TYPES.items())
+            glob = _sql_string(f"{directory.as_posix()}/**/*.parquet")
+            source = (
+                f"read_parquet({glob}, hive_partitioning = true, union_by_name = true, "
+                f"hive_types = {{{hive_types}}})"
+            )
+        else:
+            typed_nulls = ", ".join(
+                f'CAST(NULL AS {sql_type}) AS "{name}"' for name, sql_type in _columns()
+            )
+            source = f"(SELECT {typed_nulls} WHERE false)"
+        con.execute(f"CREATE VIEW {VIEW} AS SELECT {names} FROM {source}")
+        if sandboxed:
+            con.execute(f"SET allowed_directories = [{_sql_string(directory.as_posix() + '/')}]")
+            con.execute("SET enable_external_access = false")
+            con.execute("SET autoinstall_known_extensions = false")
+            con.execute("SET autoload_known_extensions = false")
+            con.execute("SET lock_configuration = true")
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def run_query(logs_dir: Path, query: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Run one read-only SQL statement against the prediction log; return (columns, rows).
+
+    The query sees the view ``predictions`` (see :func:`connect`, sandboxed). Raises
+    :class:`~registry.errors.InvalidRequest` with DuckDB's message if the SQL is invalid, and if
+    it is not exactly one read-only statement (``SELECT``/``WITH``/``FROM``/``DESCRIBE``/
+    ``SUMMARIZE``/``EXPLAIN``...).
+    """
+    try:
+        statements = duckdb.extract_statements(query)
+    except duckdb.Error as exc:
+        raise InvalidRequest(str(exc)) from exc
+    if len(statements) != 1:
+        raise InvalidRequest(f"query must be exactly one SQL statement, got {len(statements)}")
+    if statements[0].type not in _READ_ONLY:
+        raise InvalidRequest(
+            f"query must be a read-only statement (SELECT), got {statements[0].type.name}"
+        )
+    con = connect(logs_dir)
+    try:
+        try:
+            cursor = con.execute(query)
+            columns = [d[0] for d in cursor.description or []]
+            rows = cursor.fetchall()
+        except (duckdb.IOException, duckdb.InternalException, duckdb.OutOfMemoryException):
+            raise
+        except duckdb.Error as exc:
+            raise InvalidRequest(str(exc)) from exc
+    finally:
+        con.close()
+    return columns, rows
