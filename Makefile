@@ -1,0 +1,34 @@
+# Roost: `make up` runs the platform with the demo models; `make test` installs and tests.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.roost-installed
+PACKAGES := registry serving warehouse features assets orchestration
+
+.PHONY: install up test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+up: install
+	$(BIN)/roost up
+
+lint: install
+	$(BIN)/ruff check $(PACKAGES) tests benchmarks
+	$(BIN)/mypy
+
+# pytest exits 5 when it collected nothing: that is a broken suite, never a pass.
+test: install lint
+	@$(BIN)/pytest; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests"; exit 1; fi; exit $$rc
+
+bench: install
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) .roost .mypy_cache .ruff_cache

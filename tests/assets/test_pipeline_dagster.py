@@ -1,0 +1,344 @@
+"""The demo pipeline on a real Dagster instance, writing into a real registry in a temp home.
+
+One module-scoped materialization of the whole demo graph (both models, all assets and checks)
+serves the happy-path tests; the broken-model tests materialize only the breast-cancer group with
+``shuffle_labels`` so the blocking accuracy check fails and the deployment asset never runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dagster import (
+    AssetKey,
+    DagsterInstance,
+    ExecuteInProcessResult,
+    Failure,
+    build_asset_context,
+    materialize,
+)
+
+from assets.demo import DEMO_MODELS, demo_assets
+from assets.demo_data import generate_fraud_transactions, load_breast_cancer_dataset
+from assets.pipeline import CHECK_NAMES, DemoModelSpec, TrainingConfig, build_model_pipeline
+from assets.resources import RegistryResource
+from registry import Registry, RoostSettings, State
+
+BROKEN = {"ops": {"breast_cancer_trained_model": {"config": {"shuffle_labels": True}}}}
+SPECS = {spec.served_name: spec for spec in DEMO_MODELS}
+BREAST_CANCER = SPECS["breast-cancer"]
+FINGERPRINTS = {
+    "breast-cancer": load_breast_cancer_dataset().fingerprint(),
+    "fraud": generate_fraud_transactions().fingerprint(),
+}
+
+
+def _everything() -> list[Any]:
+    assets, checks = demo_assets()
+    return [*assets, *checks]
+
+
+def _one_model(spec: DemoModelSpec) -> list[Any]:
+    assets, checks = build_model_pipeline(spec)
+    return [*assets, *checks]
+
+
+def _run(
+    home: Path,
+    instance: DagsterInstance,
+    selection: list[Any],
+    run_config: dict[str, Any] | None = None,
+    raise_on_error: bool = True,
+) -> ExecuteInProcessResult:
+    return materialize(
+        selection,
+        resources={"registry": RegistryResource(home=str(home))},
+        instance=instance,
+        run_config=run_config,
+        raise_on_error=raise_on_error,
+    )
+
+
+def _materialized(result: ExecuteInProcessResult) -> set[str]:
+    return {
+        event.asset_key.to_user_string()
+        for event in result.get_asset_materialization_events()
+        if event.asset_key is not None
+    }
+
+
+def _checks(result: ExecuteInProcessResult) -> dict[tuple[str, str], bool]:
+    return {
+        (e.asset_key.to_user_string(), e.check_name): e.passed
+        for e in result.get_asset_check_evaluations()
+    }
+
+
+@pytest.fixture
+def instance() -> Iterator[DagsterInstance]:
+    with DagsterInstance.ephemeral() as inst:
+        yield inst
+
+
+@pytest.fixture
+def reg(tmp_path: Path) -> Iterator[Registry]:
+    registry = Registry.from_settings(RoostSettings(home=tmp_path))
+    yield registry
+    registry.close()
+
+
+# -- the whole demo graph, materialized once for the module --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def demo_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("demo_pipeline")
+
+
+@pytest.fixture(scope="module")
+def demo_instance() -> Iterator[DagsterInstance]:
+    with DagsterInstance.ephemeral() as inst:
+        yield inst
+
+
+@pytest.fixture(scope="module")
+def demo_run(demo_home: Path, demo_instance: DagsterInstance) -> ExecuteInProcessResult:
+    return _run(demo_home, demo_instance, _everything())
+
+
+@pytest.fixture
+def demo_registry(demo_home: Path, demo_run: ExecuteInProcessResult) -> Iterator[Registry]:
+    registry = Registry.from_settings(RoostSettings(home=demo_home))
+    yield registry
+    registry.close()
+
+
+def test_whole_demo_graph_materializes_and_every_check_passes(
+    demo_run: ExecuteInProcessResult,
+) -> None:
+    assert demo_run.success
+    stages = ("training_data", "trained_model", "onnx_artifact", "validation",
+              "production_deployment")
+    expected = {f"{spec.prefix}_{stage}" for spec in DEMO_MODELS for stage in stages}
+    assert _materialized(demo_run) == expected
+
+    checks = _checks(demo_run)
+    assert checks == {
+        (f"{spec.prefix}_validation", f"{name}_check"): True
+        for spec in DEMO_MODELS
+        for name in CHECK_NAMES
+    }
+    assert len(checks) == 8
+
+    deployed = demo_run.asset_materializations_for_node("fraud_production_deployment")
+    assert deployed[0].metadata["production_version"].value == 1
+    assert deployed[0].metadata["predict_url"].value == "/v2/models/fraud/infer"
+
+
+def test_registry_has_both_models_in_production_with_lineage_and_metrics(
+    demo_run: ExecuteInProcessResult, demo_registry: Registry
+) -> None:
+    models = {m.name: m for m in demo_registry.list_models()}
+    assert set(models) == {"breast-cancer", "fraud"}
+    for name, spec in SPECS.items():
+        assert models[name].production_version == 1
+        assert models[name].versions == 1
+        deployment = demo_registry.get_deployment(name)
+        assert deployment is not None and deployment.production_version == 1
+
+        info = demo_registry.get_version(name, 1)
+        assert info.state is State.PRODUCTION
+        assert info.registered_by == "dagster"
+        assert info.tags == {"pipeline": "demo", "asset": f"{spec.prefix}_onnx_artifact"}
+        assert info.description == spec.description
+
+        # Lineage ties the version to the exact training data and to the Dagster run.
+        data_event = demo_run.asset_materializations_for_node(f"{spec.prefix}_training_data")[0]
+        fingerprint = data_event.metadata["fingerprint"].value
+        assert info.lineage["training_data_fingerprint"] == fingerprint == FINGERPRINTS[name]
+        assert info.lineage["parameters"]["dataset_fingerprint"] == fingerprint
+        assert info.lineage["dagster_run_id"] == demo_run.run_id
+        assert info.lineage["parameters"]["shuffle_labels"] is False
+
+        # Training and validation metrics are both stored on the version.
+        assert info.metrics["train_accuracy"] > 0.9
+        assert info.metrics["validation.accuracy.accuracy"] >= spec.accuracy_threshold
+        assert spec.min_auc is not None
+        assert info.metrics["validation.accuracy.roc_auc"] >= spec.min_auc
+        assert info.metrics["validation.parity.max_abs_diff"] <= spec.parity_tolerance
+        assert info.metrics["validation.latency.p99_ms"] <= spec.latency_budget_ms
+
+        # The walk to production is audited, step by step, by the pipeline.
+        steps = [
+            (r.details["from"], r.details["to"])
+            for r in demo_registry.audit_records(name)
+            if r.action == "transition"
+        ]
+        assert steps == [
+            ("REGISTERED", "VALIDATING"),
+            ("VALIDATING", "VALIDATED"),
+            ("VALIDATED", "STAGING"),
+            ("STAGING", "STAGING_TESTED"),
+            ("STAGING_TESTED", "CANARY"),
+            ("CANARY", "PRODUCTION"),
+        ]
+    assert {v.model for v in demo_registry.served_versions()} == {"breast-cancer", "fraud"}
+    verification = demo_registry.audit_verify()
+    assert verification.ok, verification.reason
+
+
+def test_rematerializing_the_demo_graph_is_idempotent(
+    demo_home: Path,
+    demo_instance: DagsterInstance,
+    demo_run: ExecuteInProcessResult,
+    demo_registry: Registry,
+) -> None:
+    generation = demo_registry.generation()
+    audit_count = len(demo_registry.audit_records())
+
+    again = _run(demo_home, demo_instance, _everything())
+
+    assert again.success
+    assert all(_checks(again).values()) and len(_checks(again)) == 8
+    for name in SPECS:
+        assert [(v.version, v.state) for v in demo_registry.list_versions(name)] == [
+            (1, State.PRODUCTION)
+        ]
+        deployment = demo_registry.get_deployment(name)
+        assert deployment is not None and deployment.production_version == 1
+    # Same bytes -> same version; deploying the production version again is a no-op.
+    assert demo_registry.generation() == generation
+    assert len(demo_registry.audit_records()) == audit_count
+    assert demo_registry.audit_verify().ok
+
+
+# -- a deliberately broken model -----------------------------------------------------------------
+
+
+def _assert_broken_run(result: ExecuteInProcessResult) -> None:
+    assert not result.success
+    checks = _checks(result)
+    assert checks == {
+        ("breast_cancer_validation", "signature_check"): True,
+        ("breast_cancer_validation", "accuracy_check"): False,
+        ("breast_cancer_validation", "parity_check"): True,
+        ("breast_cancer_validation", "latency_check"): True,
+    }
+    assert _materialized(result) == {
+        "breast_cancer_training_data",
+        "breast_cancer_trained_model",
+        "breast_cancer_onnx_artifact",
+        "breast_cancer_validation",
+    }
+    validation = result.asset_materializations_for_node("breast_cancer_validation")[0]
+    assert validation.metadata["state"].value == "FAILED"
+    assert validation.metadata["failed_checks"].value == "accuracy"
+
+
+def test_broken_model_fails_validation_and_is_not_deployed(
+    tmp_path: Path, instance: DagsterInstance, reg: Registry
+) -> None:
+    result = _run(tmp_path, instance, _one_model(BREAST_CANCER), BROKEN, raise_on_error=False)
+
+    _assert_broken_run(result)
+    info = reg.get_version("breast-cancer", 1)
+    assert info.state is State.FAILED
+    assert info.lineage["parameters"]["shuffle_labels"] is True
+    assert info.metrics["validation.accuracy.accuracy"] < BREAST_CANCER.accuracy_threshold
+    assert reg.get_deployment("breast-cancer") is None
+    assert reg.served_versions() == []
+    assert [m.production_version for m in reg.list_models()] == [None]
+    failed = [r for r in reg.audit_records("breast-cancer") if r.details.get("to") == "FAILED"]
+    assert len(failed) == 1 and "accuracy" in failed[0].details["reason"]
+
+    # Running the same broken model again re-validates the same version: it stays FAILED.
+    again = _run(tmp_path, instance, _one_model(BREAST_CANCER), BROKEN, raise_on_error=False)
+    _assert_broken_run(again)
+    assert [(v.version, v.state) for v in reg.list_versions("breast-cancer")] == [
+        (1, State.FAILED)
+    ]
+    assert reg.get_deployment("breast-cancer") is None
+    assert reg.audit_verify().ok
+
+
+def test_broken_model_after_a_good_one_leaves_production_alone(
+    tmp_path: Path, instance: DagsterInstance, reg: Registry
+) -> None:
+    good = _run(tmp_path, instance, _one_model(BREAST_CANCER))
+    assert good.success
+    deployment = reg.get_deployment("breast-cancer")
+    assert deployment is not None and deployment.production_version == 1
+
+    broken = _run(tmp_path, instance, _one_model(BREAST_CANCER), BROKEN, raise_on_error=False)
+
+    _assert_broken_run(broken)
+    assert [(v.version, v.state) for v in reg.list_versions("breast-cancer")] == [
+        (1, State.PRODUCTION),
+        (2, State.FAILED),
+    ]
+    after = reg.get_deployment("breast-cancer")
+    assert after is not None
+    assert after.production_version == 1
+    assert after.generation == deployment.generation
+    assert [(v.model, v.version) for v in reg.served_versions()] == [("breast-cancer", 1)]
+    assert reg.audit_verify().ok
+
+
+# -- calling the asset functions directly --------------------------------------------------------
+
+
+def test_assets_called_directly_register_validate_and_deploy(
+    tmp_path: Path, demo_registry: Registry
+) -> None:
+    training_data, trained_model, onnx_artifact, validation, deployment = build_model_pipeline(
+        BREAST_CANCER
+    )[0]
+    resource = RegistryResource(home=str(tmp_path))
+
+    data = training_data()
+    assert data.metadata["rows"].value == 569
+    assert data.metadata["features"].value == 30
+    trained = trained_model(TrainingConfig(seed=0), data.value)
+    artifact = onnx_artifact(
+        build_asset_context(resources={"registry": resource}),
+        trained=trained.value,
+        dataset=data.value,
+    )
+    assert artifact.value["model"] == "breast-cancer" and artifact.value["version"] == 1
+    # The export is deterministic: the same bytes the pipeline run registered.
+    assert artifact.value["sha256"] == demo_registry.get_version("breast-cancer", 1).sha256
+
+    validated = validation(registry=resource, trained=trained.value, artifact=artifact.value)
+    assert validated.value["passed"] is True
+    assert validated.value["state"] == "VALIDATED"
+    assert set(validated.value["outcomes"]) == set(CHECK_NAMES)
+
+    # The deployment asset refuses a version that failed validation, even if called directly.
+    with pytest.raises(Failure, match="failed validation; not deploying"):
+        deployment(registry=resource, validated={**validated.value, "passed": False})
+    reg = resource.get_registry()
+    try:
+        assert reg.get_deployment("breast-cancer") is None
+
+        result = deployment(registry=resource, validated=validated.value)
+        assert result.metadata is not None
+        assert result.metadata["production_version"] == 1
+        assert reg.get_version("breast-cancer", 1).state is State.PRODUCTION
+    finally:
+        reg.close()
+
+
+def test_asset_keys_of_one_model_pipeline() -> None:
+    assets, checks = build_model_pipeline(BREAST_CANCER)
+    assert [a.key for a in assets] == [
+        AssetKey(f"breast_cancer_{stage}")
+        for stage in ("training_data", "trained_model", "onnx_artifact", "validation",
+                      "production_deployment")
+    ]
+    specs = [spec for check in checks for spec in check.check_specs]
+    assert [(s.asset_key, s.name, s.blocking) for s in specs] == [
+        (AssetKey("breast_cancer_validation"), f"{name}_check", True) for name in CHECK_NAMES
+    ]
