@@ -82,6 +82,12 @@ class ModelRepository:
                 failures[key] = f"failed to load: {exc}"
                 log.exception("cannot load %s v%d", *key)
         production = {i.model: i.version for i in desired if (i.model, i.version) in loaded}
+        for model, version in failures:
+            # A version that cannot load never takes traffic from the one serving before it.
+            previous = current.production.get(model)
+            if model not in production and previous is not None:
+                production[model] = previous
+                loaded[(model, previous)] = current.loaded[(model, previous)]
         return RoutingTable(generation, loaded, production, failures, models)
 
     async def sync(self, force: bool = False) -> bool:
@@ -108,11 +114,17 @@ class ModelRepository:
     # -- questions requests ask -------------------------------------------------------------
 
     def readiness(self) -> tuple[bool, list[str]]:
+        """Ready once every deployed model has a loaded, warmed-up version answering for it.
+
+        Versions that failed to load are listed as reasons; one that failed while an older
+        version keeps serving its model does not make the gateway unready.
+        """
         table = self.table
         if not self.synced:
             return False, ["deployed versions are still loading"]
         reasons = [f"{m} v{v}: {why}" for (m, v), why in sorted(table.failures.items())]
-        return not reasons, reasons
+        unserved = {m for m, _ in table.failures} - set(table.production)
+        return not unserved, reasons
 
     def resolve(self, model: str, version: str | None) -> LoadedVersion:
         """The loaded version that answers for ``model`` (pinned to ``version`` if given)."""

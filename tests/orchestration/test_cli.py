@@ -1,0 +1,165 @@
+"""The ``roost`` command line, run as a real subprocess on a registry in a temporary ROOST_HOME."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from roost_testing import deploy_model, make_linear_onnx, running_gateway
+
+from registry import Registry, RoostSettings
+
+FEATURES = ["a", "b", "c", "d"]
+INFER_BODY = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
+
+
+def _roost_executable() -> str:
+    # The entry point next to this interpreter is the one installed with this checkout.
+    sibling = Path(sys.executable).parent / "roost"
+    if sibling.exists():
+        return str(sibling)
+    found = shutil.which("roost")
+    if found is None:
+        pytest.skip("the roost entry point is not installed")
+    return found
+
+
+def roost(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROOST_")}
+    env["ROOST_HOME"] = str(home)
+    return subprocess.run(
+        [_roost_executable(), *args],
+        capture_output=True, text=True, env=env, cwd=home.parent, timeout=120,
+    )
+
+
+def ok(done: subprocess.CompletedProcess[str]) -> str:
+    assert done.returncode == 0, f"exit {done.returncode}\nstdout:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def failed_cleanly(done: subprocess.CompletedProcess[str]) -> str:
+    """A handled error: exit 1, one ``error:`` line on stderr, nothing on stdout, no traceback."""
+    assert done.returncode == 1, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
+    assert "Traceback" not in done.stderr
+    assert done.stdout == ""
+    return done.stderr
+
+
+def as_json(done: subprocess.CompletedProcess[str]) -> Any:
+    return json.loads(ok(done))
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "roost"
+
+
+@pytest.fixture
+def onnx_file(tmp_path: Path) -> Path:
+    path = tmp_path / "linear.onnx"
+    path.write_bytes(make_linear_onnx(seed=3))
+    return path
+
+
+def test_register_list_transition_deploy_and_audit(home: Path, onnx_file: Path) -> None:
+    out = ok(roost(home, "register", str(onnx_file), "--model", "m", "--feature-names",
+                   "a,b,c,d", "--metric", "auc=0.9", "--tag", "team=x"))
+    assert out.startswith("registered m version 1 (sha256:")
+
+    assert as_json(roost(home, "models", "--json")) == [
+        {"name": "m", "description": "", "versions": 1, "production_version": None}
+    ]
+    [listed] = as_json(roost(home, "versions", "m", "--json"))
+    assert listed["version"] == 1 and listed["state"] == "REGISTERED"
+    assert listed["metrics"] == {"auc": 0.9}
+    assert listed["tags"] == {"team": "x"}
+    assert listed["signature"]["feature_names"] == FEATURES
+    assert listed["signature"]["inputs"] == [
+        {"name": "input", "datatype": "FP32", "shape": [-1, 4]}
+    ]
+    assert listed["lineage"] == {"source_path": str(onnx_file.resolve())}
+
+    shown = as_json(roost(home, "show", "m", "1"))
+    assert shown == listed
+
+    # Deploying a version that is not VALIDATED fails cleanly.
+    err = failed_cleanly(roost(home, "deploy", "m", "1"))
+    assert "REGISTERED" in err and "only a VALIDATED version can be deployed" in err
+
+    assert ok(roost(home, "transition", "m", "1", "validating", "--reason", "x")) == (
+        "m version 1 is now VALIDATING\n"
+    )
+    assert ok(roost(home, "transition", "m", "1", "VALIDATED", "--reason", "x")) == (
+        "m version 1 is now VALIDATED\n"
+    )
+    err = failed_cleanly(roost(home, "transition", "m", "1", "production", "--reason", "x"))
+    assert err.startswith("error: transition VALIDATED -> PRODUCTION is not allowed")
+    assert "allowed from VALIDATED: STAGING" in err
+
+    assert ok(roost(home, "deploy", "m", "1")) == "m: production version is 1\n"
+
+    out = ok(roost(home, "audit", "verify"))
+    assert out.startswith("audit trail intact:")
+
+    # Tamper with one record directly in the database: verify names it and exits 1.
+    with sqlite3.connect(home / "registry.db") as db:
+        (record_id,) = db.execute("select id from audit_log where action = 'deploy'").fetchone()
+        db.execute(
+            "update audit_log set details = ? where id = ?",
+            (json.dumps({"previous": None, "reason": "forged"}), record_id),
+        )
+    db.close()
+    done = roost(home, "audit", "verify")
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert f"record {record_id} was modified" in done.stderr
+    assert "TAMPERED" in done.stderr
+
+
+def test_bad_input_fails_cleanly(home: Path, tmp_path: Path) -> None:
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"this is not an ONNX model")
+    err = failed_cleanly(roost(home, "register", str(junk), "--model", "m"))
+    assert err.startswith("error: artifact")
+    assert "ONNX" in err
+
+    err = failed_cleanly(roost(home, "versions", "nosuch"))
+    assert err == "error: unknown model 'nosuch'\n"
+
+
+def test_sql_over_the_prediction_log_of_a_live_gateway(home: Path) -> None:
+    settings = RoostSettings(home=home, log_flush_interval_s=0.2)
+    reg = Registry.from_settings(settings)
+    try:
+        deploy_model(reg, "m", make_linear_onnx(seed=3), feature_names=FEATURES)
+    finally:
+        reg.close()
+
+    sent = 3
+    with running_gateway(settings) as base, httpx.Client(base_url=base, timeout=10) as client:
+        for _ in range(sent):
+            response = client.post("/v2/models/m/infer", json=INFER_BODY)
+            assert response.status_code == 200, response.text
+
+        query = "select model, count(*) as n from predictions group by model"
+        deadline = time.monotonic() + 10
+        while True:
+            rows = as_json(roost(home, "sql", query, "--json"))
+            if rows == [{"model": "m", "n": sent}] or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+    assert rows == [{"model": "m", "n": sent}]
+
+    # Only read-only queries are accepted.
+    err = failed_cleanly(roost(home, "sql", "delete from predictions"))
+    assert err.startswith("error: ")
