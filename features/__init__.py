@@ -1,0 +1,1 @@
+"""Feast feature repository and the gateway's online lookups (not built yet)."""

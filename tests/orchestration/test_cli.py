@@ -19,7 +19,9 @@ from roost_testing import deploy_model, make_linear_onnx, running_gateway
 from registry import Registry, RoostSettings
 
 FEATURES = ["a", "b", "c", "d"]
-INFER_BODY = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
+INFER_BODY = {
+    "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]
+}
 
 
 def _roost_executable() -> str:
@@ -162,4 +164,4 @@ def test_sql_over_the_prediction_log_of_a_live_gateway(home: Path) -> None:
 
     # Only read-only queries are accepted.
     err = failed_cleanly(roost(home, "sql", "delete from predictions"))
-    assert err.startswith("error: ")
+    assert err == "error: query must be a read-only statement (SELECT), got DELETE\n"
