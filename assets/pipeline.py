@@ -245,6 +245,8 @@ def _record_validation(
             state = State.REGISTERED
         if state is State.REGISTERED:
             reg.transition(model, version, State.VALIDATING, reason="pipeline", actor="dagster")
+            state = State.VALIDATING
+        if state is State.VALIDATING:  # also a run that died between the two transitions
             target = State.VALIDATED if report.passed else State.FAILED
             why = "all checks passed" if report.passed else "failed: " + ", ".join(report.failed)
             reg.transition(model, version, target, reason=why, actor="dagster")

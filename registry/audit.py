@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Text, select, type_coerce
 from sqlalchemy.orm import Session
 
 from registry.tables import AuditRow
@@ -106,22 +106,31 @@ def verify(session: Session) -> AuditVerification:
     """Walk the chain in id order; report the first record whose hash or link is wrong."""
     prev = GENESIS
     checked = 0
-    for row in session.execute(select(AuditRow).order_by(AuditRow.id)).scalars():
+    # Read details as text: a record whose JSON was mangled must be reported, not crash us.
+    rows = session.execute(
+        select(
+            AuditRow.id, AuditRow.ts, AuditRow.actor, AuditRow.action, AuditRow.model,
+            AuditRow.version, type_coerce(AuditRow.details, Text), AuditRow.prev_hash,
+            AuditRow.hash,
+        ).order_by(AuditRow.id)
+    )
+    for row_id, ts, actor, action, model, version, details_text, prev_hash, digest in rows:
         checked += 1
-        if row.prev_hash != prev:
+        if prev_hash != prev:
             return AuditVerification(
-                checked,
-                False,
-                row.id,
-                f"record {row.id} does not link to the record before it "
+                checked, False, row_id,
+                f"record {row_id} does not link to the record before it "
                 "(a record was removed or reordered)",
             )
-        expected = record_hash(
-            row.prev_hash, row.ts, row.actor, row.action, row.model, row.version, row.details
-        )
-        if row.hash != expected:
+        try:
+            details = json.loads(details_text) if details_text is not None else None
+        except ValueError:
+            details = None
+        if not isinstance(details, dict) or digest != record_hash(
+            prev_hash, ts, actor, action, model, version, details
+        ):
             return AuditVerification(
-                checked, False, row.id, f"record {row.id} was modified: its content hash differs"
+                checked, False, row_id, f"record {row_id} was modified: its content hash differs"
             )
-        prev = row.hash
+        prev = digest
     return AuditVerification(checked, True)

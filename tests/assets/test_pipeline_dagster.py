@@ -17,6 +17,8 @@ from dagster import (
     DagsterInstance,
     ExecuteInProcessResult,
     Failure,
+    MaterializeResult,
+    Output,
     build_asset_context,
     materialize,
 )
@@ -25,6 +27,7 @@ from assets.demo import DEMO_MODELS, demo_assets
 from assets.demo_data import generate_fraud_transactions, load_breast_cancer_dataset
 from assets.pipeline import CHECK_NAMES, DemoModelSpec, TrainingConfig, build_model_pipeline
 from assets.resources import RegistryResource
+from assets.training import TrainedModel
 from registry import Registry, RoostSettings, State
 
 BROKEN = {"ops": {"breast_cancer_trained_model": {"config": {"shuffle_labels": True}}}}
@@ -299,19 +302,23 @@ def test_assets_called_directly_register_validate_and_deploy(
     resource = RegistryResource(home=str(tmp_path))
 
     data = training_data()
+    assert isinstance(data, Output)
     assert data.metadata["rows"].value == 569
     assert data.metadata["features"].value == 30
     trained = trained_model(TrainingConfig(seed=0), data.value)
+    assert isinstance(trained, Output) and isinstance(trained.value, TrainedModel)
     artifact = onnx_artifact(
         build_asset_context(resources={"registry": resource}),
         trained=trained.value,
         dataset=data.value,
     )
+    assert isinstance(artifact, Output)
     assert artifact.value["model"] == "breast-cancer" and artifact.value["version"] == 1
     # The export is deterministic: the same bytes the pipeline run registered.
     assert artifact.value["sha256"] == demo_registry.get_version("breast-cancer", 1).sha256
 
     validated = validation(registry=resource, trained=trained.value, artifact=artifact.value)
+    assert isinstance(validated, Output)
     assert validated.value["passed"] is True
     assert validated.value["state"] == "VALIDATED"
     assert set(validated.value["outcomes"]) == set(CHECK_NAMES)
@@ -324,7 +331,7 @@ def test_assets_called_directly_register_validate_and_deploy(
         assert reg.get_deployment("breast-cancer") is None
 
         result = deployment(registry=resource, validated=validated.value)
-        assert result.metadata is not None
+        assert isinstance(result, MaterializeResult) and result.metadata is not None
         assert result.metadata["production_version"] == 1
         assert reg.get_version("breast-cancer", 1).state is State.PRODUCTION
     finally:

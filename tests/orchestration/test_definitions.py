@@ -61,6 +61,7 @@ def test_definitions_hold_the_demo_assets_checks_job_and_resource() -> None:
     assert check_nodes <= {node.name for node in job.nodes}
 
     assert set(repo.get_top_level_resources()) == {"registry"}
+    assert defs.resources is not None
     resource = defs.resources["registry"]
     assert isinstance(resource, RegistryResource)
     # Unconfigured: the registry comes from the ROOST_* environment at run time.

@@ -170,3 +170,14 @@ def test_concurrent_registrations_number_versions_uniquely(settings: RoostSettin
     reg = Registry.from_settings(settings)
     assert reg.audit_verify().ok
     reg.close()
+
+
+def test_audit_verify_reports_mangled_json(registry: Registry, settings: RoostSettings) -> None:
+    registry.register_version("m", make_linear_onnx())
+    first = registry.audit_records()[0]
+    db = sqlite3.connect(settings.home / "registry.db")
+    db.execute("update audit_log set details = 'not json' where id = ?", (first.id,))
+    db.commit()
+    db.close()
+    result = registry.audit_verify()
+    assert not result.ok and result.first_bad_id == first.id
