@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.roost-installed
 PACKAGES := registry serving warehouse features assets orchestration
 
-.PHONY: install up test lint bench clean
+.PHONY: install install-gpu up test lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,12 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# onnxruntime-gpu and onnxruntime ship the same `onnxruntime` module: swap the wheels.
+install-gpu: install
+	$(BIN)/pip install --quiet -e '.[gpu,dev]'
+	$(BIN)/pip uninstall --quiet -y onnxruntime onnxruntime-gpu
+	$(BIN)/pip install --quiet --no-deps 'onnxruntime-gpu>=1.31,<1.33'
 
 up: install
 	$(BIN)/roost up
