@@ -15,6 +15,7 @@ from registry.errors import (
 )
 from registry.lifecycle import SERVABLE, TRANSITIONS, State, check_transition, parse_state
 from registry.service import DeploymentInfo, ModelInfo, Registry, VersionInfo
+from registry.serving_config import ServingConfig
 from registry.settings import RoostSettings
 from registry.signature import Signature, TensorSpec, signature_from_onnx
 
@@ -36,6 +37,7 @@ __all__ = [
     "RoostError",
     "RoostSettings",
     "ServiceUnavailable",
+    "ServingConfig",
     "Signature",
     "State",
     "TensorSpec",

@@ -21,6 +21,7 @@ from registry import audit
 from registry.artifacts import ArtifactStore, sha256_bytes
 from registry.errors import Conflict, InvalidRequest, NotFound
 from registry.lifecycle import DEPLOY_PATH, SERVABLE, State, check_transition
+from registry.serving_config import ServingConfig
 from registry.settings import RoostSettings
 from registry.signature import Signature, signature_from_onnx
 from registry.tables import (
@@ -233,6 +234,7 @@ class Registry:
             raise InvalidRequest(f"artifact: {exc}") from None
         except Exception as exc:  # onnxruntime raises its own types for a non-ONNX file
             raise InvalidRequest(f"artifact is not a loadable ONNX model: {exc}") from None
+        ServingConfig.from_config(config or {})
         digest = sha256_bytes(data)
         actor = registered_by or self.default_actor
         with self._write() as session:
@@ -322,6 +324,37 @@ class Registry:
             row = self._version_row(session, model, version)
             row.metrics = {**(row.metrics or {}), **metrics}
             row.updated_at = utcnow()
+            return VersionInfo.from_row(row)
+
+    def set_config(
+        self,
+        model: str,
+        version: int,
+        updates: dict[str, Any],
+        *,
+        reason: str = "configure",
+        actor: str | None = None,
+    ) -> VersionInfo:
+        """Merge serving knobs into a version's config (checked; None removes a key).
+
+        Bumps the generation so gateways reload the version with its new settings.
+        """
+        with self._write() as session:
+            row = self._version_row(session, model, version)
+            merged = {**(row.config or {}), **updates}
+            merged = {k: v for k, v in merged.items() if v is not None}
+            ServingConfig.from_config(merged)
+            row.config = merged
+            row.updated_at = utcnow()
+            self._bump_generation(session)
+            audit.append(
+                session,
+                actor=actor or self.default_actor,
+                action="configure",
+                model=model,
+                version=version,
+                details={"updates": updates, "reason": reason},
+            )
             return VersionInfo.from_row(row)
 
     def load_artifact(self, model: str, version: int) -> bytes:

@@ -13,7 +13,9 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from registry import Registry, RoostError, RoostSettings
+from serving.batching import QueueFull
 from serving.dataplane import SERVER_VERSION, DataPlane
+from serving.metrics import GatewayMetrics
 from serving.repository import ModelRepository
 from serving.rest import health, json_response, v1, v2
 from warehouse import PredictionLogWriter
@@ -28,10 +30,11 @@ def create_app(settings: RoostSettings, registry: Registry | None = None) -> Fas
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        repository = ModelRepository(reg, settings)
+        metrics = GatewayMetrics()
+        repository = ModelRepository(reg, settings, metrics)
         writer = PredictionLogWriter.from_settings(settings)
         writer.start()
-        app.state.dataplane = DataPlane(repository, writer)
+        app.state.dataplane = DataPlane(repository, writer, metrics)
         await repository.sync(force=True)
         poller = asyncio.create_task(repository.poll_forever())
         try:
@@ -40,6 +43,7 @@ def create_app(settings: RoostSettings, registry: Registry | None = None) -> Fas
             poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await poller
+            await repository.close()
             await asyncio.to_thread(writer.close)
             if owns_registry:
                 reg.close()
@@ -58,7 +62,10 @@ def create_app(settings: RoostSettings, registry: Registry | None = None) -> Fas
 
     @app.exception_handler(RoostError)
     async def roost_error(_request: Request, exc: RoostError) -> Response:
-        return json_response({"error": exc.message}, exc.status_code)
+        response = json_response({"error": exc.message}, exc.status_code)
+        if isinstance(exc, QueueFull):
+            response.headers["Retry-After"] = str(exc.retry_after_s)
+        return response
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> Response:

@@ -18,7 +18,10 @@ import numpy as np
 import orjson
 
 from registry import InvalidRequest, RoostError
+from registry.errors import DeadlineExceeded
 from serving import oip
+from serving.batching import QueueFull
+from serving.metrics import GatewayMetrics
 from serving.repository import LoadedVersion, ModelRepository
 from warehouse import PredictionLogWriter, PredictionRecord
 
@@ -47,9 +50,15 @@ class InferResult:
 class DataPlane:
     """Transport-independent handlers for metadata, readiness and inference."""
 
-    def __init__(self, repository: ModelRepository, log_writer: PredictionLogWriter) -> None:
+    def __init__(
+        self,
+        repository: ModelRepository,
+        log_writer: PredictionLogWriter,
+        metrics: GatewayMetrics | None = None,
+    ) -> None:
         self.repository = repository
         self.log_writer = log_writer
+        self.metrics = metrics
 
     # -- metadata ---------------------------------------------------------------------------
 
@@ -63,7 +72,7 @@ class DataPlane:
         return {
             "name": model,
             "versions": [str(v) for v in served],
-            "platform": loaded.backend.platform,
+            "platform": loaded.platform,
             "inputs": [t.to_dict() for t in info.signature.inputs],
             "outputs": [t.to_dict() for t in info.signature.outputs],
             "parameters": {
@@ -80,7 +89,7 @@ class DataPlane:
 
     # -- inference --------------------------------------------------------------------------
 
-    def infer(
+    async def infer(
         self,
         model: str,
         version: str | None,
@@ -88,7 +97,7 @@ class DataPlane:
         decode: Callable[[bytes], oip.InferRequest],
         context: CallContext,
     ) -> tuple[oip.InferRequest, InferResult]:
-        """Decode, route, validate, run and log one inference request.
+        """Decode, route, validate, queue for the batcher, and log one inference request.
 
         ``decode`` turns the transport's payload into an OIP request; a payload it rejects is
         logged against the version that would have answered, like any other failed prediction.
@@ -102,7 +111,7 @@ class DataPlane:
             request = decode(payload)
             request_id = request.id or request_id or uuid.uuid4().hex
             feeds = oip.validate_against_signature(request, loaded.info.signature)
-            outputs = loaded.backend.infer(feeds)
+            outputs = await loaded.batcher.submit(feeds, _timeout_ms(request))
             selected = oip.select_outputs(request, loaded.info.signature, outputs)
         except RoostError as exc:
             request_id = request_id or uuid.uuid4().hex
@@ -186,6 +195,11 @@ class DataPlane:
         status: int,
         error: str | None,
     ) -> None:
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        if self.metrics is not None:
+            self.metrics.record_request(
+                model, str(version), context.protocol, status, latency_ms / 1000.0
+            )
         self.log_writer.append(
             PredictionRecord(
                 request_id=request_id,
@@ -194,7 +208,7 @@ class DataPlane:
                 version=version,
                 inputs=inputs[:MAX_LOGGED_INPUT_CHARS],
                 outputs=outputs,
-                latency_ms=(time.perf_counter() - started) * 1000.0,
+                latency_ms=latency_ms,
                 status=status,
                 user_id=context.user_id,
                 protocol=context.protocol,
@@ -215,10 +229,23 @@ class DataPlane:
         # Requests for models that do not exist are not predictions: nothing to record.
         if loaded is None:
             return
+        if self.metrics is not None and isinstance(exc, QueueFull | DeadlineExceeded):
+            reason = "queue_full" if isinstance(exc, QueueFull) else "deadline"
+            self.metrics.record_rejection(model, str(loaded.info.version), reason)
         self._log(
             model, loaded.info.version, request_id, context, inputs, "", started,
             exc.status_code, exc.message,
         )
+
+
+def _timeout_ms(request: oip.InferRequest) -> float | None:
+    """The request's queue deadline: Triton's ``parameters.timeout`` in microseconds."""
+    raw = request.parameters.get("timeout")
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or raw <= 0:
+        raise InvalidRequest(f"parameters.timeout: expected microseconds > 0, got {raw!r}")
+    return float(raw) / 1000.0
 
 
 def _outputs_json(outputs: list[tuple[str, np.ndarray]]) -> str:

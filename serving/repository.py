@@ -13,22 +13,32 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from registry import Registry, RoostError, RoostSettings, VersionInfo
+from registry import Registry, RoostError, RoostSettings, ServingConfig, VersionInfo
 from registry.errors import NotFound, ServiceUnavailable
-from serving.backends import OnnxBackend
+from serving.backends import OnnxBackend, warmup_inputs
+from serving.batching import DynamicBatcher
+from serving.metrics import GatewayMetrics
 
 log = logging.getLogger("roost.serving")
 
 
 @dataclass(frozen=True)
 class LoadedVersion:
+    """A version ready to answer: its backends (one per instance) behind one batcher."""
+
     info: VersionInfo
-    backend: OnnxBackend
+    backends: tuple[OnnxBackend, ...]
+    batcher: DynamicBatcher
+    config: ServingConfig
     load_seconds: float
 
     @property
     def key(self) -> tuple[str, int]:
         return (self.info.model, self.info.version)
+
+    @property
+    def platform(self) -> str:
+        return self.backends[0].platform
 
 
 @dataclass(frozen=True)
@@ -43,22 +53,39 @@ class RoutingTable:
 class ModelRepository:
     """Loads the registry's deployed versions into backends and answers 'which version?'."""
 
-    def __init__(self, registry: Registry, settings: RoostSettings) -> None:
+    def __init__(
+        self, registry: Registry, settings: RoostSettings, metrics: GatewayMetrics | None = None
+    ) -> None:
         self.registry = registry
         self.settings = settings
         self.table = RoutingTable()
         self.synced = False
         self.last_poll_error: str | None = None
+        self.metrics = metrics
+        self.retire_grace_s = 2.0
         self._lock = asyncio.Lock()
+        self._retiring: set[asyncio.Task[None]] = set()
 
     # -- loading ----------------------------------------------------------------------------
 
     def _load(self, info: VersionInfo) -> LoadedVersion:
         started = time.perf_counter()
+        config = ServingConfig.from_config(info.config)
         data = self.registry.load_artifact(info.model, info.version)  # sha256-checked
-        backend = OnnxBackend(data, info.signature, self.settings.intra_op_threads)
-        backend.warm_up(max(1, self.settings.warmup_runs))
-        return LoadedVersion(info, backend, time.perf_counter() - started)
+        backends = tuple(
+            OnnxBackend(data, info.signature, self.settings.intra_op_threads)
+            for _ in range(config.instances)
+        )
+        runs = self.settings.warmup_runs if config.warmup_runs is None else config.warmup_runs
+        samples = warmup_inputs(info)
+        for backend in backends:
+            backend.warm_up(runs, samples)
+        name = f"{info.model}:{info.version}"
+        observe = (
+            self.metrics.batch_observer(info.model, str(info.version)) if self.metrics else None
+        )
+        batcher = DynamicBatcher(name, [b.infer for b in backends], config, observe=observe)
+        return LoadedVersion(info, backends, batcher, config, time.perf_counter() - started)
 
     def _build(self, current: RoutingTable) -> RoutingTable:
         generation = self.registry.generation()
@@ -69,12 +96,20 @@ class ModelRepository:
         for info in desired:
             key = (info.model, info.version)
             old = current.loaded.get(key)
-            if old is not None and old.info.sha256 == info.sha256:
-                loaded[key] = LoadedVersion(info, old.backend, old.load_seconds)
+            if (
+                old is not None
+                and old.info.sha256 == info.sha256
+                and old.info.config == info.config
+            ):
+                loaded[key] = old
                 continue
             try:
                 loaded[key] = self._load(info)
                 log.info("loaded %s v%d in %.3fs", *key, loaded[key].load_seconds)
+                if self.metrics:
+                    self.metrics.model_loaded(
+                        info.model, str(info.version), loaded[key].load_seconds
+                    )
             except RoostError as exc:
                 failures[key] = exc.message
                 log.error("cannot serve %s v%d: %s", key[0], key[1], exc.message)
@@ -82,7 +117,7 @@ class ModelRepository:
                 failures[key] = f"failed to load: {exc}"
                 log.exception("cannot load %s v%d", *key)
         production = {i.model: i.version for i in desired if (i.model, i.version) in loaded}
-        for model, version in failures:
+        for model, _ in failures:
             # A version that cannot load never takes traffic from the one serving before it.
             previous = current.production.get(model)
             if model not in production and previous is not None:
@@ -97,9 +132,32 @@ class ModelRepository:
                 generation = await asyncio.to_thread(self.registry.generation)
                 if generation == self.table.generation:
                     return False
-            self.table = await asyncio.to_thread(self._build, self.table)
+            old = self.table
+            new = await asyncio.to_thread(self._build, old)
+            kept = {id(v.batcher) for v in new.loaded.values()}
+            for version in new.loaded.values():
+                if id(version.batcher) not in {id(v.batcher) for v in old.loaded.values()}:
+                    version.batcher.start()
+            self.table = new
             self.synced = True
+            for version in old.loaded.values():
+                if id(version.batcher) not in kept:
+                    self._retiring.add(asyncio.create_task(self._retire(version)))
             return True
+
+    async def _retire(self, version: LoadedVersion) -> None:
+        """Stop a replaced version once requests that already resolved it have been served."""
+        await asyncio.sleep(self.retire_grace_s)
+        while version.batcher.depth:
+            await asyncio.sleep(0.05)
+        await version.batcher.stop()
+        log.info("unloaded %s v%d", *version.key)
+
+    async def close(self) -> None:
+        for task in self._retiring:
+            task.cancel()
+        for version in self.table.loaded.values():
+            await version.batcher.stop()
 
     async def poll_forever(self) -> None:
         while True:
@@ -164,6 +222,4 @@ class ModelRepository:
                 )
             raise NotFound(f"model '{model}' has no production deployment")
         hint = ", ".join(map(str, served)) or "none"
-        raise NotFound(
-            f"model '{model}' version {version} is not served; served versions: {hint}"
-        )
+        raise NotFound(f"model '{model}' version {version} is not served; served versions: {hint}")

@@ -39,6 +39,14 @@ def _context(request: Request, protocol: str) -> CallContext:
 health = APIRouter(tags=["health"])
 
 
+@health.get("/metrics", include_in_schema=False)
+async def metrics(plane: DataPlaneDep) -> Response:
+    if plane.metrics is None:
+        return json_response({"error": "metrics are disabled"}, 404)
+    body, content_type = plane.metrics.exposition()
+    return Response(body, media_type=content_type)
+
+
 @health.get("/v2/health/live")
 async def live() -> Response:
     return json_response({"live": True})
@@ -80,7 +88,7 @@ async def infer(
     request: Request, plane: DataPlaneDep, model: str, version: str | None = None
 ) -> Response:
     body = await request.body()
-    _, result = plane.infer(
+    _, result = await plane.infer(
         model, version, body, oip.decode_infer_request, _context(request, "v2-rest")
     )
     payload = oip.encode_infer_response(
@@ -103,7 +111,7 @@ async def v1_predict(request: Request, plane: DataPlaneDep, model: str) -> Respo
     body = await request.body()
     # Pin the version now so decoding and inference agree even if a swap happens in between.
     version = str(plane.repository.resolve(model, None).info.version)
-    parsed, result = plane.infer(
+    parsed, result = await plane.infer(
         model,
         version,
         body,

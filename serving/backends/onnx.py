@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from registry import VersionInfo
 from registry.signature import OIP_TO_NUMPY, Signature
 
 
@@ -20,6 +21,25 @@ def synthesize_inputs(signature: Signature, rows: int = 1) -> dict[str, np.ndarr
         else:
             feeds[spec.name] = np.zeros(shape, dtype=OIP_TO_NUMPY[spec.datatype])
     return feeds
+
+
+def warmup_inputs(info: VersionInfo) -> list[dict[str, np.ndarray]] | None:
+    """Warm-up samples stored with the version (``config["warmup_inputs"]``), if any.
+
+    The config holds a list of ``{input name: nested list}`` objects in signature dtypes.
+    """
+    stored = info.config.get("warmup_inputs")
+    if not stored:
+        return None
+    samples = []
+    for sample in stored:
+        samples.append(
+            {
+                spec.name: np.asarray(sample[spec.name], dtype=OIP_TO_NUMPY[spec.datatype])
+                for spec in info.signature.inputs
+            }
+        )
+    return samples
 
 
 class OnnxBackend:
@@ -51,7 +71,8 @@ class OnnxBackend:
         results = self._session.run(self._output_names, prepared)
         return dict(zip(self._output_names, results, strict=True))
 
-    def warm_up(self, runs: int) -> None:
-        feeds = synthesize_inputs(self.signature)
+    def warm_up(self, runs: int, samples: list[dict[str, np.ndarray]] | None = None) -> None:
+        """Run every sample (default: zeros shaped like the signature) ``runs`` times."""
         for _ in range(runs):
-            self.infer(feeds)
+            for feeds in samples or [synthesize_inputs(self.signature)]:
+                self.infer(feeds)

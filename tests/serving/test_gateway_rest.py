@@ -38,7 +38,8 @@ def module_settings(home: Path) -> RoostSettings:
 def base_url(module_settings: RoostSettings) -> Iterator[str]:
     reg = Registry.from_settings(module_settings)
     deploy_model(reg, "linear", make_linear_onnx(seed=1), feature_names=FEATURES)
-    deploy_model(reg, "echo", make_echo_onnx())
+    # independent dynamic first dims: not batchable, like a Triton model with max_batch_size 0
+    deploy_model(reg, "echo", make_echo_onnx(), config={"max_batch_size": 0})
     reg.close()
     with running_gateway(module_settings) as url:
         yield url

@@ -1,0 +1,278 @@
+"""Dynamic batching and bounded request queues, one :class:`DynamicBatcher` per model version.
+
+A request's rows wait in a bounded queue; each execution instance takes the oldest request and
+keeps adding queued requests while the batch stays under ``max_batch_size`` rows, waiting at most
+``max_queue_delay_ms`` for more (and stopping early at a ``preferred_batch_sizes`` size). The
+merged batch runs on the instance's own thread, the outputs are split back by row counts in
+order, and a failing batch fails every request in it with the same error.
+
+A full queue refuses at once (503 with Retry-After); a request whose deadline passes while it
+is queued is answered 504 and never reaches the model. With ``max_batch_size: 0`` (a model with
+no batch dimension) requests still pass the queue and deadlines but run one at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from registry.errors import DeadlineExceeded, InvalidRequest, RoostError, ServiceUnavailable
+from registry.serving_config import ServingConfig
+
+Tensors = dict[str, np.ndarray]
+RunFn = Callable[[Tensors], Tensors]
+
+
+@dataclass(eq=False)
+class _Pending:
+    feeds: Tensors
+    rows: int
+    deadline: float
+    enqueued: float
+    future: asyncio.Future[Tensors]
+    signature: tuple[Any, ...] = field(default=())
+
+
+class QueueFull(ServiceUnavailable):
+    """The version's queue is at ``max_queue_size``."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+@dataclass
+class BatcherStats:
+    """Counters the metrics exporter reads."""
+
+    batches: int = 0
+    rows: int = 0
+    rejected_full: int = 0
+    expired: int = 0
+    last_batch_rows: int = 0
+    batch_sizes: collections.Counter[int] = field(default_factory=collections.Counter)
+
+
+class DynamicBatcher:
+    """Queues requests for one version and runs them in merged batches on its instances."""
+
+    def __init__(
+        self,
+        name: str,
+        runners: Sequence[RunFn],
+        config: ServingConfig,
+        *,
+        observe: Callable[[int, float, float], None] | None = None,
+    ) -> None:
+        if not runners:
+            raise ValueError("a batcher needs at least one runner")
+        self.name = name
+        self.config = config
+        self.stats = BatcherStats()
+        self._runners = list(runners)
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._wakeup: asyncio.Event | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._executors: list[ThreadPoolExecutor] = []
+        self._observe = observe  # (batch rows, queue wait s, inference s) -> None
+        self._closed = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._wakeup = asyncio.Event()
+        for i, runner in enumerate(self._runners):
+            executor = ThreadPoolExecutor(1, thread_name_prefix=f"roost-{self.name}-{i}")
+            self._executors.append(executor)
+            self._tasks.append(asyncio.create_task(self._consume(runner, executor)))
+
+    async def stop(self) -> None:
+        """Stop taking requests, fail what is still queued, and end the instances."""
+        self._closed = True
+        while self._queue:
+            pending = self._queue.popleft()
+            _fail(pending, ServiceUnavailable(f"{self.name} is being unloaded"))
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        for executor in self._executors:
+            executor.shutdown(wait=False)
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    # -- submit ------------------------------------------------------------------------------
+
+    async def submit(self, feeds: Tensors, timeout_ms: float | None = None) -> Tensors:
+        """Queue one request's tensors; resolves to its share of the batch's outputs."""
+        if self._closed or self._wakeup is None:
+            raise ServiceUnavailable(f"{self.name} is not accepting requests")
+        config = self.config
+        if len(self._queue) >= config.max_queue_size:
+            self.stats.rejected_full += 1
+            raise QueueFull(
+                f"{self.name}: queue is full ({config.max_queue_size} requests waiting); "
+                "retry later",
+                retry_after_s=1,
+            )
+        rows = _rows(feeds) if config.max_batch_size else 1
+        if config.max_batch_size and rows > config.max_batch_size:
+            raise InvalidRequest(
+                f"batch of {rows} rows exceeds max_batch_size {config.max_batch_size}"
+            )
+        timeout = config.queue_timeout_ms if timeout_ms is None else timeout_ms
+        if timeout <= 0:
+            raise InvalidRequest(f"timeout: expected > 0 ms, got {timeout:g}")
+        timeout = min(timeout, config.max_queue_timeout_ms)
+        now = time.monotonic()
+        future: asyncio.Future[Tensors] = asyncio.get_running_loop().create_future()
+        pending = _Pending(feeds, rows, now + timeout / 1000.0, now, future, _compat(feeds))
+        self._queue.append(pending)
+        self._wakeup.set()
+        return await future
+
+    # -- the instances -----------------------------------------------------------------------
+
+    async def _consume(self, runner: RunFn, executor: ThreadPoolExecutor) -> None:
+        assert self._wakeup is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            batch = await self._collect()
+            if not batch:
+                continue
+            started = time.monotonic()
+            try:
+                merged = _merge(batch) if len(batch) > 1 else batch[0].feeds
+                outputs = await loop.run_in_executor(executor, runner, merged)
+                parts = _split(outputs, [p.rows for p in batch]) if len(batch) > 1 else [outputs]
+            except asyncio.CancelledError:
+                for pending in batch:
+                    _fail(pending, ServiceUnavailable(f"{self.name} was unloaded"))
+                raise
+            except RoostError as exc:
+                for pending in batch:
+                    _fail(pending, exc)
+                continue
+            except Exception as exc:  # the model failed: every waiter gets the same error
+                error = RoostError(f"{self.name}: inference failed: {exc}")
+                for pending in batch:
+                    _fail(pending, error)
+                continue
+            finally:
+                self._record(batch, started)
+            for pending, part in zip(batch, parts, strict=True):
+                if not pending.future.done():
+                    pending.future.set_result(part)
+
+    async def _collect(self) -> list[_Pending]:
+        """Take the oldest live request plus whatever fits behind it (within the delay)."""
+        config = self.config
+        batch: list[_Pending] = []
+        rows = 0
+        limit = config.max_batch_size or 1
+        wait_until = time.monotonic() + config.max_queue_delay_ms / 1000.0
+        while True:
+            now = time.monotonic()
+            while self._queue:
+                head = self._queue[0]
+                if head.future.done():  # the client went away
+                    self._queue.popleft()
+                    continue
+                if head.deadline <= now:
+                    self._queue.popleft()
+                    self.stats.expired += 1
+                    _fail(
+                        head,
+                        DeadlineExceeded(
+                            f"{self.name}: request waited "
+                            f"{(now - head.enqueued) * 1000:.0f} ms in the queue, past its "
+                            "deadline; it was not run"
+                        ),
+                    )
+                    continue
+                if batch and (rows + head.rows > limit or head.signature != batch[0].signature):
+                    return batch
+                self._queue.popleft()
+                batch.append(head)
+                rows += head.rows
+                if rows >= limit or not config.max_batch_size:
+                    return batch
+            if not batch:
+                return batch
+            if rows in config.preferred_batch_sizes:
+                return batch
+            remaining = wait_until - time.monotonic()
+            if remaining <= 0:
+                return batch
+            assert self._wakeup is not None
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                pass
+
+    def _record(self, batch: list[_Pending], started: float) -> None:
+        rows = sum(p.rows for p in batch)
+        stats = self.stats
+        stats.batches += 1
+        stats.rows += rows
+        stats.last_batch_rows = rows
+        stats.batch_sizes[rows] += 1
+        if self._observe is not None:
+            waited = max(started - p.enqueued for p in batch)
+            self._observe(rows, waited, time.monotonic() - started)
+
+
+def _fail(pending: _Pending, error: BaseException) -> None:
+    if not pending.future.done():
+        pending.future.set_exception(error)
+
+
+def _rows(feeds: Tensors) -> int:
+    counts = {a.shape[0] if a.ndim else 1 for a in feeds.values()}
+    if len(counts) != 1:
+        raise InvalidRequest(
+            "inputs disagree on the batch dimension: "
+            + ", ".join(f"{n}={a.shape[0] if a.ndim else 1}" for n, a in feeds.items())
+        )
+    return counts.pop()
+
+
+def _compat(feeds: Tensors) -> tuple[Any, ...]:
+    """Requests batch together only when every input agrees on dtype and non-batch dims."""
+    return tuple((n, a.dtype.str, a.shape[1:]) for n, a in sorted(feeds.items()))
+
+
+def _merge(batch: list[_Pending]) -> Tensors:
+    names = batch[0].feeds.keys()
+    return {n: np.concatenate([p.feeds[n] for p in batch], axis=0) for n in names}
+
+
+def _split(outputs: Tensors, rows: list[int]) -> list[Tensors]:
+    total = sum(rows)
+    bounds = np.cumsum(rows)[:-1]
+    parts: list[Tensors] = [{} for _ in rows]
+    for name, array in outputs.items():
+        if array.ndim == 0 or array.shape[0] != total:
+            raise RoostError(
+                f"output '{name}' has shape {list(array.shape)}, not {total} rows: the model "
+                "cannot be batched; set max_batch_size: 0"
+            )
+        for part, piece in zip(parts, np.split(array, bounds), strict=True):
+            part[name] = piece
+    return parts

@@ -1,0 +1,150 @@
+"""Prometheus metrics of the gateway, served on ``/metrics``.
+
+Each app gets its own :class:`CollectorRegistry` (several gateways can live in one test process).
+With ``roost serve --workers N`` the workers share ``PROMETHEUS_MULTIPROC_DIR`` and ``/metrics``
+aggregates every worker's figures.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import multiprocess as prom_multiprocess
+
+LATENCY_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class GatewayMetrics:
+    """Every figure the gateway exports; the canary sensor and autoscaler read the same ones."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        labels = ["model", "version"]
+        reg = self.registry
+        self.requests = Counter(
+            "roost_requests",
+            "Inference requests by outcome.",
+            [*labels, "protocol", "status"],
+            registry=reg,
+        )
+        self.latency = Histogram(
+            "roost_request_latency_seconds",
+            "End-to-end latency inside the gateway.",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.queue_wait = Histogram(
+            "roost_queue_wait_seconds",
+            "Time the oldest request of a batch waited in the queue.",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.inference = Histogram(
+            "roost_inference_seconds",
+            "Model execution time per batch.",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.batch_size = Histogram(
+            "roost_batch_size",
+            "Rows per model call.",
+            labels,
+            buckets=BATCH_BUCKETS,
+            registry=reg,
+        )
+        self.queue_depth = Gauge(
+            "roost_queue_depth",
+            "Requests waiting in the version's queue.",
+            labels,
+            registry=reg,
+            multiprocess_mode="livesum",
+        )
+        self.rejected = Counter(
+            "roost_rejected_requests",
+            "Requests refused before the model ran.",
+            [*labels, "reason"],
+            registry=reg,
+        )
+        self._children: dict[tuple[str, str, str, int], tuple[Counter, Histogram]] = {}
+        self.load_seconds = Gauge(
+            "roost_model_load_seconds",
+            "Time to load and warm up a version.",
+            labels,
+            registry=reg,
+            multiprocess_mode="max",
+        )
+
+    def record_request(
+        self, model: str, version: str, protocol: str, status: int, seconds: float
+    ) -> None:
+        """Count one request and observe its latency (label children are cached)."""
+        key = (model, version, protocol, status)
+        children = self._children.get(key)
+        if children is None:
+            children = (
+                self.requests.labels(model, version, protocol, str(status)),
+                self.latency.labels(model, version),
+            )
+            self._children[key] = children
+        children[0].inc()
+        if status == 200:
+            children[1].observe(seconds)
+
+    def record_rejection(self, model: str, version: str, reason: str) -> None:
+        self.rejected.labels(model, version, reason).inc()
+
+    def batch_observer(self, model: str, version: str) -> Callable[[int, float, float], None]:
+        """A callback for the version's batcher: (rows, queue wait s, inference s)."""
+        size = self.batch_size.labels(model, version)
+        wait = self.queue_wait.labels(model, version)
+        run = self.inference.labels(model, version)
+
+        def observe(rows: int, waited: float, inferred: float) -> None:
+            size.observe(rows)
+            wait.observe(waited)
+            run.observe(inferred)
+
+        return observe
+
+    def model_loaded(self, model: str, version: str, seconds: float) -> None:
+        self.load_seconds.labels(model, version).set(seconds)
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The text format of every metric (all workers' in multi-process mode)."""
+        if multiprocess_dir():
+            merged = CollectorRegistry()
+            prom_multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+            return generate_latest(merged), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
