@@ -49,6 +49,9 @@ class RoostSettings(BaseSettings):
     intra_op_threads: int = 1
     """ONNX Runtime intra-op threads per session."""
 
+    execution_provider: str = "auto"
+    """ONNX Runtime execution provider: auto (CUDA when the gpu extra finds a GPU), cpu, cuda."""
+
     actor: str = "roost"
     """Name recorded in audit records for actions that do not say who performed them."""
 

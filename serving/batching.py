@@ -3,8 +3,9 @@
 A request's rows wait in a bounded queue; each execution instance takes the oldest request and
 keeps adding queued requests while the batch stays under ``max_batch_size`` rows, waiting at most
 ``max_queue_delay_ms`` for more (and stopping early at a ``preferred_batch_sizes`` size). The
-merged batch runs on the instance's own thread, the outputs are split back by row counts in
-order, and a failing batch fails every request in it with the same error.
+merged batch runs on the instance's own thread (an async backend is awaited), the outputs are
+split back by row counts in order, and a failing batch fails every request in it with the same
+error.
 
 A full queue refuses at once (503 with Retry-After); a request whose deadline passes while it
 is queued is answered 504 and never reaches the model. With ``max_batch_size: 0`` (a model with
@@ -15,8 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import inspect
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +29,9 @@ from registry.errors import DeadlineExceeded, InvalidRequest, RoostError, Servic
 from registry.serving_config import ServingConfig
 
 Tensors = dict[str, np.ndarray]
-RunFn = Callable[[Tensors], Tensors]
+SyncRunFn = Callable[[Tensors], Tensors]
+AsyncRunFn = Callable[[Tensors], Awaitable[Tensors]]
+RunFn = SyncRunFn | AsyncRunFn
 
 
 @dataclass(eq=False)
@@ -158,7 +162,10 @@ class DynamicBatcher:
             started = time.monotonic()
             try:
                 merged = _merge(batch) if len(batch) > 1 else batch[0].feeds
-                outputs = await loop.run_in_executor(executor, runner, merged)
+                if inspect.iscoroutinefunction(runner):  # a remote backend (Triton): no thread
+                    outputs = await runner(merged)
+                else:
+                    outputs = await loop.run_in_executor(executor, runner, merged)
                 parts = _split(outputs, [p.rows for p in batch]) if len(batch) > 1 else [outputs]
             except asyncio.CancelledError:
                 for pending in batch:

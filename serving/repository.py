@@ -73,7 +73,12 @@ class ModelRepository:
         config = ServingConfig.from_config(info.config)
         data = self.registry.load_artifact(info.model, info.version)  # sha256-checked
         backends = tuple(
-            OnnxBackend(data, info.signature, self.settings.intra_op_threads)
+            OnnxBackend(
+                data,
+                info.signature,
+                self.settings.intra_op_threads,
+                self.settings.execution_provider,
+            )
             for _ in range(config.instances)
         )
         runs = self.settings.warmup_runs if config.warmup_runs is None else config.warmup_runs

@@ -23,6 +23,30 @@ def synthesize_inputs(signature: Signature, rows: int = 1) -> dict[str, np.ndarr
     return feeds
 
 
+def execution_providers(provider: str) -> list[str]:
+    """ONNX Runtime providers for ``provider`` (auto | cpu | cuda).
+
+    ``auto`` takes CUDA when the installed onnxruntime (the ``gpu`` extra) can use a GPU;
+    ``cuda`` insists on it and fails clearly where there is none.
+    """
+    available = ort.get_available_providers()
+    if provider == "cpu":
+        return ["CPUExecutionProvider"]
+    if provider == "cuda":
+        if "CUDAExecutionProvider" not in available:
+            raise RuntimeError(
+                "execution_provider=cuda but onnxruntime offers only "
+                + ", ".join(available)
+                + " (install the gpu extra: make install-gpu)"
+            )
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if provider != "auto":
+        raise ValueError(f"execution_provider: expected auto, cpu or cuda, got {provider!r}")
+    if "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
 def warmup_inputs(info: VersionInfo) -> list[dict[str, np.ndarray]] | None:
     """Warm-up samples stored with the version (``config["warmup_inputs"]``), if any.
 
@@ -47,15 +71,22 @@ class OnnxBackend:
 
     platform = "onnxruntime_onnx"
 
-    def __init__(self, model_bytes: bytes, signature: Signature, intra_op_threads: int = 1):
+    def __init__(
+        self,
+        model_bytes: bytes,
+        signature: Signature,
+        intra_op_threads: int = 1,
+        provider: str = "auto",
+    ) -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         self.signature = signature
         self._session = ort.InferenceSession(
-            model_bytes, options, providers=["CPUExecutionProvider"]
+            model_bytes, options, providers=execution_providers(provider)
         )
+        self.providers: list[str] = list(self._session.get_providers())
         self._output_names = [o.name for o in self._session.get_outputs()]
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
