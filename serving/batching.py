@@ -73,7 +73,7 @@ class DynamicBatcher:
         runners: Sequence[RunFn],
         config: ServingConfig,
         *,
-        observe: Callable[[int, float, float], None] | None = None,
+        observe: Callable[[int, float, float, int], None] | None = None,
     ) -> None:
         if not runners:
             raise ValueError("a batcher needs at least one runner")
@@ -85,7 +85,7 @@ class DynamicBatcher:
         self._wakeup: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._executors: list[ThreadPoolExecutor] = []
-        self._observe = observe  # (batch rows, queue wait s, inference s) -> None
+        self._observe = observe  # (batch rows, queue wait s, inference s, queue depth) -> None
         self._closed = False
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -242,7 +242,7 @@ class DynamicBatcher:
         stats.batch_sizes[rows] += 1
         if self._observe is not None:
             waited = max(started - p.enqueued for p in batch)
-            self._observe(rows, waited, time.monotonic() - started)
+            self._observe(rows, waited, time.monotonic() - started, len(self._queue))
 
 
 def _fail(pending: _Pending, error: BaseException) -> None:

@@ -125,24 +125,33 @@ class GatewayMetrics:
     def record_rejection(self, model: str, version: str, reason: str) -> None:
         self.rejected.labels(model, version, reason).inc()
 
-    def batch_observer(self, model: str, version: str) -> Callable[[int, float, float], None]:
-        """A callback for the version's batcher: (rows, queue wait s, inference s)."""
+    def batch_observer(
+        self, model: str, version: str
+    ) -> Callable[[int, float, float, int], None]:
+        """A callback for the version's batcher: (rows, queue wait s, inference s, depth)."""
         size = self.batch_size.labels(model, version)
         wait = self.queue_wait.labels(model, version)
         run = self.inference.labels(model, version)
+        depth_gauge = self.queue_depth.labels(model, version)
 
-        def observe(rows: int, waited: float, inferred: float) -> None:
+        def observe(rows: int, waited: float, inferred: float, depth: int) -> None:
             size.observe(rows)
             wait.observe(waited)
             run.observe(inferred)
+            depth_gauge.set(depth)
 
         return observe
 
     def model_loaded(self, model: str, version: str, seconds: float) -> None:
         self.load_seconds.labels(model, version).set(seconds)
 
-    def exposition(self) -> tuple[bytes, str]:
-        """The text format of every metric (all workers' in multi-process mode)."""
+    def exposition(self, depths: dict[tuple[str, str], int]) -> tuple[bytes, str]:
+        """The text format of every metric (all workers' in multi-process mode).
+
+        ``depths`` are the current queue depths of this process's versions.
+        """
+        for (model, version), depth in depths.items():
+            self.queue_depth.labels(model, version).set(depth)
         if multiprocess_dir():
             merged = CollectorRegistry()
             prom_multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]

@@ -43,7 +43,11 @@ health = APIRouter(tags=["health"])
 async def metrics(plane: DataPlaneDep) -> Response:
     if plane.metrics is None:
         return json_response({"error": "metrics are disabled"}, 404)
-    body, content_type = plane.metrics.exposition()
+    depths = {
+        (m, str(v)): loaded.batcher.depth
+        for (m, v), loaded in plane.repository.table.loaded.items()
+    }
+    body, content_type = plane.metrics.exposition(depths)
     return Response(body, media_type=content_type)
 
 

@@ -130,3 +130,29 @@ def deploy_model(registry: Any, model: str, data: bytes, **kwargs: Any) -> int:
     registry.transition(model, info.version, State.VALIDATED, reason="test")
     registry.deploy(model, info.version, reason="test")
     return int(info.version)
+
+
+def make_mlp_onnx(n_features: int = 4, hidden: int = 256, layers: int = 4, seed: int = 0) -> bytes:
+    """A dense ReLU network whose compute dominates a call (input [N, F] -> probabilities [N, 2])."""
+    rng = np.random.default_rng(seed)
+    inits, nodes = [], []
+    prev, width = "input", n_features
+    for i in range(layers):
+        w = (rng.normal(size=(width, hidden)) / np.sqrt(width)).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, f"W{i}"))
+        nodes.append(helper.make_node("MatMul", [prev, f"W{i}"], [f"h{i}"]))
+        nodes.append(helper.make_node("Relu", [f"h{i}"], [f"r{i}"]))
+        prev, width = f"r{i}", hidden
+    inits.append(numpy_helper.from_array(rng.normal(size=(width, 2)).astype(np.float32), "Wo"))
+    nodes.append(helper.make_node("MatMul", [prev, "Wo"], ["logits"]))
+    nodes.append(helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1))
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, n_features])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 2])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model.SerializeToString()
