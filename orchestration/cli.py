@@ -242,3 +242,27 @@ def audit_log(model: str | None, as_json: bool) -> None:
         for r in _registry().audit_records(model)
     ]
     _emit(rows, as_json, ["id", "ts", "actor", "action", "model", "version", "details"])
+
+
+@main.group()
+def triton() -> None:
+    """NVIDIA Triton Inference Server interop."""
+
+
+@triton.command("export")
+@click.argument("model")
+@click.option("--version", type=int, default=None, help="Version to export (default: production).")
+@click.option(
+    "--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+    help="Triton model repository folder to write into (created if missing).",
+)
+@click.option("--gpu", is_flag=True, help="Instance group kind KIND_GPU instead of KIND_CPU.")
+@friendly_errors
+def triton_export(model: str, version: int | None, out: Path, gpu: bool) -> None:
+    """Write MODEL as a Triton model repository entry: config.pbtxt + <version>/model.onnx."""
+    from orchestration.triton_export import export_triton_model
+
+    done = export_triton_model(_registry(), model, out, version=version, gpu=gpu)
+    click.echo(f"exported {model} version {done.version} to {done.model_dir}")
+    click.echo(f"  {done.config_path}")
+    click.echo(f"  {done.artifact_path}")

@@ -160,6 +160,7 @@ def run_up(settings: RoostSettings, *, skip_pipeline: bool = False) -> int:
         for what, port in (
             ("gateway (ROOST_HTTP_PORT)", settings.http_port),
             ("Dagster (ROOST_DAGSTER_PORT)", settings.dagster_port),
+            ("gRPC (ROOST_GRPC_PORT)", settings.grpc_port),
         )
         if not _port_free(settings.host, port)
     ]
@@ -221,6 +222,7 @@ def run_up(settings: RoostSettings, *, skip_pipeline: bool = False) -> int:
 Roost is up (ROOST_HOME={settings.home}).
 
   Gateway (Open Inference Protocol v2, KServe v1)  {gateway}/v2
+  gRPC (inference.GRPCInferenceService)            {settings.host}:{settings.grpc_port}
   API docs                                           {gateway}/docs
   Dagster UI (lineage, checks, runs)                 {dagster}
   Process logs                                       {logs}

@@ -474,15 +474,43 @@ class Registry:
             return [self._deployment_info(r) for r in rows]
 
     def served_versions(self) -> list[VersionInfo]:
-        """Every version the gateway should have loaded: each deployment's production version."""
+        """Every version gateways should have loaded: each enabled deployment's production one."""
         with self._read() as session:
             rows = session.execute(
-                select(VersionRow)
+                select(VersionRow, DeploymentRow.policy)
                 .join(DeploymentRow, DeploymentRow.model == VersionRow.model)
                 .where(VersionRow.version == DeploymentRow.production_version)
                 .order_by(VersionRow.model)
-            ).scalars()
-            return [VersionInfo.from_row(r) for r in rows]
+            ).all()
+            return [
+                VersionInfo.from_row(row)
+                for row, policy in rows
+                if (policy or {}).get("serving_enabled", True)
+            ]
+
+    def set_serving_enabled(
+        self, model: str, enabled: bool, *, reason: str = "", actor: str | None = None
+    ) -> DeploymentInfo:
+        """Load (True) or unload (False) a deployed model on every gateway; audited."""
+        with self._write() as session:
+            deployment = session.get(DeploymentRow, model)
+            if deployment is None:
+                if session.get(ModelRow, model) is None:
+                    raise NotFound(f"unknown model '{model}'")
+                raise Conflict(f"model '{model}' has no deployment; deploy a version first")
+            policy = dict(deployment.policy or {})
+            if policy.get("serving_enabled", True) != enabled:
+                policy["serving_enabled"] = enabled
+                deployment.policy = policy
+                self._touch(session, deployment)
+                audit.append(
+                    session,
+                    actor=actor or self.default_actor,
+                    action="load" if enabled else "unload",
+                    model=model,
+                    details={"reason": reason},
+                )
+            return self._deployment_info(deployment)
 
     def generation(self) -> int:
         """Monotonic counter bumped by every deployment change; the gateway polls it."""

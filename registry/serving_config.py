@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from registry.errors import InvalidRequest
+
+BACKENDS = ("onnxruntime", "triton")
+TRITON_PROTOCOLS = ("http", "grpc")
+_STRING_KNOBS = frozenset(
+    {"backend", "triton_url", "triton_protocol", "triton_model", "triton_model_version"}
+)
+_HOST_PORT = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>[0-9]{1,5})$")
 
 
 @dataclass(frozen=True)
@@ -28,6 +36,19 @@ class ServingConfig:
     """Parallel execution instances (ONNX Runtime sessions) of the version."""
     warmup_runs: int | None = None
     """Warm-up inferences before the version counts as ready (None: the server setting)."""
+    backend: str = "onnxruntime"
+    """What runs the version: ``onnxruntime`` in the gateway, or a remote ``triton`` server
+    (any Open Inference Protocol v2 server) that serves the same ONNX artifact."""
+    triton_url: str | None = None
+    """``host:port`` of the remote server (no scheme); required when ``backend`` is triton."""
+    triton_protocol: str = "http"
+    """How the gateway talks to the remote server: ``http`` or ``grpc``."""
+    triton_model: str | None = None
+    """The model's name on the remote server (None: the Roost model name)."""
+    triton_model_version: str = ""
+    """The model version on the remote server ("": the server's version policy decides)."""
+    triton_timeout_s: float = 10.0
+    """How long one call to the remote server may take before it is answered 504."""
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> ServingConfig:
@@ -45,6 +66,12 @@ class ServingConfig:
                 values[key] = tuple(sorted(raw))
             elif key == "warmup_runs" and raw is None:
                 values[key] = None
+            elif key == "triton_model_version" and type(raw) is int:
+                values[key] = str(raw)
+            elif key in _STRING_KNOBS:
+                if not isinstance(raw, str):
+                    raise InvalidRequest(f"{key}: expected a string, got {raw!r}")
+                values[key] = raw
             else:
                 if isinstance(raw, bool) or not isinstance(raw, int | float):
                     raise InvalidRequest(f"{key}: expected a number, got {raw!r}")
@@ -69,10 +96,50 @@ class ServingConfig:
             problems.append("preferred_batch_sizes: each must be <= max_batch_size")
         if self.warmup_runs is not None and self.warmup_runs < 0:
             problems.append("warmup_runs: expected >= 0")
+        problems.extend(self._backend_problems())
         if problems:
             raise InvalidRequest("; ".join(problems))
+
+    def _backend_problems(self) -> list[str]:
+        problems = []
+        if self.backend not in BACKENDS:
+            problems.append(
+                f"backend: expected one of {', '.join(BACKENDS)}, got {self.backend!r}"
+            )
+        if self.triton_protocol not in TRITON_PROTOCOLS:
+            problems.append(
+                f"triton_protocol: expected http or grpc, got {self.triton_protocol!r}"
+            )
+        if self.triton_url is not None:
+            problem = _host_port_problem(self.triton_url)
+            if problem:
+                problems.append(f"triton_url: {problem}")
+        elif self.backend == "triton":
+            problems.append("triton_url: required when backend is triton (host:port)")
+        if self.triton_model is not None and not self.triton_model.strip():
+            problems.append("triton_model: expected a non-empty model name")
+        if self.triton_model_version and not self.triton_model_version.isdigit():
+            problems.append(
+                "triton_model_version: expected a version number or \"\" (the server's "
+                f"policy), got {self.triton_model_version!r}"
+            )
+        if not 0 < self.triton_timeout_s <= 3600:
+            problems.append("triton_timeout_s: expected > 0 and <= 3600 seconds")
+        return problems
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["preferred_batch_sizes"] = list(self.preferred_batch_sizes)
         return data
+
+
+def _host_port_problem(url: str) -> str | None:
+    """Why ``url`` is not a ``host:port`` address, or None."""
+    if "://" in url:
+        return f"expected host:port without a scheme, got {url!r}"
+    match = _HOST_PORT.match(url)
+    if match is None:
+        return f"expected host:port, got {url!r}"
+    if not 1 <= int(match["port"]) <= 65535:
+        return f"port must be 1 to 65535, got {match['port']}"
+    return None

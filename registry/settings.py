@@ -29,7 +29,7 @@ class RoostSettings(BaseSettings):
     """Port of the serving gateway's REST API."""
 
     grpc_port: int = 8001
-    """Port of the serving gateway's gRPC API (Open Inference Protocol v2)."""
+    """Port of the serving gateway's gRPC API (Open Inference Protocol v2); 0 disables it."""
 
     dagster_port: int = 3000
     """Port of the Dagster webserver that ``roost up`` starts."""

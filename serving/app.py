@@ -15,8 +15,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from registry import Registry, RoostError, RoostSettings
 from serving.batching import QueueFull
 from serving.dataplane import SERVER_VERSION, DataPlane
+from serving.grpc_server import STOP_GRACE_S, start_grpc_server
 from serving.metrics import GatewayMetrics
 from serving.repository import ModelRepository
+from serving.repository_api import repository
 from serving.rest import health, json_response, v1, v2
 from warehouse import PredictionLogWriter
 
@@ -37,9 +39,14 @@ def create_app(settings: RoostSettings, registry: Registry | None = None) -> Fas
         app.state.dataplane = DataPlane(repository, writer, metrics)
         await repository.sync(force=True)
         poller = asyncio.create_task(repository.poll_forever())
+        grpc_server = None
         try:
+            grpc_server = await start_grpc_server(app.state.dataplane, settings)
+            app.state.grpc_server = grpc_server
             yield
         finally:
+            if grpc_server is not None:  # before the log writer closes: in-flight calls log
+                await grpc_server.stop(STOP_GRACE_S)
             poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await poller
@@ -56,9 +63,11 @@ def create_app(settings: RoostSettings, registry: Registry | None = None) -> Fas
         redoc_url=None,
     )
     app.state.settings = settings
+    app.state.registry = reg
     app.include_router(health)
     app.include_router(v2)
     app.include_router(v1)
+    app.include_router(repository)
 
     @app.exception_handler(RoostError)
     async def roost_error(_request: Request, exc: RoostError) -> Response:

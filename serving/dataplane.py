@@ -28,6 +28,7 @@ from warehouse import PredictionLogWriter, PredictionRecord
 SERVER_NAME = "roost"
 SERVER_VERSION = "0.1.0"
 MAX_LOGGED_INPUT_CHARS = 65536
+EXTENSIONS = ("binary_tensor_data", "model_repository")
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class DataPlane:
     # -- metadata ---------------------------------------------------------------------------
 
     def server_metadata(self) -> dict[str, Any]:
-        return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": []}
+        return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": list(EXTENSIONS)}
 
     def model_metadata(self, model: str, version: str | None) -> dict[str, Any]:
         loaded = self.repository.resolve(model, version)

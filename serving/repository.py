@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from registry import Registry, RoostError, RoostSettings, ServingConfig, VersionInfo
 from registry.errors import NotFound, ServiceUnavailable
-from serving.backends import OnnxBackend, warmup_inputs
+from serving.backends import Backend, OnnxBackend, TritonBackend, warmup_inputs
 from serving.batching import DynamicBatcher
 from serving.metrics import GatewayMetrics
 
@@ -27,7 +27,7 @@ class LoadedVersion:
     """A version ready to answer: its backends (one per instance) behind one batcher."""
 
     info: VersionInfo
-    backends: tuple[OnnxBackend, ...]
+    backends: tuple[Backend, ...]
     batcher: DynamicBatcher
     config: ServingConfig
     load_seconds: float
@@ -48,6 +48,7 @@ class RoutingTable:
     production: dict[str, int] = field(default_factory=dict)
     failures: dict[tuple[str, int], str] = field(default_factory=dict)
     models: frozenset[str] = frozenset()
+    unloaded: frozenset[str] = frozenset()
 
 
 class ModelRepository:
@@ -64,7 +65,9 @@ class ModelRepository:
         self.metrics = metrics
         self.retire_grace_s = 2.0
         self._lock = asyncio.Lock()
-        self._retiring: set[asyncio.Task[None]] = set()
+        self._retiring: dict[asyncio.Task[None], LoadedVersion] = {}
+        self._built_at = 0.0
+        self.retry_failed_s = 5.0  # versions that failed to load are retried this often
 
     # -- loading ----------------------------------------------------------------------------
 
@@ -72,15 +75,21 @@ class ModelRepository:
         started = time.perf_counter()
         config = ServingConfig.from_config(info.config)
         data = self.registry.load_artifact(info.model, info.version)  # sha256-checked
-        backends = tuple(
-            OnnxBackend(
-                data,
-                info.signature,
-                self.settings.intra_op_threads,
-                self.settings.execution_provider,
+        backends: tuple[Backend, ...]
+        if config.backend == "triton":  # the remote serves these same bytes; not run here
+            backends = tuple(
+                TritonBackend(info.model, info.signature, config) for _ in range(config.instances)
             )
-            for _ in range(config.instances)
-        )
+        else:
+            backends = tuple(
+                OnnxBackend(
+                    data,
+                    info.signature,
+                    self.settings.intra_op_threads,
+                    self.settings.execution_provider,
+                )
+                for _ in range(config.instances)
+            )
         runs = self.settings.warmup_runs if config.warmup_runs is None else config.warmup_runs
         samples = warmup_inputs(info)
         for backend in backends:
@@ -96,6 +105,11 @@ class ModelRepository:
         generation = self.registry.generation()
         desired = self.registry.served_versions()
         models = frozenset(m.name for m in self.registry.list_models())
+        unloaded = frozenset(
+            d.model
+            for d in self.registry.list_deployments()
+            if not d.policy.get("serving_enabled", True)
+        )
         loaded: dict[tuple[str, int], LoadedVersion] = {}
         failures: dict[tuple[str, int], str] = {}
         for info in desired:
@@ -128,26 +142,36 @@ class ModelRepository:
             if model not in production and previous is not None:
                 production[model] = previous
                 loaded[(model, previous)] = current.loaded[(model, previous)]
-        return RoutingTable(generation, loaded, production, failures, models)
+        return RoutingTable(generation, loaded, production, failures, models, unloaded)
 
     async def sync(self, force: bool = False) -> bool:
-        """Reload if the registry's generation moved; True when a new table was swapped in."""
+        """Reload if the registry's generation moved (or a failed version is due a retry).
+
+        Returns True when a new table was swapped in.
+        """
         async with self._lock:
-            if not force and self.synced:
+            retry_due = bool(self.table.failures) and (
+                time.monotonic() - self._built_at >= self.retry_failed_s
+            )
+            if not force and self.synced and not retry_due:
                 generation = await asyncio.to_thread(self.registry.generation)
                 if generation == self.table.generation:
                     return False
             old = self.table
             new = await asyncio.to_thread(self._build, old)
+            self._built_at = time.monotonic()
+            old_batchers = {id(v.batcher) for v in old.loaded.values()}
             kept = {id(v.batcher) for v in new.loaded.values()}
             for version in new.loaded.values():
-                if id(version.batcher) not in {id(v.batcher) for v in old.loaded.values()}:
+                if id(version.batcher) not in old_batchers:
                     version.batcher.start()
             self.table = new
             self.synced = True
             for version in old.loaded.values():
                 if id(version.batcher) not in kept:
-                    self._retiring.add(asyncio.create_task(self._retire(version)))
+                    task = asyncio.create_task(self._retire(version))
+                    self._retiring[task] = version
+                    task.add_done_callback(self._retiring.pop)
             return True
 
     async def _retire(self, version: LoadedVersion) -> None:
@@ -156,13 +180,17 @@ class ModelRepository:
         while version.batcher.depth:
             await asyncio.sleep(0.05)
         await version.batcher.stop()
+        await _close_backends(version)
         log.info("unloaded %s v%d", *version.key)
 
     async def close(self) -> None:
-        for task in self._retiring:
+        """Stop every version, those still being retired included."""
+        retiring = list(self._retiring.items())
+        for task, _ in retiring:
             task.cancel()
-        for version in self.table.loaded.values():
+        for version in [v for _, v in retiring] + list(self.table.loaded.values()):
             await version.batcher.stop()
+            await _close_backends(version)
 
     async def poll_forever(self) -> None:
         while True:
@@ -218,6 +246,11 @@ class ModelRepository:
                 f"model '{model}' version {version} is unavailable: "
                 f"{table.failures[(model, version)]}"
             )
+        if model in table.unloaded:
+            raise NotFound(
+                f"model '{model}' is unloaded; load it with "
+                f"POST /v2/repository/models/{model}/load"
+            )
         served = sorted(v for m, v in table.loaded if m == model)
         if version is None:
             failed = [v for m, v in table.failures if m == model]
@@ -228,3 +261,10 @@ class ModelRepository:
             raise NotFound(f"model '{model}' has no production deployment")
         hint = ", ".join(map(str, served)) or "none"
         raise NotFound(f"model '{model}' version {version} is not served; served versions: {hint}")
+
+
+async def _close_backends(version: LoadedVersion) -> None:
+    """Release what a version's backends hold beyond memory (a remote backend's connections)."""
+    for backend in version.backends:
+        if isinstance(backend, TritonBackend):
+            await backend.close()

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from serving import oip
+from serving import binary, oip
 from serving.dataplane import CallContext, DataPlane
 
 USER_HEADER = "roost-user"
@@ -92,13 +93,29 @@ async def infer(
     request: Request, plane: DataPlaneDep, model: str, version: str | None = None
 ) -> Response:
     body = await request.body()
-    _, result = await plane.infer(
-        model, version, body, oip.decode_infer_request, _context(request, "v2-rest")
+    header = request.headers.get(binary.HEADER_LENGTH)
+    decode: Callable[[bytes], oip.InferRequest]
+    if header is None:
+        payload, decode = body, binary.decode_json_request
+    else:  # Triton's binary tensor data extension
+        payload, decode = binary.prepare_binary_request(body, header)
+    parsed, result = await plane.infer(
+        model, version, payload, decode, _context(request, "v2-rest")
     )
-    payload = oip.encode_infer_response(
-        result.model, str(result.version), result.request_id, result.outputs
+    flags = binary.binary_outputs(parsed, result.outputs)
+    if flags is None:
+        encoded = oip.encode_infer_response(
+            result.model, str(result.version), result.request_id, result.outputs
+        )
+        return Response(encoded, media_type="application/json")
+    encoded, json_length = binary.encode_binary_response(
+        result.model, str(result.version), result.request_id, result.outputs, flags
     )
-    return Response(payload, media_type="application/json")
+    return Response(
+        encoded,
+        media_type="application/octet-stream",
+        headers={binary.HEADER_LENGTH: str(json_length)},
+    )
 
 
 v1 = APIRouter(tags=["kserve-v1"])

@@ -24,6 +24,7 @@ def start_up(home: Path, http_port: int, dagster_port: int) -> subprocess.Popen[
         "ROOST_HOME": str(home),
         "ROOST_HTTP_PORT": str(http_port),
         "ROOST_DAGSTER_PORT": str(dagster_port),
+        "ROOST_GRPC_PORT": str(free_port()),
         "PYTHONUNBUFFERED": "1",
     }
     return subprocess.Popen(

@@ -181,3 +181,20 @@ def test_audit_verify_reports_mangled_json(registry: Registry, settings: RoostSe
     db.close()
     result = registry.audit_verify()
     assert not result.ok and result.first_bad_id == first.id
+
+
+def test_unload_and_load_a_deployment(registry: Registry) -> None:
+    v = validated(registry, "m", 1)
+    registry.deploy("m", v)
+    generation = registry.generation()
+    registry.set_serving_enabled("m", False, reason="maintenance", actor="ops")
+    assert registry.served_versions() == []
+    assert registry.generation() > generation
+    assert registry.audit_records("m")[-1].action == "unload"
+    registry.set_serving_enabled("m", True)
+    assert [v.model for v in registry.served_versions()] == ["m"]
+    with pytest.raises(NotFound):
+        registry.set_serving_enabled("nope", True)
+    registry.register_version("other", make_linear_onnx(seed=5))
+    with pytest.raises(Conflict, match="no deployment"):
+        registry.set_serving_enabled("other", False)

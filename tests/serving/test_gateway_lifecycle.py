@@ -147,3 +147,20 @@ def test_tritonclient_http_json_matches_onnxruntime(
             np.testing.assert_array_equal(pinned.as_numpy("label"), label)
         finally:
             client.close()
+
+
+def test_failed_version_is_retried_and_recovers(
+    settings: RoostSettings, registry: Registry
+) -> None:
+    deploy_model(registry, "m", make_linear_onnx(seed=1))
+    path = registry.artifacts.path_for(registry.get_version("m", 1).sha256)
+    good = path.read_bytes()
+    corrupt(registry, "m", 1)
+    with running_gateway(fast_settings(settings)) as url:
+        assert httpx.get(f"{url}/v2/health/ready").status_code == 503
+        path.write_bytes(good)  # the operator restores the artifact; no registry change
+        deadline = time.monotonic() + 15
+        while httpx.get(f"{url}/v2/health/ready").status_code != 200:
+            assert time.monotonic() < deadline, "failed version was never retried"
+            time.sleep(0.2)
+        assert httpx.post(f"{url}/v2/models/m/infer", json=BODY).status_code == 200

@@ -84,9 +84,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+class GatewayURL(str):
+    """A running gateway's base URL; ``grpc_address`` is its gRPC ``host:port`` (or None)."""
+
+    grpc_address: str | None = None
+
+
 @contextlib.contextmanager
-def running_gateway(settings: Any) -> Iterator[str]:
-    """A real uvicorn server with the gateway app on a loopback port; yields its base URL."""
+def running_gateway(settings: Any, grpc: bool = False) -> Iterator[GatewayURL]:
+    """A real uvicorn server with the gateway app on a loopback port; yields its base URL.
+
+    gRPC is off (``grpc_port=0``) unless ``grpc`` is true: then it listens on a free loopback
+    port, given by the yielded URL's ``grpc_address`` (see :func:`running_gateway_with_grpc`).
+    """
     import threading
     import time
 
@@ -95,6 +105,11 @@ def running_gateway(settings: Any) -> Iterator[str]:
 
     from serving import create_app
 
+    grpc_port = free_port() if grpc else 0
+    update: dict[str, Any] = {"grpc_port": grpc_port}
+    if grpc:
+        update["host"] = "127.0.0.1"
+    settings = settings.model_copy(update=update)
     port = free_port()
     config = uvicorn.Config(
         create_app(settings), host="127.0.0.1", port=port, log_level="warning",
@@ -103,7 +118,8 @@ def running_gateway(settings: Any) -> Iterator[str]:
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    base = f"http://127.0.0.1:{port}"
+    base = GatewayURL(f"http://127.0.0.1:{port}")
+    base.grpc_address = f"127.0.0.1:{grpc_port}" if grpc else None
     deadline = time.monotonic() + 60
     while True:
         try:
@@ -121,6 +137,14 @@ def running_gateway(settings: Any) -> Iterator[str]:
         thread.join(timeout=30)
 
 
+@contextlib.contextmanager
+def running_gateway_with_grpc(settings: Any) -> Iterator[tuple[str, str]]:
+    """:func:`running_gateway` with gRPC on; yields (base URL, gRPC ``host:port``)."""
+    with running_gateway(settings, grpc=True) as url:
+        assert url.grpc_address is not None
+        yield str(url), url.grpc_address
+
+
 def deploy_model(registry: Any, model: str, data: bytes, **kwargs: Any) -> int:
     """Register, validate and deploy ``data`` as ``model``; returns the version number."""
     from registry import State
@@ -133,7 +157,7 @@ def deploy_model(registry: Any, model: str, data: bytes, **kwargs: Any) -> int:
 
 
 def make_mlp_onnx(n_features: int = 4, hidden: int = 256, layers: int = 4, seed: int = 0) -> bytes:
-    """A dense ReLU network whose compute dominates a call (input [N, F] -> probabilities [N, 2])."""
+    """A dense ReLU network whose compute dominates a call: input [N, F] -> probabilities [N, 2]."""
     rng = np.random.default_rng(seed)
     inits, nodes = [], []
     prev, width = "input", n_features
