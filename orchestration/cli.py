@@ -82,20 +82,78 @@ def up(skip_pipeline: bool) -> None:
 @main.command()
 @click.option("--host", default=None, help="Bind address (default: ROOST_HOST).")
 @click.option("--port", type=int, default=None, help="REST port (default: ROOST_HTTP_PORT).")
-def serve(host: str | None, port: int | None) -> None:
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Gateway processes sharing the ports (default: ROOST_WORKERS, 1).",
+)
+def serve(host: str | None, port: int | None, workers: int | None) -> None:
     """Run the serving gateway in the foreground."""
+    import os
+    import tempfile
+
     import uvicorn
 
-    from serving import create_app
-
     settings = _settings()
+    workers = workers or settings.workers
+    if host:
+        os.environ["ROOST_HOST"] = host
+    os.environ["ROOST_WORKERS"] = str(workers)
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # every worker writes its metrics here; /metrics on any worker reports them all
+        settings.home.mkdir(parents=True, exist_ok=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(
+            prefix="metrics-", dir=settings.home
+        )
     uvicorn.run(
-        create_app(settings),
+        "serving.app:create_app_from_env",
+        factory=True,
         host=host or settings.host,
         port=port or settings.http_port,
+        workers=workers,
         log_level="warning",
         access_log=False,
     )
+
+
+@main.command("config")
+@click.argument("model")
+@click.argument("version", type=int)
+@click.option("--set", "updates", multiple=True, help="KNOB=VALUE (JSON value), repeatable.")
+@click.option("--unset", multiple=True, help="KNOB to reset to its default, repeatable.")
+@click.option("--reason", default="configure", help="Why (recorded in the audit trail).")
+@friendly_errors
+def config_command(
+    model: str, version: int, updates: tuple[str, ...], unset: tuple[str, ...], reason: str
+) -> None:
+    """Show or change a version's serving knobs (max_batch_size, max_queue_delay_ms, ...)."""
+    from registry import ServingConfig
+
+    changes: dict[str, Any] = {}
+    for item in updates:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KNOB=VALUE, got {item!r}", param_hint="--set")
+        try:
+            changes[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            changes[key] = raw
+    known = set(ServingConfig.__dataclass_fields__) | {"warmup_inputs"}
+    for key in [*changes, *unset]:
+        if key not in known:
+            raise click.BadParameter(
+                f"unknown knob {key!r}; knobs: {', '.join(sorted(known))}", param_hint="--set"
+            )
+    changes |= dict.fromkeys(unset)
+    registry = _registry()
+    info = (
+        registry.set_config(model, version, changes, reason=reason)
+        if changes
+        else registry.get_version(model, version)
+    )
+    effective = ServingConfig.from_config(info.config).to_dict()
+    click.echo(json.dumps({"stored": info.config, "effective": effective}, indent=2))
 
 
 @main.command()

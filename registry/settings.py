@@ -34,6 +34,9 @@ class RoostSettings(BaseSettings):
     dagster_port: int = 3000
     """Port of the Dagster webserver that ``roost up`` starts."""
 
+    workers: int = 1
+    """Gateway processes sharing the ports (``roost serve --workers``)."""
+
     poll_interval_s: float = 1.0
     """How often the gateway polls the registry's generation counter for deployment changes."""
 

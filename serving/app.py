@@ -25,6 +25,11 @@ from warehouse import PredictionLogWriter
 log = logging.getLogger("roost.serving")
 
 
+def create_app_from_env() -> FastAPI:
+    """The gateway with settings from the environment (uvicorn's factory for worker processes)."""
+    return create_app(RoostSettings())
+
+
 def create_app(settings: RoostSettings, registry: Registry | None = None) -> FastAPI:
     """Build the gateway: routes, error mapping, and a lifespan that loads deployed versions."""
     owns_registry = registry is None

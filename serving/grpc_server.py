@@ -503,7 +503,9 @@ async def start_grpc_server(plane: DataPlane, settings: RoostSettings) -> grpc.a
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             # Without this a second server could silently share a port that is in use.
-            ("grpc.so_reuseport", 0),
+            # Several `roost serve --workers` processes share the port; one gateway alone
+            # must fail to bind a busy port rather than quietly share it.
+            ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
         ]
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), server)

@@ -165,3 +165,24 @@ def test_sql_over_the_prediction_log_of_a_live_gateway(home: Path) -> None:
     # Only read-only queries are accepted.
     err = failed_cleanly(roost(home, "sql", "delete from predictions"))
     assert err == "error: query must be a read-only statement (SELECT), got DELETE\n"
+
+
+def test_config_sets_serving_knobs(home: Path, onnx_file: Path) -> None:
+    ok(roost(home, "register", str(onnx_file), "--model", "m"))
+    shown = as_json(
+        roost(
+            home, "config", "m", "1", "--set", "max_batch_size=8",
+            "--set", "preferred_batch_sizes=[4, 8]", "--set", "max_queue_delay_ms=2",
+        )
+    )
+    assert shown["stored"] == {
+        "max_batch_size": 8, "preferred_batch_sizes": [4, 8], "max_queue_delay_ms": 2,
+    }
+    assert shown["effective"]["max_queue_size"] == 1024
+    unset = as_json(roost(home, "config", "m", "1", "--unset", "max_queue_delay_ms"))
+    assert "max_queue_delay_ms" not in unset["stored"]
+    assert "preferred_batch_sizes: each must be <= max_batch_size" in failed_cleanly(
+        roost(home, "config", "m", "1", "--set", "preferred_batch_sizes=[16]")
+    )
+    usage = roost(home, "config", "m", "1", "--set", "batch=3")  # a usage error: exit 2
+    assert usage.returncode == 2 and "unknown knob 'batch'" in usage.stderr
