@@ -24,7 +24,10 @@ gRPC will need their own load driver next to :func:`run_wrk`).
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
+import hashlib
+import importlib
 import io
 import json
 import os
@@ -41,7 +44,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -101,6 +104,17 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def source_fingerprint() -> dict[str, Any]:
+    """sha256 over the gateway's source (registry, serving, warehouse): which code was measured."""
+    digest = hashlib.sha256()
+    files = sorted(
+        p for pkg in ("registry", "serving", "warehouse") for p in (REPO_ROOT / pkg).rglob("*.py")
+    )
+    for path in files:
+        digest.update(str(path.relative_to(REPO_ROOT)).encode() + b"\0" + path.read_bytes())
+    return {"sha256_12": digest.hexdigest()[:12], "files": len(files)}
+
+
 def _loadavg() -> list[float]:
     try:
         return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
@@ -116,11 +130,30 @@ def _cpu_ticks() -> tuple[int, int, int]:
     return busy, busy + idle + iowait, steal
 
 
-def _proc_cpu_s(pid: int) -> float:
-    """utime + stime of process ``pid`` (all threads), in seconds."""
+def _proc_stat(pid: int | str) -> list[str]:
     stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def _proc_cpu_s(pid: int) -> float:
+    """utime + stime of process ``pid`` and its descendants (all threads; live ones), seconds."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                parents[int(entry.name)] = int(_proc_stat(entry.name)[1])
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [child for child, ppid in parents.items() if ppid == parent]
+        tree.update(children)
+        frontier += children
+    total = 0
+    for member in tree:
+        with contextlib.suppress(OSError, IndexError):
+            fields = _proc_stat(member)
+            total += int(fields[11]) + int(fields[12])
+    return total / CLK_TCK
 
 
 def _children_cpu_s() -> float:
@@ -180,65 +213,91 @@ def _median_us(call: Callable[[], object], calls: int) -> dict[str, float]:
         start = clock()
         call()
         samples.append(clock() - start)
+    return _summary(samples)
+
+
+async def _median_us_async(call: Callable[[], Awaitable[object]], calls: int) -> dict[str, float]:
+    for _ in range(min(1000, calls)):
+        await call()
+    clock = time.perf_counter_ns
+    samples = []
+    for _ in range(calls):
+        start = clock()
+        await call()
+        samples.append(clock() - start)
+    return _summary(samples)
+
+
+def _summary(samples: list[int]) -> dict[str, float]:
     samples.sort()
     return {
         "median_us": samples[len(samples) // 2] / 1000,
         "p99_us": samples[int(len(samples) * 0.99)] / 1000,
         "mean_us": statistics.fmean(samples) / 1000,
-        "calls": calls,
+        "calls": len(samples),
     }
 
 
-class _NullSink:
-    def write_batch(self, records: list[Any], /) -> None:
-        return None
+def _roost_dataplane_us(home: Path, body: bytes, calls: int) -> dict[str, Any]:
+    """Roost's data plane in-process, as the REST route calls it: no HTTP, no FastAPI routing.
+
+    The gateway app's own lifespan builds the data plane (repository, batcher, prediction log
+    writer, metrics), so this follows the code as it is; gRPC is off for this measurement.
+    """
+    import asyncio
+    import inspect
+
+    from registry import RoostSettings
+    from serving import create_app, oip
+
+    try:
+        from serving.binary import decode_json_request as decode
+    except ImportError:
+        decode = oip.decode_infer_request
+    settings = RoostSettings(home=home, grpc_port=0)
+    app = create_app(settings)
+    context_cls = importlib.import_module("serving.dataplane").CallContext
+    context = context_cls(protocol="v2-rest")
+
+    async def measure() -> dict[str, Any]:
+        async with app.router.lifespan_context(app):
+            plane = app.state.dataplane
+
+            async def call() -> bytes:
+                outcome = plane.infer(MODEL, None, body, decode, context)
+                _, result = await outcome if inspect.isawaitable(outcome) else outcome
+                return oip.encode_infer_response(
+                    result.model, str(result.version), result.request_id, result.outputs
+                )
+
+            return await _median_us_async(call, calls)
+
+    return asyncio.run(measure())
 
 
 def measure_in_process(home: Path, model: bytes, body: bytes, calls: int) -> dict[str, Any]:
     """Per-call µs: raw session.run, the floor's handler, Roost's data plane (no HTTP)."""
-    import asyncio
-
     import numpy as np
     import orjson
 
     sys.path.insert(0, str(BENCH_DIR))
     from floor_app import make_handler, make_session
 
-    from registry import Registry, RoostSettings
-    from serving import oip
-    from serving.dataplane import CallContext, DataPlane
-    from serving.repository import ModelRepository
-    from warehouse import PredictionLogWriter
-
     session = make_session(model)
     names = [o.name for o in session.get_outputs()]
     tensor = orjson.loads(body)["inputs"][0]
     feeds = {tensor["name"]: np.asarray(tensor["data"], np.float32).reshape(tensor["shape"])}
     handle = make_handler(session, MODEL)
-
-    settings = RoostSettings(home=home)
-    registry = Registry.from_settings(settings)
-    repository = ModelRepository(registry, settings)
-    asyncio.run(repository.sync(force=True))
-    writer = PredictionLogWriter(_NullSink(), flush_rows=10**9, flush_interval_s=3600)
-    plane = DataPlane(repository, writer)
-    context = CallContext(protocol="v2-rest")
-
-    def roost_call() -> bytes:
-        _, result = plane.infer(MODEL, None, body, oip.decode_infer_request, context)
-        return oip.encode_infer_response(
-            result.model, str(result.version), result.request_id, result.outputs
-        )
-
+    out: dict[str, Any] = {
+        "onnxruntime_run": _median_us(lambda: session.run(names, feeds), calls),
+        "onnxruntime_run_oip_json": _median_us(lambda: handle(body), calls),
+    }
     try:
-        return {
-            "onnxruntime_run": _median_us(lambda: session.run(names, feeds), calls),
-            "onnxruntime_run_oip_json": _median_us(lambda: handle(body), calls),
-            "roost_dataplane": _median_us(roost_call, calls),
-        }
-    finally:
-        writer.flush()
-        registry.close()
+        out["roost_dataplane"] = _roost_dataplane_us(home, body, calls)
+    except Exception as exc:  # the data plane's API moves; the HTTP figures still stand
+        out["roost_dataplane_error"] = f"{type(exc).__name__}: {exc}"
+        print(f"warning: in-process Roost data plane not measured: {exc}", file=sys.stderr)
+    return out
 
 
 # ------------------------------------------------------------------------------------------
@@ -274,7 +333,7 @@ class Target:
         return self.base + self.infer_path
 
 
-def build_targets(home: Path, model_path: Path, names: list[str]) -> list[Target]:
+def build_targets(home: Path, model_path: Path, names: list[str], workers: int) -> list[Target]:
     python = sys.executable
     roost_bin = Path(python).with_name("roost")
     roost_argv = [str(roost_bin)] if roost_bin.exists() else [
@@ -286,7 +345,13 @@ def build_targets(home: Path, model_path: Path, names: list[str]) -> list[Target
             name="roost",
             description="Roost gateway (`roost serve`, prediction logging on)",
             argv=[*roost_argv, "serve", "--host", "127.0.0.1", "--port", str(roost_port)],
-            env={"ROOST_HOME": str(home), "ROOST_HTTP_PORT": str(roost_port)},
+            env={
+                "ROOST_HOME": str(home),
+                "ROOST_HTTP_PORT": str(roost_port),
+                "ROOST_WORKERS": str(workers),
+                # gRPC stays on (as shipped), on its own free port; not measured yet.
+                "ROOST_GRPC_PORT": str(free_port()),
+            },
             port=roost_port,
         ),
         "floor": Target(
@@ -295,7 +360,7 @@ def build_targets(home: Path, model_path: Path, names: list[str]) -> list[Target
             argv=[
                 python, "-m", "uvicorn", "--factory", "--app-dir", str(BENCH_DIR),
                 "floor_app:create_app", "--host", "127.0.0.1", "--port", str(floor_port),
-                "--log-level", "warning", "--no-access-log",
+                "--log-level", "warning", "--no-access-log", "--workers", str(workers),
             ],
             env={"FLOOR_MODEL_PATH": str(model_path), "FLOOR_MODEL_NAME": MODEL},
             port=floor_port,
@@ -358,6 +423,22 @@ def stop(target: Target, timeout_s: float = 30) -> None:
         proc.wait(10)
 
 
+def scan_log(target: Target, out_dir: Path) -> dict[str, Any]:
+    """Error lines and tracebacks in the server's output; keeps its last 20 kB under out/logs."""
+    if target.log_path is None or not target.log_path.exists():
+        return {}
+    text = target.log_path.read_text(errors="replace")
+    logs = out_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    (logs / f"{target.name}.log").write_text(text[-20000:])
+    exceptions = re.findall(r"^(\w[\w.]*(?:Error|Exception|Disconnect)\b)", text, re.M)
+    return {
+        "bytes": len(text),
+        "tracebacks": text.count("Traceback (most recent call last)"),
+        "exception_types": dict(collections.Counter(exceptions).most_common(5)),
+    }
+
+
 # ------------------------------------------------------------------------------------------
 # wrk
 
@@ -389,6 +470,10 @@ def parse_wrk(text: str) -> dict[str, Any]:
     if match:
         out["requests"] = int(match.group(1))
         out["elapsed_s"] = _ms(match.group(2), match.group(3)) / 1000
+    match = re.search(r"bench-tail: p99\.9=([\d.]+)us max=([\d.]+)us", text)
+    if match:
+        out["latency_ms"]["p99.9"] = float(match.group(1)) / 1000
+        out["latency_ms"]["max"] = float(match.group(2)) / 1000
     match = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
     out["non_2xx"] = int(match.group(1)) if match else 0
     match = re.search(
@@ -461,17 +546,18 @@ def _fmt_ms(value: float | None) -> str:
 
 def render_table(report: dict[str, Any]) -> str:
     lines = [
-        "| server | concurrency | req/s | p50 | p99 | non-2xx | socket errors "
+        "| server | concurrency | req/s | p50 | p99 | p99.9 | non-2xx | socket errors "
         "| server CPU µs/req | other load (cores) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for run in report["runs"]:
+    for run in report.get("runs", []):
         lat = run["latency_ms"]
         errors = sum(run["socket_errors"].values())
         lines.append(
             f"| {run['server']} | {run['concurrency']} | {run['rps']:,.0f} "
-            f"| {_fmt_ms(lat.get('p50'))} | {_fmt_ms(lat.get('p99'))} | {run['non_2xx']} "
-            f"| {errors} | {run['server_cpu_us_per_req']:.0f} | {run['other_cpu_cores']:.2f} |"
+            f"| {_fmt_ms(lat.get('p50'))} | {_fmt_ms(lat.get('p99'))} "
+            f"| {_fmt_ms(lat.get('p99.9'))} | {run['non_2xx']} | {errors} "
+            f"| {run['server_cpu_us_per_req']:.0f} | {run['other_cpu_cores']:.2f} |"
         )
     ratios = report.get("roost_vs_floor", [])
     if ratios:
@@ -493,11 +579,27 @@ def render_table(report: dict[str, Any]) -> str:
         labels = {
             "onnxruntime_run": "ONNX Runtime `session.run`",
             "onnxruntime_run_oip_json": "... with OIP JSON parse and dump (the floor's handler)",
-            "roost_dataplane": "Roost data plane: decode, validate, run, encode, log append",
+            "roost_dataplane": "Roost data plane (`DataPlane.infer` + response encoding)",
         }
         for key, label in labels.items():
             if key in ip:
                 lines.append(f"| {label} | {ip[key]['median_us']:.1f} | {ip[key]['p99_us']:.1f} |")
+        if "roost_dataplane_error" in ip:
+            lines.append(f"| Roost data plane: not measured ({ip['roost_dataplane_error']}) | | |")
+    logs = report.get("server_logs", {})
+    if logs:
+        lines.append("")
+        lines += [
+            f"- {name} log: {info.get('tracebacks', 0)} tracebacks "
+            f"{info.get('exception_types') or ''}".rstrip()
+            for name, info in logs.items()
+        ]
+    plog = report.get("roost_prediction_log")
+    if plog:
+        lines.append(
+            f"- Roost prediction log: {plog['rows_logged']:,} rows written for "
+            f"{plog['requests_counted_by_wrk']:,} requests wrk counted"
+        )
     return "\n".join(lines)
 
 
@@ -524,6 +626,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=12.0, help="seconds per wrk run")
     parser.add_argument("--concurrency", default="1,64", help="comma-separated connections")
     parser.add_argument("--servers", default="floor,roost", help="comma-separated: floor,roost")
+    parser.add_argument("--workers", type=int, default=1, help="server processes (both)")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of wrk per server")
     parser.add_argument("--calls", type=int, default=20000, help="in-process calls to time")
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "out", help="output directory")
@@ -545,6 +648,27 @@ def _terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def roost_settings_info(home: Path) -> dict[str, Any]:
+    """The gateway settings and the version's serving config the run used (defaults)."""
+    from registry import Registry, RoostSettings
+
+    settings = RoostSettings(home=home)
+    info: dict[str, Any] = {
+        "prediction_logging": "on (always on in Roost: Parquet, zstd, fsync)",
+        "log_flush_rows": settings.log_flush_rows,
+        "log_flush_interval_s": settings.log_flush_interval_s,
+        "intra_op_threads": settings.intra_op_threads,
+    }
+    registry = Registry.from_settings(settings)
+    try:
+        version = next(v for v in registry.served_versions() if v.model == MODEL)
+        info["version"] = version.version
+        info["version_config"] = getattr(version, "config", None)
+    finally:
+        registry.close()
+    return info
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if shutil.which("wrk") is None:
@@ -558,20 +682,21 @@ def main(argv: list[str] | None = None) -> int:
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": machine_info(),
+        "source": source_fingerprint(),
         "model": MODEL,
         "body_file": str(BODY_FILE.relative_to(REPO_ROOT)),
         "settings": {
             "duration_s": args.duration,
             "concurrency": concurrencies,
             "warmup_s": args.warmup,
-            "wrk": "wrk -t1 -c<C> -d<D>s --latency -s benchmarks/post.lua",
+            "workers": args.workers,
+            "wrk": "wrk -t1 -c<C> -d<D>s --latency -s benchmarks/post.lua <url>",
             "onnxruntime_intra_op_threads": 1,
-            "roost_prediction_logging": "on (always on in Roost: Parquet, zstd, fsync; "
-            "flush every 5000 rows or 2 s)",
         },
     }
     home = Path(tempfile.mkdtemp(prefix="roost-bench-"))
     targets: list[Target] = []
+    logged_before = 0
     with _terminate_as_interrupt():
         try:
             print(f"materializing {MODEL} into {home} ...", file=sys.stderr)
@@ -580,14 +705,15 @@ def main(argv: list[str] | None = None) -> int:
             model_path.parent.mkdir(parents=True)
             model_path.write_bytes(model)
             body = BODY_FILE.read_bytes().strip()
+            report["roost"] = roost_settings_info(home)
 
             print(f"timing in-process calls ({args.calls} each) ...", file=sys.stderr)
             report["in_process_us"] = measure_in_process(home, model, body, args.calls)
+            logged_before = count_logged_rows(home)
 
-            targets = build_targets(home, model_path, server_names)
-            logs = home / "bench"
+            targets = build_targets(home, model_path, server_names, args.workers)
             for target in targets:
-                start(target, logs)
+                start(target, model_path.parent)
             for target in targets:
                 wait_ready(target)
                 status, answer = _http("POST", target.url, body)
@@ -595,40 +721,46 @@ def main(argv: list[str] | None = None) -> int:
                     raise RuntimeError(f"{target.name} answered {status}: {answer[:500]!r}")
                 report.setdefault("sample_responses", {})[target.name] = json.loads(answer)
             report["targets"] = [
-                {"name": t.name, "description": t.description, "argv": t.argv,
-                 "env": t.env} for t in targets
+                {"name": t.name, "description": t.description, "argv": t.argv, "env": t.env}
+                for t in targets
             ]
-            warmups = report["warmups"] = []
+            warmups: list[dict[str, Any]] = []
+            report["warmups"] = warmups
             if args.warmup > 0:
                 for target in targets:
                     print(f"warming up {target.name} ...", file=sys.stderr)
                     warmups.append(run_wrk(target, max(concurrencies), args.warmup, BODY_FILE))
 
-            runs = []
-            for concurrency in concurrencies:
-                for target in targets:
-                    print(f"wrk {target.name} -c{concurrency} -d{args.duration:g}s ...",
-                          file=sys.stderr)
-                    runs.append(run_wrk(target, concurrency, args.duration, BODY_FILE))
+            runs: list[dict[str, Any]] = []
             report["runs"] = runs
+            for concurrency in concurrencies:
+                for target in targets:  # alternate servers: drifting load hits both alike
+                    print(
+                        f"wrk {target.name} -c{concurrency} -d{args.duration:g}s ...",
+                        file=sys.stderr,
+                    )
+                    runs.append(run_wrk(target, concurrency, args.duration, BODY_FILE))
             report["roost_vs_floor"] = _ratios(runs)
         finally:
             for target in targets:
                 stop(target)
-        report["machine"]["loadavg_end"] = _loadavg()
-        if any(t.name == "roost" for t in targets):
-            report["roost_prediction_log"] = {
-                "rows_logged": count_logged_rows(home),
-                "requests_counted_by_wrk_incl_warmup": 1 + sum(
-                    r.get("requests", 0)
-                    for r in [*report.get("warmups", []), *report.get("runs", [])]
-                    if r["server"] == "roost"
-                ),
-                "note": "the count includes the one sanity request; wrk does not count requests "
-                "still in flight when a run ends, so a few more rows than that are expected",
-            }
-        if not args.keep_home:
-            shutil.rmtree(home, ignore_errors=True)
+            report["machine"]["loadavg_end"] = _loadavg()
+            report["server_logs"] = {t.name: scan_log(t, args.out) for t in targets}
+            if any(t.name == "roost" for t in targets) and report.get("runs"):
+                sent = [*report.get("warmups", []), *report["runs"]]
+                report["roost_prediction_log"] = {
+                    "rows_logged": count_logged_rows(home) - logged_before,
+                    "requests_counted_by_wrk": 1 + sum(
+                        r.get("requests", 0) for r in sent if r["server"] == "roost"
+                    ),
+                    "note": "both include warm-up and the one sanity request; wrk does not "
+                    "count requests still in flight when a run ends (up to C per run), so "
+                    "slightly more rows than counted requests are expected",
+                }
+            if not args.keep_home:
+                shutil.rmtree(home, ignore_errors=True)
+            else:
+                print(f"kept ROOST_HOME at {home}", file=sys.stderr)
 
     table = render_table(report)
     print(table)
