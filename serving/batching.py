@@ -32,6 +32,7 @@ Tensors = dict[str, np.ndarray]
 SyncRunFn = Callable[[Tensors], Tensors]
 AsyncRunFn = Callable[[Tensors], Awaitable[Tensors]]
 RunFn = SyncRunFn | AsyncRunFn
+INLINE_BELOW_S = 0.0003  # typical batch time under which a sync model runs on the event loop
 
 
 @dataclass(eq=False)
@@ -87,6 +88,10 @@ class DynamicBatcher:
         self._executors: list[ThreadPoolExecutor] = []
         self._observe = observe  # (batch rows, queue wait s, inference s, queue depth) -> None
         self._closed = False
+        # Fast models (a few microseconds) run inline on the event loop when there is one
+        # instance; anything slower, or several instances, runs on the instances' threads.
+        self._inline = len(self._runners) == 1
+        self._typical_s = float("inf")
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -164,6 +169,9 @@ class DynamicBatcher:
                 merged = _merge(batch) if len(batch) > 1 else batch[0].feeds
                 if inspect.iscoroutinefunction(runner):  # a remote backend (Triton): no thread
                     outputs = await runner(merged)
+                elif self._inline and self._typical_s < INLINE_BELOW_S:
+                    # A thread round trip costs more than a model this fast; run it right here.
+                    outputs = runner(merged)
                 else:
                     outputs = await loop.run_in_executor(executor, runner, merged)
                 parts = _split(outputs, [p.rows for p in batch]) if len(batch) > 1 else [outputs]
@@ -234,6 +242,10 @@ class DynamicBatcher:
                 pass
 
     def _record(self, batch: list[_Pending], started: float) -> None:
+        took = time.monotonic() - started
+        self._typical_s = took if self._typical_s == float("inf") else (
+            0.9 * self._typical_s + 0.1 * took
+        )
         rows = sum(p.rows for p in batch)
         stats = self.stats
         stats.batches += 1
@@ -242,7 +254,7 @@ class DynamicBatcher:
         stats.batch_sizes[rows] += 1
         if self._observe is not None:
             waited = max(started - p.enqueued for p in batch)
-            self._observe(rows, waited, time.monotonic() - started, len(self._queue))
+            self._observe(rows, waited, took, len(self._queue))
 
 
 def _fail(pending: _Pending, error: BaseException) -> None:

@@ -7,6 +7,7 @@ included, is recorded in the prediction log.
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
 from collections.abc import Callable
@@ -60,6 +61,12 @@ class DataPlane:
         self.repository = repository
         self.log_writer = log_writer
         self.metrics = metrics
+        # Request ids: a random per-process prefix and a counter (uuid4 costs a system call).
+        self._id_prefix = uuid.uuid4().hex[:20]
+        self._id_counter = itertools.count()
+
+    def _new_id(self) -> str:
+        return f"{self._id_prefix}{next(self._id_counter):012x}"
 
     # -- metadata ---------------------------------------------------------------------------
 
@@ -110,12 +117,12 @@ class DataPlane:
         try:
             loaded = self.repository.resolve(model, version)
             request = decode(payload)
-            request_id = request.id or request_id or uuid.uuid4().hex
+            request_id = request.id or request_id or self._new_id()
             feeds = oip.validate_against_signature(request, loaded.info.signature)
             outputs = await loaded.batcher.submit(feeds, _timeout_ms(request))
             selected = oip.select_outputs(request, loaded.info.signature, outputs)
         except RoostError as exc:
-            request_id = request_id or uuid.uuid4().hex
+            request_id = request_id or self._new_id()
             self._log_failure(model, loaded, request_id, context, raw_inputs, started, exc)
             raise
         result = InferResult(model, loaded.info.version, request_id, selected)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any
 
 import orjson
@@ -20,7 +20,7 @@ def json_response(content: Any, status_code: int = 200) -> Response:
     return Response(orjson.dumps(content), status_code, media_type="application/json")
 
 
-def get_dataplane(request: Request) -> DataPlane:
+async def get_dataplane(request: Request) -> DataPlane:  # async: no thread-pool hop
     plane: DataPlane = request.app.state.dataplane
     return plane
 
@@ -87,35 +87,45 @@ async def model_ready(plane: DataPlaneDep, model: str, version: str | None = Non
     return json_response({"name": model, "ready": True})
 
 
+async def handle_v2_infer(
+    plane: DataPlane,
+    model: str,
+    version: str | None,
+    body: bytes,
+    headers: Mapping[str, str],
+) -> tuple[bytes, str, dict[str, str]]:
+    """One OIP v2 infer over HTTP: (response body, media type, extra headers).
+
+    Shared by the FastAPI route and the raw ASGI fast path (serving/fastpath.py).
+    """
+    header = headers.get(binary.HEADER_LENGTH.lower())  # ASGI header names are lower-case
+    decode: Callable[[bytes], oip.InferRequest]
+    if header is None:
+        payload, decode = body, binary.decode_json_request
+    else:  # Triton's binary tensor data extension
+        payload, decode = binary.prepare_binary_request(body, header)
+    context = CallContext("v2-rest", headers.get(USER_HEADER), headers.get(REQUEST_ID_HEADER))
+    parsed, result = await plane.infer(model, version, payload, decode, context)
+    flags = binary.binary_outputs(parsed, result.outputs)
+    if flags is None:
+        encoded = oip.encode_infer_response(
+            result.model, str(result.version), result.request_id, result.outputs
+        )
+        return encoded, "application/json", {}
+    encoded, json_length = binary.encode_binary_response(
+        result.model, str(result.version), result.request_id, result.outputs, flags
+    )
+    return encoded, "application/octet-stream", {binary.HEADER_LENGTH: str(json_length)}
+
+
 @v2.post("/v2/models/{model}/infer")
 @v2.post("/v2/models/{model}/versions/{version}/infer")
 async def infer(
     request: Request, plane: DataPlaneDep, model: str, version: str | None = None
 ) -> Response:
     body = await request.body()
-    header = request.headers.get(binary.HEADER_LENGTH)
-    decode: Callable[[bytes], oip.InferRequest]
-    if header is None:
-        payload, decode = body, binary.decode_json_request
-    else:  # Triton's binary tensor data extension
-        payload, decode = binary.prepare_binary_request(body, header)
-    parsed, result = await plane.infer(
-        model, version, payload, decode, _context(request, "v2-rest")
-    )
-    flags = binary.binary_outputs(parsed, result.outputs)
-    if flags is None:
-        encoded = oip.encode_infer_response(
-            result.model, str(result.version), result.request_id, result.outputs
-        )
-        return Response(encoded, media_type="application/json")
-    encoded, json_length = binary.encode_binary_response(
-        result.model, str(result.version), result.request_id, result.outputs, flags
-    )
-    return Response(
-        encoded,
-        media_type="application/octet-stream",
-        headers={binary.HEADER_LENGTH: str(json_length)},
-    )
+    encoded, media_type, extra = await handle_v2_infer(plane, model, version, body, request.headers)
+    return Response(encoded, media_type=media_type, headers=extra)
 
 
 v1 = APIRouter(tags=["kserve-v1"])
