@@ -27,6 +27,11 @@ PREDICTION_SCHEMA: pa.Schema = pa.schema(
         pa.field("user_id", pa.string()),
         pa.field("protocol", pa.string(), nullable=False),
         pa.field("error", pa.string()),
+        # the traffic router's decision (see serving/router.py)
+        pa.field("variant", pa.string()),
+        pa.field("experiment", pa.string()),
+        pa.field("route", pa.string()),
+        pa.field("shadow", pa.bool_(), nullable=False),
     ]
 )
 """Columns of every prediction-log Parquet file (``model`` and ``date`` are partition keys)."""
@@ -77,6 +82,14 @@ class PredictionRecord:
     user_id: str | None
     protocol: str
     error: str | None
+    variant: str | None = None
+    """Which arm answered: an experiment variant, ``canary``, ``production``, a segment, ..."""
+    experiment: str | None = None
+    """The experiment or bandit id that chose the version, if any."""
+    route: str | None = None
+    """Why the router chose the version: pinned, segment, experiment, bandit, canary, production."""
+    shadow: bool = False
+    """True for a mirrored copy answered by a shadow version (never sent to the caller)."""
 
     def __post_init__(self) -> None:
         if self.ts.tzinfo is None or self.ts.utcoffset() is None:

@@ -28,6 +28,7 @@ _DUCKDB_TYPES: dict[pa.DataType, str] = {
     pa.string(): "VARCHAR",
     pa.int64(): "BIGINT",
     pa.int32(): "INTEGER",
+    pa.bool_(): "BOOLEAN",
     pa.float64(): "DOUBLE",
     pa.timestamp("us", tz="UTC"): "TIMESTAMPTZ",
 }
