@@ -399,6 +399,10 @@ EXPECTED_COLUMNS = [
     ("user_id", "VARCHAR"),
     ("protocol", "VARCHAR"),
     ("error", "VARCHAR"),
+    ("variant", "VARCHAR"),
+    ("experiment", "VARCHAR"),
+    ("route", "VARCHAR"),
+    ("shadow", "BOOLEAN"),
 ]
 
 
