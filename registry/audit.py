@@ -109,8 +109,14 @@ def verify(session: Session) -> AuditVerification:
     # Read details as text: a record whose JSON was mangled must be reported, not crash us.
     rows = session.execute(
         select(
-            AuditRow.id, AuditRow.ts, AuditRow.actor, AuditRow.action, AuditRow.model,
-            AuditRow.version, type_coerce(AuditRow.details, Text), AuditRow.prev_hash,
+            AuditRow.id,
+            AuditRow.ts,
+            AuditRow.actor,
+            AuditRow.action,
+            AuditRow.model,
+            AuditRow.version,
+            type_coerce(AuditRow.details, Text),
+            AuditRow.prev_hash,
             AuditRow.hash,
         ).order_by(AuditRow.id)
     )
@@ -118,7 +124,9 @@ def verify(session: Session) -> AuditVerification:
         checked += 1
         if prev_hash != prev:
             return AuditVerification(
-                checked, False, row_id,
+                checked,
+                False,
+                row_id,
                 f"record {row_id} does not link to the record before it "
                 "(a record was removed or reordered)",
             )

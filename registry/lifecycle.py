@@ -43,8 +43,13 @@ DEPLOY_PATH: tuple[State, ...] = (
     State.PRODUCTION,
 )
 
-# States in which a version may be loaded and answer traffic.
+# States in which a version may be a deployment's production version.
 SERVABLE: frozenset[State] = frozenset({State.CANARY, State.PRODUCTION})
+
+# States in which a traffic policy may send (or mirror) requests to a version.
+ROUTABLE: frozenset[State] = frozenset(
+    {State.VALIDATED, State.STAGING, State.STAGING_TESTED, State.CANARY, State.PRODUCTION}
+)
 
 
 def parse_state(value: str) -> State:

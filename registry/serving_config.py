@@ -103,13 +103,9 @@ class ServingConfig:
     def _backend_problems(self) -> list[str]:
         problems = []
         if self.backend not in BACKENDS:
-            problems.append(
-                f"backend: expected one of {', '.join(BACKENDS)}, got {self.backend!r}"
-            )
+            problems.append(f"backend: expected one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.triton_protocol not in TRITON_PROTOCOLS:
-            problems.append(
-                f"triton_protocol: expected http or grpc, got {self.triton_protocol!r}"
-            )
+            problems.append(f"triton_protocol: expected http or grpc, got {self.triton_protocol!r}")
         if self.triton_url is not None:
             problem = _host_port_problem(self.triton_url)
             if problem:
@@ -120,7 +116,7 @@ class ServingConfig:
             problems.append("triton_model: expected a non-empty model name")
         if self.triton_model_version and not self.triton_model_version.isdigit():
             problems.append(
-                "triton_model_version: expected a version number or \"\" (the server's "
+                'triton_model_version: expected a version number or "" (the server\'s '
                 f"policy), got {self.triton_model_version!r}"
             )
         if not 0 < self.triton_timeout_s <= 3600:

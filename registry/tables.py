@@ -91,3 +91,15 @@ class AuditRow(Base):
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class BanditArmRow(Base):
+    """Beta-Bernoulli evidence of one bandit arm, summed over every gateway's feedback."""
+
+    __tablename__ = "bandit_arms"
+
+    model: Mapped[str] = mapped_column(String(128), primary_key=True)
+    bandit: Mapped[str] = mapped_column(String(128), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    rewards: Mapped[float] = mapped_column(default=0.0)
+    pulls: Mapped[float] = mapped_column(default=0.0)
