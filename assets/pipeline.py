@@ -2,6 +2,10 @@
 
 training data -> trained model -> ONNX artifact (registered) -> validation -> production deployment
 
+A model whose spec names a Feast FeatureService (the fraud model) gets its training data asset
+from ``assets/features.py`` (a point-in-time join) and the service's name in the registered
+version's tags and lineage (``feature_service``), which is how the gateway finds its features.
+
 Validation is four blocking asset checks on the ``validation`` asset: when one fails the version
 is moved to FAILED and the deployment asset does not run (the registry refuses it as well).
 """
@@ -48,6 +52,10 @@ class DemoModelSpec:
     parity_tolerance: float = 1e-4
     latency_budget_ms: float = 5.0
     description: str = ""
+    # A model whose training data comes from a Feast FeatureService: the service's name (stored
+    # in the registered version's tags and lineage) and the factory of its training data asset.
+    feature_service: str | None = None
+    training_data_asset: Callable[["DemoModelSpec"], AssetsDefinition] | None = None
 
 
 class TrainingConfig(Config):
@@ -70,19 +78,8 @@ def build_model_pipeline(spec: DemoModelSpec) -> tuple[list[AssetsDefinition], l
     """The five assets and four checks of one demo model."""
     p = spec.prefix
 
-    @asset(name=f"{p}_training_data", group_name=p, compute_kind="python")
-    def training_data() -> Output[Dataset]:
-        """Labelled training data for the model, fingerprinted for lineage."""
-        dataset = spec.load_data()
-        return Output(
-            dataset,
-            metadata={
-                "rows": len(dataset.frame),
-                "features": len(dataset.feature_names),
-                "fingerprint": dataset.fingerprint(),
-                "positive_rate": float(dataset.y.mean()),
-            },
-        )
+    training_data = (spec.training_data_asset or _loaded_training_data)(spec)
+    feature_tags = {"feature_service": spec.feature_service} if spec.feature_service else {}
 
     @asset(
         name=f"{p}_trained_model",
@@ -131,8 +128,13 @@ def build_model_pipeline(spec: DemoModelSpec) -> tuple[list[AssetsDefinition], l
                     "parameters": trained.params,
                     "python": platform.python_version(),
                     "dagster_run_id": context.run_id,
+                    **feature_tags,
                 },
-                tags={"pipeline": "demo", "asset": context.asset_key.to_user_string()},
+                tags={
+                    "pipeline": "demo",
+                    "asset": context.asset_key.to_user_string(),
+                    **feature_tags,
+                },
                 registered_by="dagster",
                 description=spec.description,
             )
@@ -221,6 +223,26 @@ def build_model_pipeline(spec: DemoModelSpec) -> tuple[list[AssetsDefinition], l
 
     assets_ = [training_data, trained_model, onnx_artifact, validation, production_deployment]
     return assets_, checks
+
+
+def _loaded_training_data(spec: DemoModelSpec) -> AssetsDefinition:
+    @asset(name=f"{spec.prefix}_training_data", group_name=spec.prefix, compute_kind="python")
+    def training_data() -> Output[Dataset]:
+        """Labelled training data for the model, fingerprinted for lineage."""
+        dataset = spec.load_data()
+        return Output(dataset, metadata=dataset_metadata(dataset))
+
+    return training_data
+
+
+def dataset_metadata(dataset: Dataset) -> dict[str, Any]:
+    """What the UI shows about a training data set: size, fingerprint, positive rate."""
+    return {
+        "rows": len(dataset.frame),
+        "features": len(dataset.feature_names),
+        "fingerprint": dataset.fingerprint(),
+        "positive_rate": float(dataset.y.mean()),
+    }
 
 
 def _record_validation(

@@ -1,10 +1,17 @@
-"""Dagster resources: the registry the pipeline registers, validates and deploys into."""
+"""Dagster resources: the registry the pipeline registers, validates and deploys into, and the
+feature store its fraud model trains from and the gateway reads online features from."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from dagster import ConfigurableResource
 
+from features.store import FeatureSettings, build_store
 from registry import Registry, RoostSettings
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
 
 
 class RegistryResource(ConfigurableResource):  # type: ignore[type-arg]
@@ -23,3 +30,22 @@ class RegistryResource(ConfigurableResource):  # type: ignore[type-arg]
 
     def get_registry(self) -> Registry:
         return Registry.from_settings(self.settings())
+
+
+class FeatureStoreResource(ConfigurableResource):  # type: ignore[type-arg]
+    """Roost's Feast store; defaults come from the ``ROOST_*`` environment (``ROOST_HOME``,
+    ``ROOST_REDIS_URL``)."""
+
+    home: str | None = None
+    redis_url: str | None = None
+
+    def settings(self) -> FeatureSettings:
+        overrides: dict[str, object] = {}
+        if self.home:
+            overrides["home"] = self.home
+        if self.redis_url:
+            overrides["redis_url"] = self.redis_url
+        return FeatureSettings(**overrides)  # type: ignore[arg-type]
+
+    def get_store(self) -> FeatureStore:
+        return build_store(self.settings())

@@ -100,12 +100,14 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
     if host:
         os.environ["ROOST_HOST"] = host
     os.environ["ROOST_WORKERS"] = str(workers)
-    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if workers > 1:
         # every worker writes its metrics here; /metrics on any worker reports them all
+        from serving.metrics import MULTIPROC_ENV
+
         settings.home.mkdir(parents=True, exist_ok=True)
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(
-            prefix="metrics-", dir=settings.home
-        )
+        shared = tempfile.mkdtemp(prefix="metrics-", dir=settings.home)
+        os.environ[MULTIPROC_ENV] = shared
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = shared  # prometheus_client's value storage
     uvicorn.run(
         "serving.app:create_app_from_env",
         factory=True,
@@ -294,8 +296,13 @@ def audit_log(model: str | None, as_json: bool) -> None:
     """List audit records."""
     rows = [
         {
-            "id": r.id, "ts": r.ts, "actor": r.actor, "action": r.action, "model": r.model,
-            "version": r.version, "details": json.dumps(r.details),
+            "id": r.id,
+            "ts": r.ts,
+            "actor": r.actor,
+            "action": r.action,
+            "model": r.model,
+            "version": r.version,
+            "details": json.dumps(r.details),
         }
         for r in _registry().audit_records(model)
     ]
@@ -311,7 +318,10 @@ def triton() -> None:
 @click.argument("model")
 @click.option("--version", type=int, default=None, help="Version to export (default: production).")
 @click.option(
-    "--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
     help="Triton model repository folder to write into (created if missing).",
 )
 @click.option("--gpu", is_flag=True, help="Instance group kind KIND_GPU instead of KIND_CPU.")
@@ -324,3 +334,117 @@ def triton_export(model: str, version: int | None, out: Path, gpu: bool) -> None
     click.echo(f"exported {model} version {done.version} to {done.model_dir}")
     click.echo(f"  {done.config_path}")
     click.echo(f"  {done.artifact_path}")
+
+
+def _show_policy(policy: Any) -> None:
+    click.echo(json.dumps(policy.to_dict(), indent=2))
+
+
+@main.group()
+def traffic() -> None:
+    """Traffic policies: who answers a model's requests, and who sees mirrored copies."""
+
+
+@traffic.command("show")
+@click.argument("model")
+@friendly_errors
+def traffic_show(model: str) -> None:
+    """Print MODEL's policy (JSON)."""
+    _show_policy(_registry().get_policy(model))
+
+
+@traffic.command("set")
+@click.argument("model")
+@click.option("--file", "path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--policy", "text", default=None, help="The policy as JSON.")
+@click.option("--reason", default="traffic policy", help="Why (recorded in the audit trail).")
+@friendly_errors
+def traffic_set(model: str, path: Path | None, text: str | None, reason: str) -> None:
+    """Replace MODEL's traffic policy (canary, experiments, shadows, segments, bandit, flags)."""
+    if (path is None) == (text is None):
+        raise click.UsageError("give exactly one of --file or --policy")
+    raw = path.read_text() if path is not None else str(text)
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}") from None
+    _show_policy(_registry().set_policy(model, data, reason=reason))
+
+
+@main.command()
+@click.argument("model")
+@click.argument("version", type=int, required=False)
+@click.option("--percent", type=click.FloatRange(0, 100), default=None)
+@click.option("--promote", is_flag=True, help="Make the canary the production version.")
+@click.option("--rollback", is_flag=True, help="Take traffic off the canary (-> ROLLBACK).")
+@click.option("--reason", default="canary", help="Why (recorded in the audit trail).")
+@friendly_errors
+def canary(
+    model: str,
+    version: int | None,
+    percent: float | None,
+    promote: bool,
+    rollback: bool,
+    reason: str,
+) -> None:
+    """Start (VERSION --percent P), promote or roll back MODEL's canary."""
+    from registry import traffic_ops
+
+    registry = _registry()
+    if promote:
+        _show_policy(traffic_ops.promote_canary(registry, model))
+    elif rollback:
+        _show_policy(registry.rollback_canary(model, reason=reason))
+    elif version is not None and percent is not None:
+        _show_policy(registry.start_canary(model, version, percent))
+    else:
+        raise click.UsageError("give VERSION --percent P, or --promote, or --rollback")
+
+
+@main.command()
+@click.argument("model")
+@click.argument("version", type=int)
+@click.option("--percent", type=click.FloatRange(0, 100), default=100.0)
+@click.option("--remove", is_flag=True, help="Stop mirroring to VERSION.")
+@friendly_errors
+def shadow(model: str, version: int, percent: float, remove: bool) -> None:
+    """Mirror PERCENT of MODEL's requests to VERSION (it never answers callers)."""
+    from registry import traffic_ops
+
+    registry = _registry()
+    if remove:
+        _show_policy(traffic_ops.remove_shadow(registry, model, version))
+    else:
+        _show_policy(traffic_ops.set_shadow(registry, model, version, percent))
+
+
+@main.group()
+def experiment() -> None:
+    """A/B (or A/B/n) experiments with sticky assignment by unit id."""
+
+
+@experiment.command("start")
+@click.argument("model")
+@click.option("--id", "experiment_id", required=True)
+@click.option("--variant", "variants", multiple=True, required=True, help="[NAME:]VERSION=WEIGHT")
+@click.option("--salt", default=None, help="Assignment salt (default: the experiment id).")
+@friendly_errors
+def experiment_start(
+    model: str, experiment_id: str, variants: tuple[str, ...], salt: str | None
+) -> None:
+    """Split MODEL's traffic between versions by weight (weights sum to 100)."""
+    from registry import traffic_ops
+
+    parsed = traffic_ops.parse_variants(list(variants))
+    _show_policy(traffic_ops.start_experiment(_registry(), model, experiment_id, parsed, salt))
+
+
+@experiment.command("stop")
+@click.argument("model")
+@click.option("--id", "experiment_id", required=True)
+@friendly_errors
+def experiment_stop(model: str, experiment_id: str) -> None:
+    """End an experiment; its traffic returns to the canary / production."""
+    from registry import traffic_ops
+
+    _show_policy(traffic_ops.stop_experiment(_registry(), model, experiment_id))

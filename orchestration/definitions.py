@@ -1,11 +1,11 @@
-"""The Dagster code location: demo pipelines, their checks, jobs and resources."""
+"""The Dagster code location: demo pipelines, their checks, jobs, schedules and resources."""
 
 from __future__ import annotations
 
 from dagster import AssetSelection, Definitions, define_asset_job
 
-from assets.demo import demo_assets
-from assets.resources import RegistryResource
+from assets.demo import demo_assets, demo_schedules
+from assets.resources import FeatureStoreResource, RegistryResource
 
 
 def build_definitions() -> Definitions:
@@ -15,11 +15,13 @@ def build_definitions() -> Definitions:
         selection=AssetSelection.all(),
         description="Train, export, register, validate and deploy every demo model.",
     )
+    schedules = demo_schedules()
     return Definitions(
         assets=assets,
         asset_checks=checks,
         jobs=[demo_job],
-        resources={"registry": RegistryResource()},
+        schedules=schedules,
+        resources={"registry": RegistryResource(), "features": FeatureStoreResource()},
     )
 
 

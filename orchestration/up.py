@@ -77,14 +77,17 @@ def materialize_demo(settings: RoostSettings) -> bool:
     from dagster import DagsterInstance, materialize
 
     from assets.demo import demo_assets
-    from assets.resources import RegistryResource
+    from assets.resources import FeatureStoreResource, RegistryResource
 
     assets, checks = demo_assets()
     with DagsterInstance.get() as instance:
         result = materialize(
             [*assets, *checks],
             instance=instance,
-            resources={"registry": RegistryResource(home=str(settings.home))},
+            resources={
+                "registry": RegistryResource(home=str(settings.home)),
+                "features": FeatureStoreResource(home=str(settings.home)),
+            },
             raise_on_error=False,
         )
     return bool(result.success)

@@ -6,8 +6,14 @@ import asyncio
 import contextlib
 import gc
 import logging
+import math
+import signal
+import threading
 from collections.abc import AsyncIterator
+from types import FrameType
+from typing import Any
 
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
@@ -27,6 +33,79 @@ from warehouse import PredictionLogWriter
 log = logging.getLogger("roost.serving")
 
 
+class Drain:
+    """Graceful shutdown on SIGTERM, on top of uvicorn's own.
+
+    Installed from the lifespan (main thread only), in front of the handler uvicorn installed.
+    On SIGTERM: ``app.state.draining`` turns true at once, so readiness answers 503
+    ``draining`` and new inference requests 503 (see :mod:`serving.fastpath`); gRPC stops taking
+    new calls (UNAVAILABLE) and gives in-flight ones the grace period. After
+    ``settings.drain_delay_s`` it asks uvicorn to exit, with its graceful-shutdown timeout set to
+    ``settings.drain_grace_s`` unless configured: uvicorn closes the listeners, waits for
+    in-flight requests (each answered once its log record is durable), then runs the lifespan's
+    shutdown, which seals the prediction log. Uvicorn is asked through ``should_exit`` rather
+    than its signal handler, which would re-raise SIGTERM after the shutdown and turn a clean
+    drain into exit status 143; the process exits 0.
+    """
+
+    def __init__(self, app: FastAPI, settings: RoostSettings, grpc_server: Any) -> None:
+        self.app = app
+        self.settings = settings
+        self.grpc_server = grpc_server
+        self.grpc_stopping: asyncio.Task[None] | None = None
+        self.loop = asyncio.get_running_loop()
+        self.previous: Any = None
+        self.installed = False
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # an embedded server (tests): whoever runs it stops it
+        self.previous = signal.getsignal(signal.SIGTERM)
+        if self.previous in (None, signal.SIG_IGN):
+            return  # SIGTERM is ignored (or handled outside Python): leave it so
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+        self.installed = True
+
+    def uninstall(self) -> None:
+        if self.installed and signal.getsignal(signal.SIGTERM) == self._on_sigterm:
+            signal.signal(signal.SIGTERM, self.previous)
+        self.installed = False
+
+    def _on_sigterm(self, sig: int, frame: FrameType | None) -> None:
+        if self.app.state.draining:
+            return  # already draining; a second SIGTERM changes nothing
+        self.app.state.draining = True
+        self.loop.call_soon_threadsafe(self.begin)
+
+    def begin(self) -> None:
+        """Start draining (on the event loop)."""
+        self.app.state.draining = True
+        delay, grace = self.settings.drain_delay_s, self.settings.drain_grace_s
+        log.warning(
+            "SIGTERM: draining; not ready, new requests get 503; stopping in %.1fs, "
+            "in-flight requests have %.1fs more",
+            delay,
+            grace,
+        )
+        if self.grpc_server is not None and self.grpc_stopping is None:
+            self.grpc_stopping = self.loop.create_task(self.grpc_server.stop(delay + grace))
+        self.loop.call_later(delay, self._stop_serving)
+
+    def _stop_serving(self) -> None:
+        previous = self.previous
+        server = getattr(previous, "__self__", None)
+        if isinstance(server, uvicorn.Server):
+            config = server.config
+            if config.timeout_graceful_shutdown is None:
+                config.timeout_graceful_shutdown = max(1, math.ceil(self.settings.drain_grace_s))
+            server.should_exit = True
+        elif callable(previous):
+            previous(signal.SIGTERM, None)
+        elif previous == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.raise_signal(signal.SIGTERM)
+
+
 def create_app_from_env() -> FastAPI:
     """The gateway with settings from the environment (uvicorn's factory for worker processes)."""
     return create_app(RoostSettings())
@@ -39,29 +118,44 @@ def create_app(settings: RoostSettings, registry: Registry | None = None) -> Fas
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.draining = False
         metrics = GatewayMetrics()
         repository = ModelRepository(reg, settings, metrics)
+        # Opens the write-ahead log (and recovers segments dead processes left) before any
+        # request can be answered.
         writer = PredictionLogWriter.from_settings(settings)
-        writer.start()
-        app.state.dataplane = DataPlane(repository, writer, metrics)
-        await repository.sync(force=True)
-        # Everything loaded so far lives as long as the process: keep it out of the collector's
-        # full passes, which otherwise stall the event loop for tens of milliseconds.
-        gc.collect()
-        gc.freeze()
-        poller = asyncio.create_task(repository.poll_forever())
+        await asyncio.to_thread(writer.start)
+        drain: Drain | None = None
+        poller: asyncio.Task[None] | None = None
         grpc_server = None
         try:
+            app.state.dataplane = DataPlane(repository, writer, metrics)
+            await repository.sync(force=True)
+            # Everything loaded so far lives as long as the process: keep it out of the
+            # collector's full passes, which otherwise stall the event loop for tens of ms.
+            gc.collect()
+            gc.freeze()
+            poller = asyncio.create_task(repository.poll_forever())
             grpc_server = await start_grpc_server(app.state.dataplane, settings)
             app.state.grpc_server = grpc_server
+            drain = Drain(app, settings, grpc_server)
+            drain.install()
             yield
         finally:
-            if grpc_server is not None:  # before the log writer closes: in-flight calls log
+            # Uvicorn has stopped accepting and waited for in-flight HTTP requests by now.
+            app.state.draining = True
+            if drain is not None:
+                drain.uninstall()
+            if drain is not None and drain.grpc_stopping is not None:
+                await drain.grpc_stopping
+            elif grpc_server is not None:  # before the log writer closes: in-flight calls log
                 await grpc_server.stop(STOP_GRACE_S)
-            poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await poller
+            if poller is not None:
+                poller.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await poller
             await repository.close()
+            # Commits what is left, seals every WAL segment into Parquet, releases the WAL.
             await asyncio.to_thread(writer.close)
             if owns_registry:
                 reg.close()

@@ -7,6 +7,7 @@ included, is recorded in the prediction log.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
 import uuid
@@ -24,7 +25,7 @@ from serving import oip
 from serving.batching import QueueFull
 from serving.metrics import GatewayMetrics
 from serving.repository import LoadedVersion, ModelRepository
-from warehouse import PredictionLogWriter, PredictionRecord
+from warehouse import LogUnavailable, PredictionLogWriter, PredictionRecord
 
 SERVER_NAME = "roost"
 SERVER_VERSION = "0.1.0"
@@ -123,10 +124,10 @@ class DataPlane:
             selected = oip.select_outputs(request, loaded.info.signature, outputs)
         except RoostError as exc:
             request_id = request_id or self._new_id()
-            self._log_failure(model, loaded, request_id, context, raw_inputs, started, exc)
+            await self._log_failure(model, loaded, request_id, context, raw_inputs, started, exc)
             raise
         result = InferResult(model, loaded.info.version, request_id, selected)
-        self._log(
+        await self._log(
             model, loaded.info.version, request_id, context, raw_inputs,
             _outputs_json(selected), started, 200, None,
         )
@@ -135,7 +136,14 @@ class DataPlane:
     def instances_to_request(
         self, model: str, version: str | None, payload: bytes
     ) -> oip.InferRequest:
-        """Decode a KServe v1 body: map ``instances`` (records or rows) onto the model's input."""
+        """Decode a KServe v1 body: map ``instances`` (records or rows) onto the model's input.
+
+        When the version names a feature service (``tags["feature_service"]``), instances may
+        name entities instead: ``{"entities": {"customer_id": 42}, "features": {...}}``. The
+        batch's features are then looked up in the online store in one call (see
+        :mod:`features.online`) and the values used are returned under the request parameter
+        ``roost.features`` for the prediction log.
+        """
         try:
             body = orjson.loads(payload)
         except orjson.JSONDecodeError as exc:
@@ -143,7 +151,8 @@ class DataPlane:
         if not isinstance(body, dict) or "instances" not in body:
             raise InvalidRequest('request body must be an object with "instances": [...]')
         instances = body["instances"]
-        signature = self.repository.resolve(model, version).info.signature
+        info = self.repository.resolve(model, version).info
+        signature = info.signature
         if len(signature.inputs) != 1 or len(signature.inputs[0].shape) != 2:
             raise InvalidRequest(
                 f"model '{model}' does not take one 2-D input; use the v2 infer endpoint"
@@ -153,27 +162,44 @@ class DataPlane:
             raise InvalidRequest("instances: expected a non-empty list of records or rows")
         names = signature.feature_names
         rows: list[list[Any]] = []
-        for i, instance in enumerate(instances):
-            if isinstance(instance, dict):
-                if names is None:
-                    raise InvalidRequest(
-                        f"instances[{i}]: model '{model}' has no feature names; send rows "
-                        "(lists of values) instead of records"
-                    )
-                unknown = sorted(set(instance) - set(names))
-                if unknown:
-                    raise InvalidRequest(
-                        f"instances[{i}]: unknown feature '{unknown[0]}'; expected features: "
-                        + ", ".join(names)
-                    )
-                missing = [n for n in names if n not in instance]
-                if missing:
-                    raise InvalidRequest(f"instances[{i}]: missing feature '{missing[0]}'")
-                rows.append([instance[n] for n in names])
-            elif isinstance(instance, list):
-                rows.append(instance)
-            else:
-                raise InvalidRequest(f"instances[{i}]: expected an object or a list")
+        parameters: dict[str, Any] = {}
+        if isinstance(instances[0], dict) and "entities" in instances[0]:
+            service = info.tags.get("feature_service")
+            if not isinstance(service, str) or names is None:
+                raise InvalidRequest(
+                    f"instances[0].entities: model '{model}' version {info.version} has no "
+                    "feature service; send the features inline"
+                )
+            from features.online import LOG_PARAMETER, shared_online_features
+
+            features = getattr(self, "features", None) or shared_online_features(
+                self.repository.settings.home
+            )
+            lookup = features.lookup(service, names, instances)
+            rows = lookup.rows
+            parameters[LOG_PARAMETER] = lookup.to_log()
+        else:  # records or rows, inline
+            for i, instance in enumerate(instances):
+                if isinstance(instance, dict):
+                    if names is None:
+                        raise InvalidRequest(
+                            f"instances[{i}]: model '{model}' has no feature names; send rows "
+                            "(lists of values) instead of records"
+                        )
+                    unknown = sorted(set(instance) - set(names))
+                    if unknown:
+                        raise InvalidRequest(
+                            f"instances[{i}]: unknown feature '{unknown[0]}'; expected features: "
+                            + ", ".join(names)
+                        )
+                    missing = [n for n in names if n not in instance]
+                    if missing:
+                        raise InvalidRequest(f"instances[{i}]: missing feature '{missing[0]}'")
+                    rows.append([instance[n] for n in names])
+                elif isinstance(instance, list):
+                    rows.append(instance)
+                else:
+                    raise InvalidRequest(f"instances[{i}]: expected an object or a list")
         width = spec.shape[1]
         for i, row in enumerate(rows):
             if width >= 0 and len(row) != width:
@@ -186,12 +212,12 @@ class DataPlane:
             id=body.get("id") if isinstance(body.get("id"), str) else None,
             inputs=[oip.RequestInput(spec.name, spec.datatype, shape, array, {})],
             outputs=None,
-            parameters={},
+            parameters=parameters,
         )
 
     # -- logging ----------------------------------------------------------------------------
 
-    def _log(
+    async def _log(
         self,
         model: str,
         version: int,
@@ -203,12 +229,11 @@ class DataPlane:
         status: int,
         error: str | None,
     ) -> None:
+        """Record one prediction and wait until the record is durable (``log_durability:
+        fsync``), so the transport answers only then; raises ``LogUnavailable`` (503) if the log
+        cannot store it. The metric's latency includes that wait."""
         latency_ms = (time.perf_counter() - started) * 1000.0
-        if self.metrics is not None:
-            self.metrics.record_request(
-                model, str(version), context.protocol, status, latency_ms / 1000.0
-            )
-        self.log_writer.append(
+        waiter = self.log_writer.append_durable(
             PredictionRecord(
                 request_id=request_id,
                 ts=datetime.now(UTC),
@@ -223,8 +248,22 @@ class DataPlane:
                 error=error,
             )
         )
+        if waiter is not None:
+            try:
+                await waiter
+            except LogUnavailable:
+                if self.metrics is not None:
+                    self.metrics.record_request(
+                        model, str(version), context.protocol, LogUnavailable.status_code,
+                        time.perf_counter() - started,
+                    )
+                raise
+        if self.metrics is not None:
+            self.metrics.record_request(
+                model, str(version), context.protocol, status, time.perf_counter() - started
+            )
 
-    def _log_failure(
+    async def _log_failure(
         self,
         model: str,
         loaded: LoadedVersion | None,
@@ -240,10 +279,12 @@ class DataPlane:
         if self.metrics is not None and isinstance(exc, QueueFull | DeadlineExceeded):
             reason = "queue_full" if isinstance(exc, QueueFull) else "deadline"
             self.metrics.record_rejection(model, str(loaded.info.version), reason)
-        self._log(
-            model, loaded.info.version, request_id, context, inputs, "", started,
-            exc.status_code, exc.message,
-        )
+        # The caller re-raises ``exc``: a log failure must not replace the request's own error.
+        with contextlib.suppress(LogUnavailable):
+            await self._log(
+                model, loaded.info.version, request_id, context, inputs, "", started,
+                exc.status_code, exc.message,
+            )
 
 
 def _timeout_ms(request: oip.InferRequest) -> float | None:

@@ -38,6 +38,12 @@ class InferFastPath:
         self.owner = owner  # the FastAPI app, whose state holds the data plane
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and getattr(self.owner.state, "draining", False)
+            and await _refuse_while_draining(scope, send)
+        ):
+            return
         if scope["type"] == "http" and scope["method"] == "POST":
             match = INFER_PATH.match(scope["path"])
             if match is not None:
@@ -72,6 +78,27 @@ class InferFastPath:
             return
         raw_headers = [(k.lower().encode(), v.encode()) for k, v in extra.items()]
         await _send(send, 200, encoded, raw_headers, media_type)
+
+
+V1_PREDICT_PATH = re.compile(r"^/v1/models/[^/]+:predict$")
+READY_PATH = "/v2/health/ready"
+_DRAINING = orjson.dumps({"error": "the gateway is draining (shutting down)"})
+
+
+async def _refuse_while_draining(scope: Scope, send: Send) -> bool:
+    """While the gateway drains (SIGTERM): readiness and new inference requests get 503.
+
+    Returns whether it answered; everything else (liveness, metadata, metrics) goes on.
+    """
+    path, method = scope["path"], scope["method"]
+    if method == "GET" and path == READY_PATH:
+        body = orjson.dumps({"ready": False, "reasons": ["draining"]})
+    elif method == "POST" and (INFER_PATH.match(path) or V1_PREDICT_PATH.match(path)):
+        body = _DRAINING
+    else:
+        return False
+    await _send(send, 503, body, [(b"connection", b"close")])
+    return True
 
 
 async def _read_body(receive: Receive) -> bytes:

@@ -1,7 +1,7 @@
 """Prometheus metrics of the gateway, served on ``/metrics``.
 
 Each app gets its own :class:`CollectorRegistry` (several gateways can live in one test process).
-With ``roost serve --workers N`` the workers share ``PROMETHEUS_MULTIPROC_DIR`` and ``/metrics``
+With ``roost serve --workers N`` the workers share a metrics directory and ``/metrics``
 aggregates every worker's figures.
 """
 
@@ -39,8 +39,16 @@ LATENCY_BUCKETS = (
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
+MULTIPROC_ENV = "ROOST_METRICS_MULTIPROC_DIR"
+
+
 def multiprocess_dir() -> str | None:
-    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+    """The directory worker processes share metrics through (set by ``roost serve --workers``).
+
+    Roost's own variable, not ``PROMETHEUS_MULTIPROC_DIR``: importing Feast sets that one for
+    Feast's metrics, which must not switch a single-process gateway into multi-process mode.
+    """
+    return os.environ.get(MULTIPROC_ENV) or None
 
 
 class GatewayMetrics:

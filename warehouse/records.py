@@ -8,6 +8,7 @@ are *not* columns of the files: DuckDB's ``hive_partitioning`` restores them (se
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -107,3 +108,9 @@ def records_to_table(records: Sequence[PredictionRecord]) -> pa.Table:
     """The records as a table with :data:`PREDICTION_SCHEMA` (partition keys left out)."""
     columns = {name: [getattr(r, name) for r in records] for name in PREDICTION_SCHEMA.names}
     return pa.Table.from_pydict(columns, schema=PREDICTION_SCHEMA)
+
+
+def records_from_table(table: pa.Table) -> list[PredictionRecord]:
+    """The rows of a table with :data:`PREDICTION_SCHEMA`'s columns plus ``model`` as records."""
+    names = [f.name for f in dataclasses.fields(PredictionRecord)]
+    return [PredictionRecord(**{n: row[n] for n in names}) for row in table.to_pylist()]

@@ -1,21 +1,30 @@
-"""Writing the prediction log: an in-memory buffer with a flush policy, in front of a sink.
+"""Writing the prediction log: a write-ahead log, or an in-memory buffer, in front of a sink.
 
-Two layers, so that a write-ahead log can later sit between them:
-
-* :class:`PredictionLogWriter` buffers records on the request hot path (``append`` is a list
-  append under a lock) and hands them to its sink in batches, from a background thread, when
-  ``flush_rows`` rows are buffered or the oldest one is ``flush_interval_s`` old.
+* :class:`PredictionLogWriter` takes records on the request hot path. Built by
+  :meth:`PredictionLogWriter.from_settings` (as the gateway does) it puts them in a write-ahead
+  log (:mod:`warehouse.wal`): group commit with one ``fdatasync`` per group, and
+  :meth:`~PredictionLogWriter.append_durable` gives the caller a future that completes once its
+  record is durable, so the gateway answers only then (``durability="fsync"``, RPO 0). Closed
+  WAL segments are sealed into the sink by a compactor thread within
+  ``flush_interval_s``-and-a-bit. Built without ``wal_dir`` it is the plain buffer it always was:
+  records sit in memory until ``flush_rows`` rows are buffered or the oldest is
+  ``flush_interval_s`` old, and are lost if the process dies first.
 * a :class:`RecordSink` persists one batch. :class:`ParquetSink` writes Parquet files, partitioned
-  ``model=<model>/date=<YYYY-MM-DD>``, each published by an atomic rename.
+  ``model=<model>/date=<YYYY-MM-DD>``, each published by an atomic rename; its
+  :meth:`~ParquetSink.write_table` writes a sealed WAL segment under a name derived from the
+  segment, so sealing the same segment again replaces the same files.
 
-Delivery: a batch the sink fails to write stays buffered and is retried (with back-off) on the
-next flush, so records are not lost while the process lives. A sink that can never write some
-records raises :class:`RejectedRecords`; the writer drops those (and logs them) and writes the
-rest. Records still buffered when the process dies are lost until the write-ahead log lands.
+Delivery (buffer mode): a batch the sink fails to write stays buffered and is retried (with
+back-off) on the next flush. A sink that can never write some records raises
+:class:`RejectedRecords`; the writer drops those (and logs them) and writes the rest. In WAL mode a
+segment the sink fails to take stays on disk and is retried; records with unsafe model names are
+dropped (and logged) when their segment is sealed.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import itertools
 import logging
@@ -31,9 +40,18 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from warehouse.records import PredictionRecord, records_to_table, validate_model_name
+from warehouse.records import (
+    PREDICTION_SCHEMA,
+    PredictionRecord,
+    records_from_table,
+    records_to_table,
+    validate_model_name,
+)
+from warehouse.wal import WAL_DIR, Durability, WriteAheadLog
 
 if TYPE_CHECKING:
     from registry.settings import RoostSettings
@@ -191,16 +209,87 @@ class ParquetSink:
         return published
 
 
-class PredictionLogWriter:
-    """Buffers prediction records and flushes them to ``sink`` in batches.
+    def write_table(self, table: pa.Table, name: str) -> list[Path]:
+        """Write ``table`` (the Parquet columns plus ``model``) as ``<name>.parquet`` in each
+        (model, UTC date) partition it has rows for; return the paths.
 
-    ``append`` is cheap and thread-safe. After ``start()``, a daemon thread flushes once
-    ``flush_rows`` rows are buffered or the oldest buffered row is ``flush_interval_s`` old.
-    ``flush()`` writes everything buffered now, from any thread; ``close()`` stops the thread and
-    flushes. A failed write keeps the records buffered (in order, ahead of newer ones) and the
-    thread retries with exponential back-off, from ``flush_interval_s`` up to
-    ``max_retry_backoff_s``. After ``close()`` the writer still accepts records, which the next
-    ``flush()``/``close()`` writes.
+        The WAL's sealer: ``name`` is derived from the segment, so writing the same segment again
+        replaces the same files with the same rows. Each file is staged as ``.tmp-<name>``,
+        fsynced, renamed into place, and its directory fsynced (when ``fsync``). Raises
+        ``ValueError`` before writing anything if a model name is not a safe path component.
+        """
+        if _SAFE_ID.fullmatch(name) is None:
+            raise ValueError(f"file name {name!r} is not safe")
+        if table.num_rows == 0:
+            return []
+        for model in pc.unique(table.column("model")).to_pylist():
+            validate_model_name(model)
+        keys = pa.table(
+            {
+                "model": table.column("model"),
+                "date": pc.cast(table.column("ts"), pa.date32()),
+                "row": pa.array(range(table.num_rows), pa.int64()),
+            }
+        )
+        groups = keys.group_by(["model", "date"], use_threads=False).aggregate([("row", "list")])
+        staged: list[tuple[Path, Path]] = []
+        try:
+            for model, day, rows in zip(
+                groups.column("model").to_pylist(),
+                groups.column("date").to_pylist(),
+                groups.column("row_list").to_pylist(),
+                strict=True,
+            ):
+                directory = self.partition_dir(model, day)
+                directory.mkdir(parents=True, exist_ok=True)
+                part = table.take(pa.array(sorted(rows), pa.int64()))
+                part = part.select(PREDICTION_SCHEMA.names).cast(PREDICTION_SCHEMA)
+                tmp = directory / f".tmp-{name}"
+                staged.append((tmp, directory / f"{name}.parquet"))
+                pq.write_table(part, tmp, compression=self.compression)
+                if self.fsync:
+                    _fsync_path(tmp)
+            for tmp, final in staged:
+                os.replace(tmp, final)
+        except BaseException:
+            for tmp, _ in staged:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+            raise
+        if self.fsync:
+            for directory in {final.parent for _, final in staged}:
+                _fsync_path(directory)
+        return [final for _, final in staged]
+
+
+class SegmentSink(RecordSink, Protocol):
+    """A :class:`RecordSink` that can also write a sealed WAL segment idempotently."""
+
+    def write_table(self, table: pa.Table, name: str, /) -> object: ...
+
+
+class PredictionLogWriter:
+    """Takes prediction records on the hot path and gets them into ``sink``.
+
+    **WAL mode** (``wal_dir`` given; what :meth:`from_settings` builds): records go to a
+    :class:`~warehouse.wal.WriteAheadLog` in ``wal_dir/<writer_id>``. With
+    ``durability="fsync"``, :meth:`append_durable` returns a future that completes once the
+    record's commit group is fsynced (:meth:`append_sync` blocks instead); with ``"buffered"``
+    nothing waits and nothing is fsynced. A WAL segment is closed at ``flush_rows`` rows,
+    ``segment_bytes`` bytes or ``flush_interval_s`` age and then sealed into ``sink`` (its
+    ``write_table`` when it has one, so sealing is idempotent; else ``write_batch``) by a
+    background thread, which also recovers segments that dead processes left in ``wal_dir``.
+    ``flush()`` commits, closes and seals everything now; ``close()`` does so and releases the
+    directory. ``start()`` must run (it is implied by the first ``append_durable``) for commits
+    to happen on their own.
+
+    **Buffer mode** (no ``wal_dir``): ``append`` is cheap and thread-safe. After ``start()``, a
+    daemon thread flushes once ``flush_rows`` rows are buffered or the oldest buffered row is
+    ``flush_interval_s`` old. ``flush()`` writes everything buffered now, from any thread;
+    ``close()`` stops the thread and flushes. A failed write keeps the records buffered (in
+    order, ahead of newer ones) and the thread retries with exponential back-off, from
+    ``flush_interval_s`` up to ``max_retry_backoff_s``. After ``close()`` the writer still
+    accepts records, which the next ``flush()``/``close()`` writes (in both modes).
     """
 
     def __init__(
@@ -210,6 +299,11 @@ class PredictionLogWriter:
         flush_interval_s: float = 2.0,
         *,
         max_retry_backoff_s: float = 30.0,
+        wal_dir: Path | None = None,
+        durability: Durability | str = Durability.FSYNC,
+        segment_bytes: int = 64 * 1024 * 1024,
+        writer_id: str | None = None,
+        recover_orphans: bool = True,
     ) -> None:
         if flush_rows < 1:
             raise ValueError(f"flush_rows must be >= 1, got {flush_rows}")
@@ -232,27 +326,59 @@ class PredictionLogWriter:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
+        self.wal: WriteAheadLog | None = None
+        if wal_dir is not None:
+            if writer_id is None:
+                writer_id = getattr(sink, "writer_id", None) or default_writer_id()
+            if _SAFE_ID.fullmatch(writer_id) is None:
+                raise ValueError(f"writer_id {writer_id!r} is not safe as a directory name")
+            self.wal = WriteAheadLog(
+                Path(wal_dir),
+                writer_id,
+                self._seal,
+                durability=durability,
+                segment_rows=flush_rows,
+                segment_age_s=flush_interval_s,
+                segment_bytes=segment_bytes,
+                recover_orphans=recover_orphans,
+                max_retry_backoff_s=self.max_retry_backoff_s,
+            )
+
     @classmethod
     def from_settings(
         cls, settings: RoostSettings, sink: RecordSink | None = None
     ) -> PredictionLogWriter:
-        """A writer with the settings' flush policy, to a :class:`ParquetSink` at ``logs_dir``."""
+        """A WAL-mode writer with the settings' policy, to a :class:`ParquetSink` at
+        ``logs_dir`` (WAL in ``logs_dir/wal``, ``durability`` from ``log_durability``)."""
         return cls(
             sink if sink is not None else ParquetSink(settings.logs_dir),
             flush_rows=settings.log_flush_rows,
             flush_interval_s=settings.log_flush_interval_s,
+            wal_dir=settings.logs_dir / WAL_DIR,
+            durability=settings.log_durability,
+            segment_bytes=settings.log_segment_bytes,
         )
+
+    @property
+    def durability(self) -> Durability | None:
+        """The WAL's durability, or None in buffer mode (nothing is durable before a flush)."""
+        return self.wal.durability if self.wal is not None else None
 
     # -- counters ---------------------------------------------------------------------------
 
     @property
     def pending(self) -> int:
-        """Rows buffered and not yet written."""
+        """Rows buffered (or in the WAL) and not yet written to the sink."""
+        if self.wal is not None:
+            return self.wal.uncommitted + self.wal.unsealed
         return len(self._buffer)
 
     @property
     def written_total(self) -> int:
-        """Rows the sink has written since this writer was created."""
+        """Rows the sink has written since this writer was created (WAL mode: including rows
+        recovered from dead writers' segments)."""
+        if self.wal is not None:
+            return self.wal.sealed_total + self.wal.recovered_total
         return self._written_total
 
     @property
@@ -262,13 +388,22 @@ class PredictionLogWriter:
 
     @property
     def running(self) -> bool:
-        """Whether the background flush thread is running."""
+        """Whether the background threads are running."""
+        if self.wal is not None:
+            return self.wal.running
         return self._thread is not None and self._thread.is_alive()
 
     # -- hot path ---------------------------------------------------------------------------
 
     def append(self, record: PredictionRecord) -> None:
-        """Buffer one record; wakes the flush thread once ``flush_rows`` rows are buffered."""
+        """Take one record without waiting for it to be durable.
+
+        WAL mode: it joins the next commit group. Buffer mode: it is buffered; the flush thread
+        wakes once ``flush_rows`` rows are buffered.
+        """
+        if self.wal is not None:
+            self.wal.append(record)
+            return
         with self._lock:
             if not self._buffer:
                 self._oldest = time.monotonic()
@@ -277,13 +412,57 @@ class PredictionLogWriter:
         if full and not self._wake.is_set():
             self._wake.set()
 
+    def append_durable(self, record: PredictionRecord) -> asyncio.Future[None] | None:
+        """Take one record; return a future of the running event loop that completes once the
+        record is durable (or fails with :class:`~warehouse.wal.LogUnavailable`), or None when
+        there is nothing to wait for (``durability="buffered"``, or buffer mode).
+
+        Call it from a coroutine. Starts the WAL's threads if they are not running.
+        """
+        wal = self.wal
+        if wal is None or wal.durability is not Durability.FSYNC:
+            self.append(record)
+            return None
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if not wal.started:
+            self.start()
+        wal.append(record, future)
+        return future
+
+    def append_sync(self, record: PredictionRecord, timeout: float | None = None) -> None:
+        """:meth:`append_durable` for threads: block until the record is durable.
+
+        Raises :class:`~warehouse.wal.LogUnavailable` if it could not be made durable, and
+        ``TimeoutError`` after ``timeout`` seconds.
+        """
+        wal = self.wal
+        if wal is None or wal.durability is not Durability.FSYNC:
+            self.append(record)
+            return
+        future: concurrent.futures.Future[None] = concurrent.futures.Future()
+        if not wal.started:
+            self.start()
+        wal.append(record, future)
+        future.result(timeout)
+
     # -- flushing ---------------------------------------------------------------------------
 
     def flush(self) -> int:
         """Write everything buffered now; return how many rows were written.
 
         Sink errors are logged, not raised: the failed rows stay buffered (see ``pending``).
+        WAL mode: commits what was appended, closes the open segment and seals every closed
+        one into the sink.
         """
+        if self.wal is not None:
+            before = self.wal.sealed_total
+            try:
+                self.wal.commit()
+                self.wal.rotate()
+                self.wal.seal_closed()
+            except Exception as exc:
+                logger.error("prediction log: flush failed: %s", exc, exc_info=exc)
+            return self.wal.sealed_total - before
         with self._flush_lock:
             with self._lock:
                 batch, oldest = self._buffer, self._oldest
@@ -362,10 +541,42 @@ class PredictionLogWriter:
                 except Exception:  # never let the flush thread die
                     logger.exception("prediction log: flush thread error")
 
+    def _seal(self, table: pa.Table, name: str) -> None:
+        """The WAL's sealer: write a closed segment's rows to the sink, minus unsafe names."""
+        bad = []
+        for model in pc.unique(table.column("model")).to_pylist():
+            try:
+                validate_model_name(model)
+            except ValueError:
+                bad.append(model)
+        if bad:
+            mask = pc.is_in(table.column("model"), value_set=pa.array(bad, pa.string()))
+            dropped = int(pc.sum(mask).as_py() or 0)
+            table = table.filter(pc.invert(mask))
+            self._rejected_total += dropped
+            logger.error(
+                "prediction log: dropping %d record(s) with unsafe model names: %s",
+                dropped,
+                ", ".join(sorted(repr(m) for m in bad)),
+            )
+        if table.num_rows == 0:
+            return
+        write_table = getattr(self.sink, "write_table", None)
+        if callable(write_table):
+            write_table(table, name)
+        else:
+            self.sink.write_batch(records_from_table(table))
+
     # -- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the background flush thread (a daemon); a no-op if it is running."""
+        """Start the background threads (daemons); a no-op if they are running.
+
+        WAL mode: takes the writer directory first (``WalLocked`` if a live process holds it).
+        """
+        if self.wal is not None:
+            self.wal.start()
+            return
         if self.running:
             return
         self._stopping.clear()
@@ -374,7 +585,14 @@ class PredictionLogWriter:
         self._thread.start()
 
     def close(self, timeout: float | None = None) -> None:
-        """Stop the flush thread (waiting up to ``timeout`` seconds) and flush what is buffered."""
+        """Stop the threads (waiting up to ``timeout`` seconds) and flush what is buffered.
+
+        WAL mode: commits, seals every segment and releases the writer directory; segments that
+        cannot be sealed stay on disk for the next process to recover.
+        """
+        if self.wal is not None:
+            self.wal.close(timeout)
+            return
         self._stopping.set()
         self._wake.set()
         thread, self._thread = self._thread, None

@@ -1,16 +1,20 @@
 """The demo pipeline on a real Dagster instance, writing into a real registry in a temp home.
 
-One module-scoped materialization of the whole demo graph (both models, all assets and checks)
-serves the happy-path tests; the broken-model tests materialize only the breast-cancer group with
-``shuffle_labels`` so the blocking accuracy check fails and the deployment asset never runs.
+One module-scoped materialization of the whole demo graph (both models, the fraud model's Feast
+feature assets, all checks) serves the happy-path tests; the broken-model tests materialize only
+the breast-cancer group with ``shuffle_labels`` so the blocking accuracy check fails and the
+deployment asset never runs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import pytest
 from dagster import (
     AssetKey,
@@ -26,17 +30,20 @@ from dagster import (
 from assets.demo import DEMO_MODELS, demo_assets
 from assets.demo_data import generate_fraud_transactions, load_breast_cancer_dataset
 from assets.pipeline import CHECK_NAMES, DemoModelSpec, TrainingConfig, build_model_pipeline
-from assets.resources import RegistryResource
+from assets.resources import FeatureStoreResource, RegistryResource
 from assets.training import TrainedModel
 from registry import Registry, RoostSettings, State
 
 BROKEN = {"ops": {"breast_cancer_trained_model": {"config": {"shuffle_labels": True}}}}
+# The fraud history ends on a fixed day for the whole module: two runs give the same data.
+AS_OF = datetime.now(UTC).strftime("%Y-%m-%d")
+PINNED = {"ops": {"customer_activity": {"config": {"as_of": AS_OF}}}}
 SPECS = {spec.served_name: spec for spec in DEMO_MODELS}
 BREAST_CANCER = SPECS["breast-cancer"]
-FINGERPRINTS = {
-    "breast-cancer": load_breast_cancer_dataset().fingerprint(),
-    "fraud": generate_fraud_transactions().fingerprint(),
-}
+# The fraud model's training data is joined by Feast from generate_fraud_transactions(): the
+# same features and labels, with timestamps moved to end on AS_OF.
+FINGERPRINTS = {"breast-cancer": load_breast_cancer_dataset().fingerprint()}
+FEATURE_ASSETS = {"customer_activity", "online_features"}
 
 
 def _everything() -> list[Any]:
@@ -58,7 +65,10 @@ def _run(
 ) -> ExecuteInProcessResult:
     return materialize(
         selection,
-        resources={"registry": RegistryResource(home=str(home))},
+        resources={
+            "registry": RegistryResource(home=str(home)),
+            "features": FeatureStoreResource(home=str(home)),
+        },
         instance=instance,
         run_config=run_config,
         raise_on_error=raise_on_error,
@@ -109,7 +119,7 @@ def demo_instance() -> Iterator[DagsterInstance]:
 
 @pytest.fixture(scope="module")
 def demo_run(demo_home: Path, demo_instance: DagsterInstance) -> ExecuteInProcessResult:
-    return _run(demo_home, demo_instance, _everything())
+    return _run(demo_home, demo_instance, _everything(), PINNED)
 
 
 @pytest.fixture
@@ -126,7 +136,7 @@ def test_whole_demo_graph_materializes_and_every_check_passes(
     stages = ("training_data", "trained_model", "onnx_artifact", "validation",
               "production_deployment")
     expected = {f"{spec.prefix}_{stage}" for spec in DEMO_MODELS for stage in stages}
-    assert _materialized(demo_run) == expected
+    assert _materialized(demo_run) == expected | FEATURE_ASSETS
 
     checks = _checks(demo_run)
     assert checks == {
@@ -155,13 +165,18 @@ def test_registry_has_both_models_in_production_with_lineage_and_metrics(
         info = demo_registry.get_version(name, 1)
         assert info.state is State.PRODUCTION
         assert info.registered_by == "dagster"
-        assert info.tags == {"pipeline": "demo", "asset": f"{spec.prefix}_onnx_artifact"}
+        feature_tags = {"feature_service": "fraud_v1"} if name == "fraud" else {}
+        assert info.tags == {
+            "pipeline": "demo", "asset": f"{spec.prefix}_onnx_artifact", **feature_tags
+        }
         assert info.description == spec.description
 
         # Lineage ties the version to the exact training data and to the Dagster run.
         data_event = demo_run.asset_materializations_for_node(f"{spec.prefix}_training_data")[0]
         fingerprint = data_event.metadata["fingerprint"].value
-        assert info.lineage["training_data_fingerprint"] == fingerprint == FINGERPRINTS[name]
+        assert info.lineage["training_data_fingerprint"] == fingerprint
+        assert fingerprint == FINGERPRINTS.get(name, fingerprint)
+        assert info.lineage.get("feature_service") == feature_tags.get("feature_service")
         assert info.lineage["parameters"]["dataset_fingerprint"] == fingerprint
         assert info.lineage["dagster_run_id"] == demo_run.run_id
         assert info.lineage["parameters"]["shuffle_labels"] is False
@@ -193,6 +208,18 @@ def test_registry_has_both_models_in_production_with_lineage_and_metrics(
     assert verification.ok, verification.reason
 
 
+def test_fraud_training_data_is_the_point_in_time_join_of_the_generated_history(
+    demo_run: ExecuteInProcessResult,
+) -> None:
+    dataset = demo_run.output_for_node("fraud_training_data")
+    generated = generate_fraud_transactions()
+    np.testing.assert_array_equal(dataset.X, generated.X)
+    np.testing.assert_array_equal(dataset.y, generated.y)
+    assert dataset.frame["event_timestamp"].max() < pd.Timestamp(AS_OF, tz="UTC")
+    event = demo_run.asset_materializations_for_node("fraud_training_data")[0]
+    assert event.metadata["feature_service"].value == "fraud_v1"
+
+
 def test_rematerializing_the_demo_graph_is_idempotent(
     demo_home: Path,
     demo_instance: DagsterInstance,
@@ -202,7 +229,7 @@ def test_rematerializing_the_demo_graph_is_idempotent(
     generation = demo_registry.generation()
     audit_count = len(demo_registry.audit_records())
 
-    again = _run(demo_home, demo_instance, _everything())
+    again = _run(demo_home, demo_instance, _everything(), PINNED)
 
     assert again.success
     assert all(_checks(again).values()) and len(_checks(again)) == 8

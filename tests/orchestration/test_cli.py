@@ -96,7 +96,7 @@ def test_register_list_transition_deploy_and_audit(home: Path, onnx_file: Path) 
 
     # Deploying a version that is not VALIDATED fails cleanly.
     err = failed_cleanly(roost(home, "deploy", "m", "1"))
-    assert "REGISTERED" in err and "only a VALIDATED version can be deployed" in err
+    assert "REGISTERED" in err and "only a VALIDATED version" in err
 
     assert ok(roost(home, "transition", "m", "1", "validating", "--reason", "x")) == (
         "m version 1 is now VALIDATING\n"

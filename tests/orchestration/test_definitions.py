@@ -12,13 +12,16 @@ import pytest
 from dagster import AssetCheckKey, AssetKey, Definitions
 
 from assets.pipeline import CHECK_NAMES
-from assets.resources import RegistryResource
+from assets.resources import FeatureStoreResource, RegistryResource
 from orchestration.definitions import build_definitions, defs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PREFIXES = ("breast_cancer", "fraud")
 STAGES = ("training_data", "trained_model", "onnx_artifact", "validation", "production_deployment")
-ASSET_KEYS = {AssetKey(f"{p}_{stage}") for p in PREFIXES for stage in STAGES}
+FEATURE_ASSETS = ("customer_activity", "online_features")  # the fraud model's Feast assets
+ASSET_KEYS = {AssetKey(f"{p}_{stage}") for p in PREFIXES for stage in STAGES} | {
+    AssetKey(name) for name in FEATURE_ASSETS
+}
 CHECK_KEYS = {
     AssetCheckKey(AssetKey(f"{p}_validation"), f"{name}_check")
     for p in PREFIXES
@@ -31,11 +34,11 @@ def test_definitions_are_loadable() -> None:
     Definitions.validate_loadable(build_definitions())
 
 
-def test_definitions_hold_the_demo_assets_checks_job_and_resource() -> None:
+def test_definitions_hold_the_demo_assets_checks_jobs_schedule_and_resources() -> None:
     repo = defs.get_repository_def()
     graph = repo.asset_graph
     assert set(graph.get_all_asset_keys()) == ASSET_KEYS
-    assert len(ASSET_KEYS) == 10
+    assert len(ASSET_KEYS) == 12
     assert set(graph.asset_check_keys) == CHECK_KEYS
     assert len(CHECK_KEYS) == 8
 
@@ -48,24 +51,41 @@ def test_definitions_hold_the_demo_assets_checks_job_and_resource() -> None:
             for stage in STAGES
         }
         assert parents == {
-            "training_data": set(),
+            # The fraud model trains on Feast's point-in-time join of the customer activity.
+            "training_data": {"customer_activity"} if p == "fraud" else set(),
             "trained_model": {f"{p}_training_data"},
             "onnx_artifact": {f"{p}_trained_model", f"{p}_training_data"},
             "validation": {f"{p}_trained_model", f"{p}_onnx_artifact"},
             "production_deployment": {f"{p}_validation"},
         }
 
+    for name in FEATURE_ASSETS:
+        assert graph.get(AssetKey(name)).group_name == "features"
+    assert {k.to_user_string() for k in graph.get(AssetKey("online_features")).parent_keys} == {
+        "customer_activity"
+    }
+
     job = repo.get_job("demo_pipeline")
     assert set(job.asset_layer.selected_asset_keys) == ASSET_KEYS
     check_nodes = {f"{k.asset_key.to_user_string()}_{k.name}" for k in CHECK_KEYS}
     assert check_nodes <= {node.name for node in job.nodes}
 
-    assert set(repo.get_top_level_resources()) == {"registry"}
+    # The online store is materialized on a schedule; its job selects just that asset.
+    (schedule,) = repo.schedule_defs
+    assert schedule.cron_schedule == "*/10 * * * *"
+    materialize = repo.get_job("materialize_online_features")
+    assert set(materialize.asset_layer.selected_asset_keys) == {AssetKey("online_features")}
+    assert schedule.job_name == "materialize_online_features"
+
+    assert set(repo.get_top_level_resources()) == {"registry", "features"}
     assert defs.resources is not None
     resource = defs.resources["registry"]
     assert isinstance(resource, RegistryResource)
     # Unconfigured: the registry comes from the ROOST_* environment at run time.
     assert resource.home is None and resource.database_url is None
+    features = defs.resources["features"]
+    assert isinstance(features, FeatureStoreResource)
+    assert features.home is None and features.redis_url is None
 
 
 def _dagster_cli() -> str | None:

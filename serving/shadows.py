@@ -1,0 +1,87 @@
+"""Shadow traffic: mirrored copies of requests, answered by shadow versions off the request path.
+
+The primary's answer never waits for a shadow: ``offer`` only puts the request on a bounded
+queue (full: the copy is dropped and counted). Workers take copies from the queue, run them
+through the shadow version's own batcher and log the outputs with ``shadow = true`` under the
+primary's request id, so the two can be compared in SQL. A shadow that is slow, failing or
+missing changes nothing for callers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+log = logging.getLogger("roost.serving")
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowCopy:
+    model: str
+    version: int
+    request_id: str
+    feeds: dict[str, np.ndarray]
+    inputs_text: str
+    user_id: str | None
+    protocol: str
+
+
+ShadowRunner = Callable[[ShadowCopy], Awaitable[None]]
+
+
+class ShadowMirror:
+    """A bounded queue of mirrored requests and the workers that answer them."""
+
+    def __init__(self, run: ShadowRunner, max_queue: int = 1000, workers: int = 4) -> None:
+        self._run = run
+        self._queue: asyncio.Queue[ShadowCopy] = asyncio.Queue(maxsize=max_queue)
+        self._workers_n = workers
+        self._tasks: list[asyncio.Task[None]] = []
+        self.dropped = 0
+        self.failed = 0
+        self.done = 0
+        self.on_drop: Callable[[str, int], None] | None = None
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._work()) for _ in range(self._workers_n)]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    def offer(self, copy: ShadowCopy) -> bool:
+        """Queue a copy without waiting; False (and counted) when the queue is full."""
+        try:
+            self._queue.put_nowait(copy)
+        except asyncio.QueueFull:
+            self.dropped += 1
+            if self.on_drop is not None:
+                self.on_drop(copy.model, copy.version)
+            return False
+        return True
+
+    async def _work(self) -> None:
+        while True:
+            copy = await self._queue.get()
+            try:
+                await self._run(copy)
+                self.done += 1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a shadow's failure is recorded, never propagated
+                self.failed += 1
+                log.debug("shadow %s v%d failed: %s", copy.model, copy.version, exc)
+            finally:
+                self._queue.task_done()

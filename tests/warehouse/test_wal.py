@@ -1,0 +1,521 @@
+"""The prediction log's write-ahead log: group commit, durability, sealing, crash recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+import warehouse.wal as wal_module
+from registry.settings import RoostSettings
+from warehouse import (
+    WAL_DIR,
+    WAL_SCHEMA,
+    Durability,
+    LogUnavailable,
+    ParquetSink,
+    PredictionLogWriter,
+    PredictionRecord,
+    WalLocked,
+    read_segment,
+    run_query,
+)
+from warehouse.wal import list_segments, records_to_wal_batch
+
+T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+_ids = iter(range(10**9))
+
+
+def make_record(model: str = "iris", *, request_id: str | None = None) -> PredictionRecord:
+    n = next(_ids)
+    return PredictionRecord(
+        request_id=request_id or f"req-{n}",
+        ts=T0,
+        model=model,
+        version=1,
+        inputs='{"x": [1.0, 2.0]}',
+        outputs='{"y": [0]}',
+        latency_ms=1.5,
+        status=200,
+        user_id=None,
+        protocol="v2-rest",
+        error=None,
+    )
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met within timeout")
+        time.sleep(0.01)
+
+
+def wal_writer(
+    root: Path,
+    writer_id: str = "w1",
+    *,
+    flush_rows: int = 1000,
+    flush_interval_s: float = 3600,
+    durability: str = "fsync",
+    sink: Any = None,
+    recover_orphans: bool = False,
+) -> PredictionLogWriter:
+    return PredictionLogWriter(
+        sink if sink is not None else ParquetSink(root, writer_id),
+        flush_rows=flush_rows,
+        flush_interval_s=flush_interval_s,
+        wal_dir=root / WAL_DIR,
+        durability=durability,
+        writer_id=writer_id,
+        recover_orphans=recover_orphans,
+    )
+
+
+def logged(root: Path) -> list[tuple[str, int]]:
+    _, rows = run_query(
+        root, "select request_id, count(*) from predictions group by 1 order by 1"
+    )
+    return [(r, int(n)) for r, n in rows]
+
+
+def segments(root: Path, writer_id: str = "w1") -> list[Path]:
+    return list_segments(root / WAL_DIR / writer_id)
+
+
+def die(writer: PredictionLogWriter) -> None:
+    """What a SIGKILL leaves: the threads stop, nothing is sealed, the flock goes away."""
+    wal = writer.wal
+    assert wal is not None
+    wal._stopping.set()
+    wal._wake.set()
+    wal._compact_wake.set()
+    for thread in wal._threads:
+        thread.join()
+    if wal._segment is not None:
+        os.close(wal._segment.fd)
+    assert wal._lock_fd is not None
+    os.close(wal._lock_fd)
+
+
+# -- durability ---------------------------------------------------------------------------------
+
+
+def test_record_is_in_the_wal_before_append_sync_returns(tmp_path: Path) -> None:
+    writer = wal_writer(tmp_path)
+    writer.start()
+    try:
+        writer.append_sync(make_record(request_id="a"))
+        [segment] = segments(tmp_path)
+        contents = read_segment(segment)
+        assert contents.table.column("request_id").to_pylist() == ["a"]
+        assert not contents.torn
+        assert logged(tmp_path) == []  # not sealed yet: only the WAL has it
+        assert writer.pending == 1
+        assert writer.flush() == 1
+        assert logged(tmp_path) == [("a", 1)]
+        assert segments(tmp_path) == []
+    finally:
+        writer.close()
+    assert not (tmp_path / WAL_DIR / "w1").exists()  # a clean close leaves no directory
+
+
+def test_concurrent_requests_share_one_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    syncs = 0
+    real = wal_module._sync_data
+
+    def counting_sync(fd: int) -> None:
+        nonlocal syncs
+        syncs += 1
+        time.sleep(0.002)  # a slow disk: requests pile up behind each sync
+        real(fd)
+
+    monkeypatch.setattr(wal_module, "_sync_data", counting_sync)
+    writer = wal_writer(tmp_path, flush_rows=10**6)
+    writer.start()
+
+    async def requests(n: int) -> None:
+        async def one(i: int) -> None:
+            for j in range(5):
+                future = writer.append_durable(make_record(request_id=f"r{i}-{j}"))
+                assert future is not None
+                await future
+
+        await asyncio.gather(*(one(i) for i in range(n)))
+
+    try:
+        asyncio.run(requests(200))
+        wal = writer.wal
+        assert wal is not None
+        assert wal.committed_total == 1000
+        assert wal.groups_total < 100, "group commit should batch concurrent requests"
+        assert syncs <= wal.groups_total + 1  # one per group (+ the new segment's schema)
+    finally:
+        writer.close()
+    assert len(logged(tmp_path)) == 1000
+
+
+def test_buffered_durability_neither_waits_nor_syncs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_sync(fd: int) -> None:
+        raise AssertionError("buffered durability must not fsync the WAL")
+
+    monkeypatch.setattr(wal_module, "_sync_data", no_sync)
+    writer = wal_writer(tmp_path, durability="buffered")
+    assert writer.durability is Durability.BUFFERED
+    writer.start()
+    try:
+
+        async def go() -> None:
+            assert writer.append_durable(make_record(request_id="b")) is None
+
+        asyncio.run(go())
+        writer.append_sync(make_record(request_id="c"))  # returns at once as well
+        wal = writer.wal
+        assert wal is not None
+        wait_for(lambda: wal.committed_total == 2)  # written to the segment all the same
+    finally:
+        writer.close()
+    assert logged(tmp_path) == [("b", 1), ("c", 1)]
+
+
+def test_failed_sync_fails_the_group_and_the_next_group_succeeds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = wal_module._sync_data
+    fail = {"next": False}
+
+    def flaky_sync(fd: int) -> None:
+        if fail["next"]:
+            fail["next"] = False
+            raise OSError(5, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(wal_module, "_sync_data", flaky_sync)
+    writer = wal_writer(tmp_path)
+    writer.start()
+    try:
+        writer.append_sync(make_record(request_id="ok-1"))
+        fail["next"] = True
+        with pytest.raises(LogUnavailable, match="Input/output error") as excinfo:
+            writer.append_sync(make_record(request_id="lost"))
+        assert excinfo.value.status_code == 503
+        writer.append_sync(make_record(request_id="ok-2"))
+        wal = writer.wal
+        assert wal is not None and wal.failed_total == 1
+        # the failed group was cut off its segment, which was closed; a new one took ok-2
+        assert segments(tmp_path)[-1].name.endswith("-000001.arrow")
+    finally:
+        writer.close()
+    assert logged(tmp_path) == [("ok-1", 1), ("ok-2", 1)]
+
+
+# -- segments and sealing -------------------------------------------------------------------------
+
+
+def test_segments_rotate_and_rows_reach_parquet_within_seconds(tmp_path: Path) -> None:
+    writer = wal_writer(tmp_path, flush_rows=10, flush_interval_s=0.2)
+    writer.start()
+    try:
+        for i in range(25):
+            writer.append_sync(make_record(request_id=f"r{i:02d}"))
+        wait_for(lambda: len(logged(tmp_path)) == 25, timeout=5)
+        files = sorted((tmp_path / "predictions").rglob("*.parquet"))
+        assert len(files) >= 3  # 10 + 10 + 5 (the last one closed by age)
+        for path in files:
+            assert path.name.startswith("part-w1-")
+        wait_for(lambda: segments(tmp_path) == [], timeout=5)
+    finally:
+        writer.close()
+
+
+def test_resealing_a_segment_replaces_its_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = wal_writer(tmp_path)  # not started: this test drives commit and seal itself
+    wal = writer.wal
+    assert wal is not None
+    for i in range(5):
+        writer.append(make_record(request_id=f"r{i}"))
+    assert wal.commit() == 5
+    wal.rotate()
+    [segment] = segments(tmp_path)
+    real_unlink = Path.unlink
+
+    def crash_before_delete(self: Path, missing_ok: bool = False) -> None:
+        if self == segment:
+            raise OSError("killed between the Parquet rename and the segment delete")
+        real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", crash_before_delete)
+    with pytest.raises(OSError, match="killed"):
+        wal.seal_closed()
+    first = sorted((tmp_path / "predictions").rglob("*.parquet"))
+    assert len(first) == 1 and segment.exists()
+    monkeypatch.setattr(Path, "unlink", real_unlink)
+    assert wal.seal_closed() == 5  # sealed again: the same file, replaced
+    assert sorted((tmp_path / "predictions").rglob("*.parquet")) == first
+    assert not segment.exists()
+    writer.close()
+    assert logged(tmp_path) == [(f"r{i}", 1) for i in range(5)]
+
+
+def test_sink_failures_keep_segments_for_the_next_process(tmp_path: Path) -> None:
+    class BrokenSink:
+        writer_id = "w1"
+
+        def write_batch(self, records: list[PredictionRecord]) -> None:
+            raise OSError("disk full")
+
+        def write_table(self, table: pa.Table, name: str) -> None:
+            raise OSError("disk full")
+
+    writer = wal_writer(tmp_path, sink=BrokenSink())
+    writer.start()
+    writer.append_sync(make_record(request_id="kept"))
+    assert writer.flush() == 0
+    writer.close()
+    assert len(segments(tmp_path)) == 1  # still on disk, directory unlocked
+
+    rescuer = wal_writer(tmp_path, "w2", recover_orphans=True)
+    rescuer.start()
+    try:
+        wait_for(lambda: logged(tmp_path) == [("kept", 1)])
+        assert not (tmp_path / WAL_DIR / "w1").exists()
+    finally:
+        rescuer.close()
+
+
+def test_unsafe_model_names_are_dropped_when_sealing(tmp_path: Path) -> None:
+    writer = wal_writer(tmp_path)
+    writer.append(make_record("iris", request_id="good"))
+    writer.append(make_record("../../etc", request_id="bad"))
+    writer.close()
+    assert writer.rejected_total == 1
+    assert logged(tmp_path) == [("good", 1)]
+    assert not (tmp_path / "etc").exists()
+
+
+def test_writers_without_write_table_get_records(tmp_path: Path) -> None:
+    batches: list[list[PredictionRecord]] = []
+
+    class ListSink:
+        def write_batch(self, records: list[PredictionRecord]) -> None:
+            batches.append(list(records))
+
+    writer = wal_writer(tmp_path, sink=ListSink())
+    record = make_record(request_id="x")
+    writer.append_sync(record)
+    writer.close()
+    assert batches == [[record]]
+
+
+# -- reading segments ----------------------------------------------------------------------------
+
+
+def _write_segment(path: Path, *parts: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(WAL_SCHEMA.serialize().to_pybytes() + b"".join(parts))
+
+
+def _batch(ids: list[str], first_seq: int) -> bytes:
+    records = [make_record(request_id=r) for r in ids]
+    return bytes(records_to_wal_batch(records, first_seq).serialize().to_pybytes())
+
+
+@pytest.mark.parametrize("cut", [1, 7, 40, 200])
+def test_torn_tail_is_truncated(tmp_path: Path, cut: int) -> None:
+    path = tmp_path / "seg-0000000000000000001-000000.arrow"
+    good = _batch(["a", "b"], 0) + _batch(["c"], 2)
+    torn = _batch(["d", "e"], 3)
+    _write_segment(path, good, torn[:cut])
+    contents = read_segment(path, truncate=True)
+    assert contents.table.column("request_id").to_pylist() == ["a", "b", "c"]
+    assert contents.torn
+    assert path.stat().st_size == contents.valid_bytes
+    again = read_segment(path)
+    assert not again.torn and again.table.num_rows == 3
+
+
+def test_zeroed_tail_and_empty_segments(tmp_path: Path) -> None:
+    path = tmp_path / "seg-0000000000000000001-000000.arrow"
+    _write_segment(path, _batch(["a"], 0), b"\0" * 512)  # what a power cut can leave
+    contents = read_segment(path, truncate=True)
+    assert contents.table.column("request_id").to_pylist() == ["a"]
+    assert contents.torn
+    for data in [b"", WAL_SCHEMA.serialize().to_pybytes()[:10]]:
+        path.write_bytes(data)
+        assert read_segment(path, truncate=True).table.num_rows == 0
+
+
+def test_duplicate_rows_in_a_segment_are_kept_once(tmp_path: Path) -> None:
+    path = tmp_path / "seg-0000000000000000001-000000.arrow"
+    batch = _batch(["a", "b"], 0)
+    _write_segment(path, batch, batch, _batch(["c"], 2))
+    assert read_segment(path).table.column("request_id").to_pylist() == ["a", "b", "c"]
+
+
+def test_segments_with_older_columns_are_read(tmp_path: Path) -> None:
+    older = pa.schema([f for f in WAL_SCHEMA if f.name not in ("user_id", "error")])
+    batch = records_to_wal_batch([make_record(request_id="old")], 0)
+    old_batch = pa.RecordBatch.from_arrays(
+        [batch.column(f.name) for f in older], schema=older
+    )
+    path = tmp_path / "seg-0000000000000000001-000000.arrow"
+    path.write_bytes(older.serialize().to_pybytes() + old_batch.serialize().to_pybytes())
+    table = read_segment(path).table
+    assert table.schema.equals(WAL_SCHEMA)
+    assert table.column("request_id").to_pylist() == ["old"]
+    assert table.column("user_id").to_pylist() == [None]
+
+
+# -- recovery -----------------------------------------------------------------------------------
+
+
+def test_dead_writers_segments_are_recovered_once(tmp_path: Path) -> None:
+    dead = wal_writer(tmp_path, "dead", flush_rows=3)
+    dead.start()
+    for i in range(7):  # segments of 3 + 3 closed, 1 open; the compactor may seal some
+        dead.append_sync(make_record(request_id=f"d{i}"))
+    die(dead)
+    [last] = segments(tmp_path, "dead")[-1:]
+    with open(last, "ab") as handle:  # killed in the middle of writing the next group
+        handle.write(_batch(["torn"], 7)[:50])
+
+    live = wal_writer(tmp_path, "live", recover_orphans=True)
+    live.start()
+    try:
+        wait_for(lambda: not (tmp_path / WAL_DIR / "dead").exists())
+        assert logged(tmp_path) == [(f"d{i}", 1) for i in range(7)]
+    finally:
+        live.close()
+
+
+def test_live_writers_are_left_alone_and_ids_are_exclusive(tmp_path: Path) -> None:
+    alive = wal_writer(tmp_path, "alive")
+    alive.start()
+    try:
+        alive.append_sync(make_record(request_id="mine"))
+        other = wal_writer(tmp_path, "other", recover_orphans=True)
+        other.start()
+        wal = other.wal
+        assert wal is not None
+        assert wal.recover_orphans_now() == 0
+        assert len(segments(tmp_path, "alive")) == 1
+        with pytest.raises(WalLocked):
+            wal_writer(tmp_path, "alive").start()
+        other.close()
+    finally:
+        alive.close()
+    assert logged(tmp_path) == [("mine", 1)]
+
+
+_CHILD = textwrap.dedent(
+    """
+    import sys
+    from datetime import UTC, datetime
+    from pathlib import Path
+
+    from warehouse import ParquetSink, PredictionLogWriter, PredictionRecord
+
+    root = Path(sys.argv[1])
+    writer = PredictionLogWriter(
+        ParquetSink(root, "child"), flush_rows=40, flush_interval_s=0.05, wal_dir=root / "wal"
+    )
+    writer.start()
+    i = 0
+    while True:
+        request_id = f"k{i}"
+        writer.append_sync(
+            PredictionRecord(
+                request_id=request_id, ts=datetime.now(UTC), model="m", version=1,
+                inputs="x" * (i % 2000), outputs="[]", latency_ms=0.1, status=200,
+                user_id=None, protocol="test", error=None,
+            )
+        )
+        print(request_id, flush=True)
+        i += 1
+    """
+)
+
+
+@pytest.mark.parametrize("kill_after", [5, 150, 600])
+def test_sigkilled_writer_loses_no_acknowledged_record(tmp_path: Path, kill_after: int) -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    acked: list[str] = []
+    assert child.stdout is not None
+    try:
+        deadline = time.monotonic() + 30
+        while len(acked) < kill_after and time.monotonic() < deadline:
+            acked.append(child.stdout.readline().strip())
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=10)
+    assert len(acked) == kill_after
+
+    rescuer = wal_writer(tmp_path, "rescuer", recover_orphans=True)
+    rescuer.start()
+    try:
+        wait_for(lambda: not (tmp_path / WAL_DIR / "child").exists())
+    finally:
+        rescuer.close()
+    rows = dict(logged(tmp_path))
+    assert [r for r in acked if r not in rows] == []
+    assert {r: n for r, n in rows.items() if n != 1} == {}
+
+
+# -- settings -------------------------------------------------------------------------------
+
+
+def test_from_settings_builds_a_wal_writer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = RoostSettings(home=tmp_path)
+    writer = PredictionLogWriter.from_settings(settings)
+    assert writer.durability is Durability.FSYNC
+    assert writer.wal is not None and writer.wal.root == settings.logs_dir / WAL_DIR
+    monkeypatch.setenv("ROOST_LOG_DURABILITY", "buffered")
+    buffered = PredictionLogWriter.from_settings(RoostSettings(home=tmp_path))
+    assert buffered.durability is Durability.BUFFERED
+    monkeypatch.setenv("ROOST_LOG_DURABILITY", "sometimes")
+    with pytest.raises(ValueError):
+        RoostSettings(home=tmp_path)
+
+
+def test_waiters_on_several_threads(tmp_path: Path) -> None:
+    writer = wal_writer(tmp_path)
+    writer.start()
+    errors: list[BaseException] = []
+
+    def work(t: int) -> None:
+        try:
+            for i in range(50):
+                writer.append_sync(make_record(request_id=f"t{t}-{i:02d}"), timeout=10)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    writer.close()
+    assert errors == []
+    assert len(logged(tmp_path)) == 200

@@ -1,0 +1,762 @@
+"""The prediction log's write-ahead log: durable before the response, Parquet within seconds.
+
+Layout: ``<logs_dir>/wal/<writer_id>/`` holds one writer's segments, ``seg-<ns>-<n>.arrow``
+(``<ns>``: the segment's creation time in nanoseconds, ``<n>``: a per-writer counter; names sort
+in write order), and a ``LOCK`` file the writer holds an exclusive ``flock`` on while it lives.
+Each segment is an Arrow IPC *stream*: the schema message, then one record-batch message per
+commit group (no end-of-stream marker), in :data:`WAL_SCHEMA` (the Parquet columns plus ``model``
+and ``wal_seq``, the record's sequence number in its writer).
+
+Group commit: :meth:`WriteAheadLog.append` puts the record on a list under a lock and wakes the
+committer thread, which takes *every* record appended since its last commit, serializes them as
+one record batch, writes it with one ``write`` and makes it durable with one ``fdatasync``, then
+completes each record's waiter (asyncio futures through one ``call_soon_threadsafe`` per event
+loop and group). Requests that arrive while a group is being synced form the next group, so the
+cost of a sync is shared by every request in flight. With ``durability="buffered"`` the thread
+writes the same segments but never syncs, and callers do not wait: a process crash loses only
+what was appended in the last few milliseconds, a machine crash loses what the kernel had not
+written back yet.
+
+A segment is closed once it holds ``segment_rows`` rows, ``segment_bytes`` bytes, or its first
+row is ``segment_age_s`` old; the compactor thread then *seals* it: it reads the segment, drops
+duplicate rows, hands the table to a ``sealer`` (the Parquet sink writes it under a name derived
+from the segment's, staged as a temp file, fsynced, renamed, directory fsynced), and only then
+deletes the segment (and fsyncs the directory). Sealing a segment twice writes the same files
+again under the same names, so a crash anywhere in between never duplicates a row.
+
+Recovery: a writer directory whose ``LOCK`` can be locked belongs to no live process. At start-up
+(and every ``orphan_scan_s`` after) the compactor seals every segment of such directories —
+truncating a torn tail, the partial record batch a crash left mid-write, first — and removes the
+directory. A new writer directory is created under a dot-name, locked, and renamed into place, so
+a recovering process never takes the directory of a writer that is still starting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import dataclasses
+import errno
+import fcntl
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from registry.errors import ServiceUnavailable
+from warehouse.records import PREDICTION_SCHEMA, PredictionRecord
+
+logger = logging.getLogger(__name__)
+
+WAL_DIR = "wal"
+"""Directory under the logs root that holds one directory of segments per writer."""
+
+LOCK_NAME = "LOCK"
+SEGMENT_SUFFIX = ".arrow"
+
+WAL_SCHEMA: pa.Schema = pa.schema(
+    [
+        *PREDICTION_SCHEMA,
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("wal_seq", pa.int64(), nullable=False),
+    ]
+)
+"""Columns of a WAL segment: the Parquet columns, the ``model`` partition key and ``wal_seq``."""
+
+_SEGMENT = re.compile(r"seg-(\d{19})-(\d{6,})\.arrow")
+_NEW_DIR_PREFIX = ".new-"
+_STALE_NEW_DIR_S = 600.0
+
+Waiter = asyncio.Future[None] | concurrent.futures.Future[None]
+Sealer = Callable[[pa.Table, str], object]
+"""``sealer(table, name)``: persist a closed segment's rows (WAL_SCHEMA) under file name
+``name`` (no suffix); raise if it could not. Called again with the same arguments after a crash."""
+
+
+class Durability(StrEnum):
+    """How the gateway treats a prediction-log record before it answers the request."""
+
+    FSYNC = "fsync"
+    """The response waits until the record's group is fsynced (RPO 0)."""
+    BUFFERED = "buffered"
+    """The response does not wait and nothing is fsynced: a crash can lose recent records."""
+
+
+class LogUnavailable(ServiceUnavailable):
+    """The prediction log could not make a record durable; the request is not acknowledged."""
+
+
+class SegmentSchemaError(Exception):
+    """A segment's columns cannot be read as prediction records (it is left alone)."""
+
+
+class WalLocked(RuntimeError):
+    """Another live process holds this writer directory."""
+
+
+@dataclass(slots=True)
+class SegmentContents:
+    """What :func:`read_segment` found: the valid rows and where the valid prefix ends."""
+
+    table: pa.Table
+    valid_bytes: int
+    file_bytes: int
+
+    @property
+    def torn(self) -> bool:
+        return self.valid_bytes < self.file_bytes
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_sync_data: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
+
+
+def segment_name(created_ns: int, number: int) -> str:
+    return f"seg-{created_ns:019d}-{number:06d}{SEGMENT_SUFFIX}"
+
+
+def sealed_name(writer_id: str, segment: Path) -> str:
+    """The Parquet file name (no suffix) a segment is sealed under: ``part-<writer>-<ns>-<n>``."""
+    match = _SEGMENT.fullmatch(segment.name)
+    if match is None:
+        raise ValueError(f"not a WAL segment name: {segment.name}")
+    return f"part-{writer_id}-{match.group(1)}-{match.group(2)}"
+
+
+def list_segments(directory: Path) -> list[Path]:
+    """The segments in ``directory``, oldest first."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    return [directory / n for n in sorted(names) if _SEGMENT.fullmatch(n)]
+
+
+def records_to_wal_batch(records: Sequence[PredictionRecord], first_seq: int) -> pa.RecordBatch:
+    """The records as one record batch in :data:`WAL_SCHEMA`, numbered from ``first_seq``."""
+    n = len(records)
+    arrays = [
+        pa.array([getattr(r, field.name) for r in records], field.type)
+        for field in WAL_SCHEMA
+        if field.name != "wal_seq"
+    ]
+    arrays.append(pa.array(np.arange(first_seq, first_seq + n, dtype=np.int64)))
+    return pa.RecordBatch.from_arrays(arrays, schema=WAL_SCHEMA)
+
+
+def warm_up() -> None:
+    """Pay pyarrow's one-time costs (time-zone data, compute kernels, the Parquet writer) now,
+    not in the first commit group or the first seal, where they would hold the GIL for a
+    hundred milliseconds or more while requests wait."""
+    record = PredictionRecord(
+        request_id="warm-up", ts=datetime.now(UTC), model="warm-up", version=0, inputs="",
+        outputs="", latency_ms=0.0, status=0, user_id=None, protocol="", error=None,
+    )  # fmt: skip
+    batch = records_to_wal_batch([record], 0)
+    table = pa.Table.from_batches([pa.ipc.read_record_batch(batch.serialize(), WAL_SCHEMA)])
+    dates = pc.cast(table.column("ts"), pa.date32())
+    keys = pa.table({"model": table.column("model"), "date": dates, "row": [0]})
+    keys.group_by(["model", "date"], use_threads=False).aggregate([("row", "list")])
+    part = table.take(pa.array([0], pa.int64())).select(PREDICTION_SCHEMA.names)
+    pq.write_table(part.cast(PREDICTION_SCHEMA), pa.BufferOutputStream(), compression="zstd")
+
+
+def read_segment(path: Path, *, truncate: bool = False) -> SegmentContents:
+    """Read a segment's valid prefix: every complete, well-formed record batch before the first
+    partial or malformed message. With ``truncate``, cut the file there (and fsync it).
+
+    Rows that appear twice (same ``wal_seq``; a segment never legitimately holds one twice) are
+    kept once, first occurrence first.
+    """
+    data = path.read_bytes()
+    reader = pa.BufferReader(pa.py_buffer(data))
+    batches: list[pa.RecordBatch] = []
+    valid = 0
+    try:
+        messages = pa.ipc.MessageReader.open_stream(reader)
+        schema = pa.ipc.read_schema(messages.read_next_message())
+    except (StopIteration, pa.ArrowException, OSError) as exc:
+        schema = None  # a crash while the segment was being created: nothing in it
+        if data:
+            logger.warning("prediction log: %s: no complete schema message (%s)", path, exc)
+    if schema is not None:
+        if "wal_seq" not in schema.names or "request_id" not in schema.names:
+            raise SegmentSchemaError(f"{path}: not a prediction-log WAL segment (schema {schema})")
+        valid = reader.tell()
+        try:
+            while True:
+                message = messages.read_next_message()
+                if message.type != "record batch":
+                    raise ValueError(f"unexpected {message.type} message")
+                batch = pa.ipc.read_record_batch(message, schema)
+                batch.validate(full=True)
+                batches.append(_conform(batch))
+                valid = reader.tell()
+        except StopIteration:
+            pass
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            logger.warning("prediction log: %s: torn tail after byte %d (%s)", path, valid, exc)
+    table = pa.Table.from_batches(batches, schema=WAL_SCHEMA)
+    if table.num_rows:
+        seq = table.column("wal_seq").to_numpy()
+        _, first = np.unique(seq, return_index=True)
+        if len(first) < table.num_rows:
+            logger.warning(
+                "prediction log: %s: dropping %d duplicate row(s)",
+                path,
+                table.num_rows - len(first),
+            )
+            table = table.take(pa.array(np.sort(first)))
+    contents = SegmentContents(table, valid, len(data))
+    if truncate and contents.torn:
+        with open(path, "r+b") as handle:
+            handle.truncate(valid)
+            handle.flush()
+            os.fsync(handle.fileno())
+        logger.warning(
+            "prediction log: truncated torn tail of %s (%d -> %d bytes)", path, len(data), valid
+        )
+    return contents
+
+
+def _conform(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """A batch written with an older (or newer) schema, in :data:`WAL_SCHEMA`: columns it lacks
+    get the record's default (null when there is none), columns it has extra are dropped."""
+    if batch.schema.equals(WAL_SCHEMA):
+        return batch
+    defaults = {
+        f.name: f.default
+        for f in dataclasses.fields(PredictionRecord)
+        if f.default is not dataclasses.MISSING
+    }
+    arrays = []
+    for field in WAL_SCHEMA:
+        index = batch.schema.get_field_index(field.name)
+        if index >= 0:
+            arrays.append(batch.column(index).cast(field.type))
+        elif field.name in defaults or field.nullable:
+            arrays.append(pa.array([defaults.get(field.name)] * batch.num_rows, field.type))
+        else:
+            raise SegmentSchemaError(f"WAL record batch lacks the required column {field.name!r}")
+    return pa.RecordBatch.from_arrays(arrays, schema=WAL_SCHEMA)
+
+
+def _lock(path: Path) -> int | None:
+    """Open ``path`` and take an exclusive, non-blocking flock: the fd, or None if held."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return None
+        raise
+    return fd
+
+
+@dataclass(slots=True)
+class _OpenSegment:
+    path: Path
+    fd: int
+    created: float  # monotonic
+    rows: int = 0
+    size: int = 0
+
+
+class WriteAheadLog:
+    """One writer's segments under ``root/<writer_id>/``: group commit, rotation, sealing.
+
+    ``open()`` (or ``start()``) takes the directory; ``append`` may be called from any thread
+    before or after. ``start()`` runs the committer and compactor threads; without them,
+    ``commit()`` and ``seal_closed()`` do the same work in the calling thread. ``close()`` commits
+    and seals everything and gives the directory up.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        writer_id: str,
+        sealer: Sealer,
+        *,
+        durability: Durability | str = Durability.FSYNC,
+        segment_rows: int = 5000,
+        segment_age_s: float = 2.0,
+        segment_bytes: int = 64 * 1024 * 1024,
+        recover_orphans: bool = True,
+        orphan_scan_s: float = 10.0,
+        max_retry_backoff_s: float = 30.0,
+    ) -> None:
+        self.root = Path(root)
+        self.writer_id = writer_id
+        self.directory = self.root / writer_id
+        self.sealer = sealer
+        self.durability = Durability(durability)
+        self.segment_rows = segment_rows
+        self.segment_age_s = segment_age_s
+        self.segment_bytes = segment_bytes
+        self.recover_orphans = recover_orphans
+        self.orphan_scan_s = orphan_scan_s
+        self.max_retry_backoff_s = max_retry_backoff_s
+
+        self._lock = threading.Lock()  # guards _pending, _waiters, _closed
+        self._pending: list[PredictionRecord] = []
+        self._waiters: list[Waiter] = []
+        self._closed: list[tuple[Path, int]] = []  # closed segments (path, rows), oldest first
+        self._wake = threading.Event()
+        self._compact_wake = threading.Event()
+        self._commit_lock = threading.Lock()  # one commit at a time; guards _segment, _seq
+        self._seal_lock = threading.Lock()  # one sealer at a time
+        self._segment: _OpenSegment | None = None
+        self._seq = 0
+        self._segment_number = 0
+        self._last_created_ns = 0
+        self._lock_fd: int | None = None
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._seal_failures = 0
+        self._seal_retry_at = 0.0
+        self._next_orphan_scan = 0.0
+
+        self.committed_total = 0
+        """Rows made durable (or, buffered, written) to a segment."""
+        self.sealed_total = 0
+        """Rows of this writer's segments handed to the sealer."""
+        self.recovered_total = 0
+        """Rows sealed from segments of dead writers (and of an earlier life of this one)."""
+        self.groups_total = 0
+        """Commit groups written (one write and, with fsync, one fdatasync each)."""
+        self.failed_total = 0
+        """Rows whose group could not be written: their waiters got :class:`LogUnavailable`."""
+
+    # -- state ------------------------------------------------------------------------------
+
+    @property
+    def is_open(self) -> bool:
+        return self._lock_fd is not None
+
+    @property
+    def running(self) -> bool:
+        return any(t.is_alive() for t in self._threads)
+
+    @property
+    def started(self) -> bool:
+        """Whether ``start()`` ran and ``close()`` did not since (cheap: for the hot path)."""
+        return bool(self._threads)
+
+    @property
+    def uncommitted(self) -> int:
+        return len(self._pending)
+
+    @property
+    def unsealed(self) -> int:
+        """Rows committed to segments of this writer and not sealed yet."""
+        segment = self._segment
+        with self._lock:
+            closed = sum(max(rows, 0) for _, rows in self._closed)
+        return closed + (segment.rows if segment is not None else 0)
+
+    # -- opening ----------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Create (or take over) ``root/<writer_id>`` and lock it; ``WalLocked`` if held."""
+        if self._lock_fd is not None:
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        if self.directory.is_dir():
+            fd = _lock(self.directory / LOCK_NAME)
+            if fd is None:
+                raise WalLocked(f"{self.directory} is locked by another live process")
+            leftovers = list_segments(self.directory)
+            if leftovers:
+                logger.warning(
+                    "prediction log: %d segment(s) left in %s by an earlier process; sealing them",
+                    len(leftovers),
+                    self.directory,
+                )
+            with self._lock:
+                self._closed = [(p, -1) for p in leftovers] + self._closed
+        else:
+            staging = self.root / f"{_NEW_DIR_PREFIX}{self.writer_id}"
+            staging.mkdir(exist_ok=True)
+            fd = _lock(staging / LOCK_NAME)
+            if fd is None:
+                raise WalLocked(f"{staging} is locked by another live process")
+            try:
+                os.rename(staging, self.directory)
+                _fsync_path(self.root)
+            except BaseException:
+                os.close(fd)
+                raise
+        self._lock_fd = fd
+
+    # -- hot path ---------------------------------------------------------------------------
+
+    def append(self, record: PredictionRecord, waiter: Waiter | None = None) -> None:
+        """Queue ``record`` for the next commit group; ``waiter`` completes once it is durable
+        (or gets :class:`LogUnavailable`). Thread-safe."""
+        with self._lock:
+            self._pending.append(record)
+            if waiter is not None:
+                self._waiters.append(waiter)
+        if not self._wake.is_set():
+            self._wake.set()
+
+    # -- committing -------------------------------------------------------------------------
+
+    def _new_segment(self) -> _OpenSegment:
+        created = max(time.time_ns(), self._last_created_ns + 1)
+        self._last_created_ns = created
+        number = self._segment_number
+        self._segment_number += 1
+        path = self.directory / segment_name(created, number)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        try:
+            _write_all(fd, WAL_SCHEMA.serialize())
+            if self.durability is Durability.FSYNC:
+                _sync_data(fd)
+                _fsync_path(self.directory)  # the new file's directory entry
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            raise
+        size = os.fstat(fd).st_size
+        return _OpenSegment(path, fd, time.monotonic(), size=size)
+
+    def commit(self) -> int:
+        """Write every record appended so far as one group (one fdatasync); return its size."""
+        with self._commit_lock:
+            with self._lock:
+                records, waiters = self._pending, self._waiters
+                self._pending, self._waiters = [], []
+            if not records:
+                return 0
+            segment = self._segment
+            try:
+                if self._lock_fd is None:
+                    self.open()
+                if segment is None:
+                    segment = self._segment = self._new_segment()
+                data = records_to_wal_batch(records, self._seq).serialize()
+                try:
+                    _write_all(segment.fd, data)
+                    if self.durability is Durability.FSYNC:
+                        _sync_data(segment.fd)
+                except BaseException:
+                    # After a failed write or sync the file's state is unknown: cut it back to
+                    # the last good group and start a new segment for the next one.
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(segment.fd, segment.size)
+                    self._close_segment()
+                    raise
+            except Exception as exc:
+                self.failed_total += len(records)
+                logger.error("prediction log: could not commit %d record(s): %s", len(records), exc)
+                _settle(waiters, f"the prediction log could not store the record: {exc}")
+                return 0
+            self._seq += len(records)
+            segment.rows += len(records)
+            segment.size += len(data)
+            self.committed_total += len(records)
+            self.groups_total += 1
+            _settle(waiters, None)
+            if (
+                segment.rows >= self.segment_rows
+                or segment.size >= self.segment_bytes
+                or time.monotonic() - segment.created >= self.segment_age_s
+            ):
+                self._close_segment()
+            return len(records)
+
+    def _close_segment(self) -> None:
+        """Close the open segment and queue it for sealing (caller holds ``_commit_lock``)."""
+        segment, self._segment = self._segment, None
+        if segment is None:
+            return
+        with contextlib.suppress(OSError):
+            os.close(segment.fd)
+        with self._lock:
+            self._closed.append((segment.path, segment.rows))
+        self._compact_wake.set()
+
+    def rotate(self) -> None:
+        """Close the open segment now (it becomes sealable)."""
+        with self._commit_lock:
+            self._close_segment()
+
+    def _rotate_if_old(self) -> None:
+        with self._commit_lock:
+            segment = self._segment
+            if segment is not None and time.monotonic() - segment.created >= self.segment_age_s:
+                self._close_segment()
+
+    def _commit_loop(self) -> None:
+        while True:
+            segment = self._segment
+            timeout = self.segment_age_s
+            if segment is not None:
+                timeout = max(0.0, segment.created + self.segment_age_s - time.monotonic())
+            self._wake.wait(timeout)
+            self._wake.clear()
+            try:
+                self.commit()
+                self._rotate_if_old()
+            except Exception:  # never let the committer die
+                logger.exception("prediction log: commit thread error")
+                time.sleep(0.1)
+            if self._stopping.is_set() and not self._pending:
+                return
+
+    # -- sealing ----------------------------------------------------------------------------
+
+    def seal_closed(self) -> int:
+        """Seal every closed segment of this writer, oldest first; return the rows sealed.
+
+        Stops at the first failure (the rest stay queued; the error is raised).
+        """
+        done = 0
+        with self._seal_lock:
+            while True:
+                with self._lock:
+                    if not self._closed:
+                        return done
+                    path, _rows = self._closed[0]
+                rows = self._seal_segment(self.directory, path)
+                with self._lock:
+                    self._closed.pop(0)
+                done += rows
+                self.sealed_total += rows
+
+    def _seal_segment(self, directory: Path, path: Path) -> int:
+        """Seal one segment (truncating a torn tail first), then delete it; return its rows."""
+        if not path.exists():
+            return 0
+        contents = read_segment(path, truncate=True)
+        if contents.table.num_rows:
+            self.sealer(contents.table, sealed_name(directory.name, path))
+        path.unlink()
+        _fsync_path(directory)
+        return int(contents.table.num_rows)
+
+    def recover_orphans_now(self) -> int:
+        """Seal the segments of every writer directory no live process holds; return rows."""
+        total = 0
+        try:
+            entries = sorted(os.listdir(self.root))
+        except FileNotFoundError:
+            return 0
+        for name in entries:
+            directory = self.root / name
+            if name == self.writer_id or not directory.is_dir():
+                continue
+            if name.startswith(_NEW_DIR_PREFIX):
+                _remove_stale_staging(directory)
+                continue
+            total += self._recover_dir(directory)
+        return total
+
+    def _recover_dir(self, directory: Path) -> int:
+        try:
+            fd = _lock(directory / LOCK_NAME)
+        except FileNotFoundError:  # removed meanwhile
+            return 0
+        if fd is None:
+            return 0  # a live writer
+        rows = 0
+        try:
+            if not directory.is_dir():
+                return 0
+            segments = list_segments(directory)
+            if segments:
+                logger.warning(
+                    "prediction log: recovering %d segment(s) of dead writer %s",
+                    len(segments),
+                    directory.name,
+                )
+            with self._seal_lock:
+                for path in segments:
+                    rows += self._seal_segment(directory, path)
+            self.recovered_total += rows
+            if not list_segments(directory):
+                (directory / LOCK_NAME).unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    directory.rmdir()
+                    _fsync_path(self.root)
+        finally:
+            os.close(fd)
+        if rows:
+            logger.warning(
+                "prediction log: recovered %d row(s) of dead writer %s", rows, directory.name
+            )
+        return rows
+
+    def _compact_once(self) -> None:
+        now = time.monotonic()
+        if now >= self._seal_retry_at:
+            try:
+                self.seal_closed()
+            except Exception as exc:
+                self._seal_failed(exc)
+            else:
+                self._seal_failures = 0
+                self._seal_retry_at = 0.0
+        if self.recover_orphans and now >= self._next_orphan_scan:
+            self._next_orphan_scan = now + self.orphan_scan_s
+            try:
+                self.recover_orphans_now()
+            except Exception:
+                logger.exception("prediction log: recovering dead writers' segments failed")
+
+    def _seal_failed(self, exc: Exception) -> None:
+        self._seal_failures += 1
+        backoff = min(0.5 * 2 ** min(self._seal_failures - 1, 30), self.max_retry_backoff_s)
+        self._seal_retry_at = time.monotonic() + backoff
+        logger.error(
+            "prediction log: sealing a segment failed (attempt %d, retry in %.1fs): %s",
+            self._seal_failures,
+            backoff,
+            exc,
+            exc_info=exc,
+        )
+
+    def _compact_loop(self) -> None:
+        while not self._stopping.is_set():
+            self._compact_once()
+            now = time.monotonic()
+            deadline = self._next_orphan_scan if self.recover_orphans else now + 60.0
+            with self._lock:
+                queued = bool(self._closed)
+            if queued:
+                deadline = min(deadline, self._seal_retry_at)
+            self._compact_wake.wait(max(0.0, deadline - now))
+            self._compact_wake.clear()
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open the directory and start the committer and compactor threads."""
+        self.open()
+        if self.running:
+            return
+        warm_up()
+        self._stopping.clear()
+        self._next_orphan_scan = 0.0
+        self._threads = [
+            threading.Thread(target=self._commit_loop, name="roost-wal-commit", daemon=True),
+            threading.Thread(target=self._compact_loop, name="roost-wal-compact", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop the threads, commit what is queued, seal every segment, release the directory.
+
+        Segments that cannot be sealed stay on disk (and the directory stays): the next process
+        recovers them.
+        """
+        self._stopping.set()
+        self._wake.set()
+        self._compact_wake.set()
+        threads, self._threads = self._threads, []
+        for thread in threads:
+            thread.join(timeout)
+        if self._lock_fd is None:
+            if self._pending:
+                self.open()
+            else:
+                return
+        self.commit()
+        self.rotate()
+        try:
+            self.seal_closed()
+        except Exception as exc:
+            logger.error(
+                "prediction log: %d row(s) left unsealed in %s (the next start recovers them): %s",
+                self.unsealed,
+                self.directory,
+                exc,
+                exc_info=exc,
+            )
+        fd, self._lock_fd = self._lock_fd, None
+        try:
+            if not list_segments(self.directory) and not self._pending:
+                (self.directory / LOCK_NAME).unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    self.directory.rmdir()
+                    _fsync_path(self.root)
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+
+def _write_all(fd: int, data: bytes | pa.Buffer) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _settle(waiters: list[Waiter], error: str | None) -> None:
+    """Complete the waiters: one ``call_soon_threadsafe`` per event loop."""
+    if not waiters:
+        return
+    by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+    for waiter in waiters:
+        if isinstance(waiter, asyncio.Future):
+            by_loop.setdefault(waiter.get_loop(), []).append(waiter)
+        elif not waiter.done():
+            if error is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(LogUnavailable(error))
+    for loop, futures in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+            loop.call_soon_threadsafe(_settle_futures, futures, error)
+
+
+def _settle_futures(futures: list[asyncio.Future[None]], error: str | None) -> None:
+    for future in futures:
+        if future.done():  # cancelled: the request went away
+            continue
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(LogUnavailable(error))
+
+
+def _remove_stale_staging(directory: Path) -> None:
+    """Remove a ``.new-*`` directory a writer left when it died while creating it."""
+    try:
+        if time.time() - directory.stat().st_mtime < _STALE_NEW_DIR_S:
+            return
+        fd = _lock(directory / LOCK_NAME)
+    except OSError:
+        return
+    if fd is None:
+        return
+    try:
+        if not list_segments(directory):
+            (directory / LOCK_NAME).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+    finally:
+        os.close(fd)
