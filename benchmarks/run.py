@@ -1,581 +1,554 @@
-"""Roost's serving benchmark: single-row latency and throughput next to the floor, in one run.
+"""Roost's serving benchmark: Roost next to the floor and raw ONNX Runtime, all in one run.
 
-    .venv/bin/python benchmarks/run.py [--duration 12] [--concurrency 1,64] [--out benchmarks/out]
+    .venv/bin/python benchmarks/run.py [all|serving|batching|burst] [options]
 
-One run does, on this machine, in this order:
+``serving`` (the demo breast-cancer model, one row per request): raw ONNX Runtime in-process per
+call; then the floor (a bare FastAPI endpoint calling one session, ``floor_app.py``) and Roost
+(``roost serve``: prediction logging, metrics and gRPC on, as shipped) loaded with wrk at
+concurrency 1, 8 and 64 over REST JSON; Roost also over REST with Triton's binary tensor
+extension (wrk) and over gRPC (``grpc_load.py``, closed loop); then floor and Roost again with
+``--compare-workers`` processes each (default 2) at concurrency 64.
 
-1. materializes the demo pipeline's breast-cancer model into a fresh, temporary ROOST_HOME;
-2. times raw in-process ONNX Runtime per call (one row), the same call with the OIP JSON
-   parse and dump the floor does, and Roost's data plane in-process (decode, validate, run,
-   encode, prediction-log append), each as the median over ``--calls`` calls;
-3. starts the Roost gateway (``roost serve``, prediction logging on, as always) and the floor
-   (``floor_app.py``: bare FastAPI endpoint calling one session) as uvicorn subprocesses;
-4. warms each up, then runs ``wrk -t1 -c<C> -d<D>s --latency -s post.lua`` against each server
-   for each concurrency (servers alternate, so drifting background load hits both alike) and
-   reads req/s, p50, p99, non-2xx responses and socket errors from wrk's output; it also reads
-   each server's CPU time per request and how busy the rest of the machine was meanwhile;
-5. stops the servers (Roost flushes its prediction log on shutdown) and counts logged rows;
-6. prints a markdown table and writes everything to ``<out>/results.json``.
+``batching``: a wide MLP trained on scikit-learn's digits (``digits_model.py``) is registered,
+validated and deployed as ``digits-mlp`` into the same Roost, and loaded at concurrency 64 with
+dynamic batching off (``max_batch_size: 0``), on (``max_batch_size: 32``, no delay) and on with a
+1 ms delay and preferred sizes; the gateway reloads the version on each config change.
 
-Adding a server or a protocol: add a :class:`Target` in :func:`build_targets` (REST binary and
-gRPC will need their own load driver next to :func:`run_wrk`).
+``burst``: 10x the sustainable rate of breast-cancer at concurrency 64 (Roost REST JSON's req/s
+from ``serving``, or measured first) is offered open loop for 10 s (``burst_load.py``, up to 1,000
+connections) with the model's shipped queue knobs and with a small queue and deadline; every
+answer is counted by status, the server's RSS is sampled, and the answers' latency is compared
+with the deadline (client-side, and server-side from the prediction log).
+
+``all`` (the default) runs the three in that order against one Roost and one floor process, then
+the ``--compare-workers`` pair. Everything is measured on this machine, in this run: compare Roost
+with the floor of the same run only. Prints markdown tables and writes ``<out>/results.json``
+(``results.md``, and a timestamped copy of the JSON).
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
 import contextlib
-import hashlib
-import importlib
-import io
 import json
 import os
-import platform
-import re
-import resource
 import shutil
 import signal
-import socket
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO_ROOT = BENCH_DIR.parent
-MODEL = "breast-cancer"
-INFER_PATH = f"/v2/models/{MODEL}/infer"
-READY_PATH = "/v2/health/ready"
-LUA_SCRIPT = BENCH_DIR / "post.lua"
-BODY_FILE = BENCH_DIR / "body.json"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-WRK_MISSING = """wrk is not installed (or not on PATH); the HTTP measurements need it.
-Install it with:
-  Debian/Ubuntu:  sudo apt-get update && sudo apt-get install -y wrk
-  Fedora:         sudo dnf install -y wrk
-  macOS:          brew install wrk
-or build it from https://github.com/wg/wrk. Then rerun this script."""
+from harness import (  # noqa: E402
+    BENCH_DIR,
+    BODY_FILE,
+    HEADER_LENGTH,
+    INFER_PATH,
+    MODEL,
+    REPO_ROOT,
+    WRK_MISSING,
+    Target,
+    binary_body,
+    build_targets,
+    count_logged_rows,
+    decode_binary_response,
+    http,
+    loadavg,
+    log,
+    logged_rows,
+    machine_info,
+    materialize_model,
+    measure_in_process,
+    metric_value,
+    metrics_text,
+    run_burst,
+    run_grpc,
+    run_wrk,
+    scan_log,
+    source_fingerprint,
+    start,
+    stop,
+    wait_ready,
+)
 
+__all__ = ["BODY_FILE", "INFER_PATH", "MODEL", "main", "materialize_model"]  # asgi_profile.py
 
-# ------------------------------------------------------------------------------------------
-# machine
-
-
-def machine_info() -> dict[str, Any]:
-    cpu_model = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    versions = {}
-    for dist in ("onnxruntime", "numpy", "orjson", "fastapi", "starlette", "uvicorn", "uvloop",
-                 "httptools"):
-        try:
-            versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            versions[dist] = None
-    wrk = shutil.which("wrk")
-    wrk_version = None
-    if wrk:
-        out = subprocess.run([wrk, "--version"], capture_output=True, text=True, check=False)
-        lines = (out.stdout + out.stderr).strip().splitlines()
-        wrk_version = lines[0].strip() if lines else None
-    return {
-        "nproc": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)),
-        "cpu_model": cpu_model,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "packages": versions,
-        "wrk": wrk_version,
-        "loadavg_start": _loadavg(),
-    }
-
-
-def source_fingerprint() -> dict[str, Any]:
-    """sha256 over the gateway's source (registry, serving, warehouse): which code was measured."""
-    digest = hashlib.sha256()
-    files = sorted(
-        p for pkg in ("registry", "serving", "warehouse") for p in (REPO_ROOT / pkg).rglob("*.py")
-    )
-    for path in files:
-        digest.update(str(path.relative_to(REPO_ROOT)).encode() + b"\0" + path.read_bytes())
-    return {"sha256_12": digest.hexdigest()[:12], "files": len(files)}
-
-
-def _loadavg() -> list[float]:
-    try:
-        return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
-    except OSError:
-        return []
-
-
-def _cpu_ticks() -> tuple[int, int, int]:
-    """(busy, total, steal) jiffies summed over all CPUs, from /proc/stat."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
-    busy = user + nice + system + irq + softirq + steal
-    return busy, busy + idle + iowait, steal
-
-
-def _proc_stat(pid: int | str) -> list[str]:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return stat[stat.rindex(")") + 2 :].split()
-
-
-def _proc_cpu_s(pid: int) -> float:
-    """utime + stime of process ``pid`` and its descendants (all threads; live ones), seconds."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError):
-                parents[int(entry.name)] = int(_proc_stat(entry.name)[1])
-    tree, frontier = {pid}, [pid]
-    while frontier:
-        parent = frontier.pop()
-        children = [child for child, ppid in parents.items() if ppid == parent]
-        tree.update(children)
-        frontier += children
-    total = 0
-    for member in tree:
-        with contextlib.suppress(OSError, IndexError):
-            fields = _proc_stat(member)
-            total += int(fields[11]) + int(fields[12])
-    return total / CLK_TCK
-
-
-def _children_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+PROTOCOLS = {"json": "REST JSON", "binary": "REST binary", "grpc": "gRPC"}
+BATCHING_CONFIGS: list[tuple[str, dict[str, Any]]] = [
+    ("off (max_batch_size 0)",
+     {"max_batch_size": 0, "max_queue_delay_ms": None, "preferred_batch_sizes": None}),
+    ("on (max_batch_size 32, delay 0)",
+     {"max_batch_size": 32, "max_queue_delay_ms": None, "preferred_batch_sizes": None}),
+    ("on (max_batch_size 32, delay 1 ms, preferred 16/32)",
+     {"max_batch_size": 32, "max_queue_delay_ms": 1, "preferred_batch_sizes": [16, 32]}),
+]
+BURST_KNOBS = ("max_queue_size", "queue_timeout_ms")
 
 
 # ------------------------------------------------------------------------------------------
-# model
+# the run
 
 
-def materialize_model(home: Path) -> bytes:
-    """Run the demo pipeline for breast-cancer into ``home``; return the deployed ONNX bytes."""
-    import logging
+class Bench:
+    """One run: the temporary ROOST_HOME, the servers, and the report being filled in."""
 
-    from dagster import DagsterInstance, materialize
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.home = Path(tempfile.mkdtemp(prefix="roost-bench-"))
+        self.work = self.home / "bench"
+        self.work.mkdir(parents=True)
+        self.report: dict[str, Any] = {}
+        self.targets: list[Target] = []
+        self.stopped: list[Target] = []
+        self.roost_sent = 0  # requests Roost was sent and the clients counted
+        self.roost_slack = 0  # requests that may have been in flight when a client stopped
+        self.logged_before = 0
 
-    from assets.demo import DEMO_MODELS
-    from assets.pipeline import build_model_pipeline
-    from assets.resources import RegistryResource
-    from registry import Registry, RoostSettings
+    # -- setup ------------------------------------------------------------------------------
 
-    logging.getLogger("dagster").setLevel(logging.WARNING)
-    spec = next(s for s in DEMO_MODELS if s.served_name == MODEL)
-    assets, checks = build_model_pipeline(spec)
-    chatter = io.StringIO()  # Dagster's DEBUG event log: shown only if the run fails
-    with contextlib.redirect_stderr(chatter):
-        result = materialize(
-            [*assets, *checks],
-            resources={"registry": RegistryResource(home=str(home))},
-            instance=DagsterInstance.ephemeral(),
-            raise_on_error=False,
+    def setup(self) -> None:
+        log(f"materializing {MODEL} into {self.home} ...")
+        self.model = materialize_model(self.home)
+        self.model_path = self.work / "model.onnx"
+        self.model_path.write_bytes(self.model)
+        self.body = BODY_FILE.read_bytes().strip()
+        self.body_file = self.work / "body.json"
+        self.body_file.write_bytes(self.body)
+        raw, self.binary_header_length = binary_body(self.body)
+        self.binary_file = self.work / "body.bin"
+        self.binary_file.write_bytes(raw)
+        self.report["roost"] = roost_settings_info(self.home)
+        self.report["bodies"] = {
+            "json": {"file": "benchmarks/body.json", "bytes": len(self.body)},
+            "binary": {
+                "bytes": len(raw),
+                HEADER_LENGTH: self.binary_header_length,
+                "json_header": raw[: self.binary_header_length].decode(),
+            },
+        }
+
+    def in_process(self) -> None:
+        log(f"timing in-process calls ({self.args.calls} each) ...")
+        self.report["in_process_us"] = measure_in_process(
+            self.home, self.model, self.body, self.args.calls
         )
-    if not result.success:
-        print(chatter.getvalue()[-5000:], file=sys.stderr)
-        raise RuntimeError("materializing the breast-cancer pipeline failed")
+
+    def start_servers(self, workers: int) -> tuple[Target, Target]:
+        floor, roost = build_targets(self.home, self.model_path, ["floor", "roost"], workers)
+        for target in (floor, roost):
+            start(target, self.work)
+            self.targets.append(target)
+        for target in (floor, roost):
+            wait_ready(target)
+        self.check_answers(floor, roost)
+        self.report.setdefault("targets", []).extend(
+            {"label": t.label, "description": t.description, "argv": t.argv, "env": t.env}
+            for t in (floor, roost)
+        )
+        return floor, roost
+
+    def stop_servers(self, *targets: Target) -> None:
+        for target in targets:
+            stop(target)
+            self.stopped.append(target)
+
+    def check_answers(self, floor: Target, roost: Target) -> None:
+        """Every server and protocol answers the body, and with the same probabilities."""
+        samples = self.report.setdefault("sample_responses", {})
+        answers = {}
+        for target in (floor, roost):
+            status, _, answer = http("POST", target.url, self.body)
+            if status != 200:
+                raise RuntimeError(f"{target.label} answered {status}: {answer[:500]!r}")
+            samples[target.label] = parsed = json.loads(answer)
+            answers[target.label] = {o["name"]: o["data"] for o in parsed["outputs"]}
+        raw = self.binary_file.read_bytes()
+        status, headers, answer = http(
+            "POST", roost.url, raw,
+            {"Content-Type": "application/octet-stream",
+             HEADER_LENGTH: str(self.binary_header_length)},
+        )
+        length = {k.lower(): v for k, v in headers.items()}.get(HEADER_LENGTH.lower())
+        if status != 200 or length is None:
+            raise RuntimeError(f"{roost.label} binary answered {status}: {answer[:500]!r}")
+        answers[f"{roost.label} binary"] = decode_binary_response(answer, int(length))
+        samples[f"{roost.label} binary"] = {"bytes": len(answer), HEADER_LENGTH: int(length)}
+        self.roost_sent += 2
+        self.reference = answers[floor.label]
+        for label, outputs in answers.items():
+            self.check_same(label, outputs)
+
+    def check_same(self, label: str, outputs: dict[str, Any]) -> None:
+        for name, values in self.reference.items():
+            got = outputs.get(name)
+            if got is None or any(abs(a - b) > 1e-5 for a, b in zip(got, values, strict=True)):
+                raise RuntimeError(f"{label} answered {name}={got}, the floor {values}")
+
+    # -- load -------------------------------------------------------------------------------
+
+    def load(self, target: Target, protocol: str, concurrency: int, duration: float,
+             *, model: str = MODEL, body_file: Path | None = None) -> dict[str, Any]:
+        log(f"{target.label} {protocol} -c{concurrency} {duration:g}s ...")
+        url = target.infer_url(model)
+        if protocol == "gRPC":
+            result = run_grpc(target, concurrency, duration, body_file or self.body_file, model)
+            if model == MODEL:
+                self.check_same(f"{target.label} gRPC", {
+                    o["name"]: o["data"] for o in result["sample_response"]["outputs"]
+                })
+            if target.name == "roost":
+                self.roost_sent += result["sent_total"]
+            return result
+        if protocol == "REST binary":
+            result = run_wrk(target, concurrency, duration, self.binary_file, url=url,
+                             protocol=protocol, header_length=self.binary_header_length)
+        else:
+            result = run_wrk(target, concurrency, duration, body_file or self.body_file,
+                             url=url, protocol=protocol)
+        if target.name == "roost":
+            self.roost_sent += result.get("requests", 0)
+            self.roost_slack += concurrency
+        return result
+
+    def warm_up(self, target: Target, protocols: list[str]) -> None:
+        if self.args.warmup <= 0:
+            return
+        for protocol in protocols:
+            if protocol != "gRPC":  # grpc_load.py warms up before every measured run
+                self.report.setdefault("warmups", []).append(
+                    self.load(target, protocol, 64, self.args.warmup)
+                )
+
+    # -- phases -----------------------------------------------------------------------------
+
+    def serving(self, floor: Target, roost: Target) -> None:
+        protocols = [PROTOCOLS[p] for p in self.args.protocols]
+        self.warm_up(floor, ["REST JSON"])
+        self.warm_up(roost, [p for p in protocols if p != "gRPC"])
+        runs: list[dict[str, Any]] = self.report.setdefault("serving", [])
+        for concurrency in self.args.concurrency:
+            # floor, then Roost's protocols: drifting background load hits them all alike
+            runs.append(self.load(floor, "REST JSON", concurrency, self.args.duration))
+            for protocol in protocols:
+                runs.append(self.load(roost, protocol, concurrency, self.args.duration))
+
+    def compare_workers(self) -> None:
+        workers = self.args.compare_workers
+        concurrency = max(self.args.concurrency)
+        log(f"starting floor and Roost with {workers} worker processes each ...")
+        floor, roost = self.start_servers(workers)
+        try:
+            self.warm_up(floor, ["REST JSON"])
+            self.warm_up(roost, ["REST JSON"])
+            runs: list[dict[str, Any]] = self.report.setdefault("workers", [])
+            for target in (floor, roost):
+                runs.append(self.load(target, "REST JSON", concurrency, self.args.duration))
+        finally:
+            self.stop_servers(floor, roost)
+
+    def batching(self, roost: Target) -> None:
+        from digits_model import MODEL_NAME, request_body, time_onnxruntime, train_digits_mlp
+
+        args = self.args
+        log(f"training the digits MLP {args.digits_hidden} ...")
+        data, facts = train_digits_mlp(tuple(args.digits_hidden), args.digits_iter)
+        body_file = self.work / "digits.json"
+        body_file.write_bytes(request_body(facts.pop("sample_row")))
+        facts["onnxruntime_us"] = time_onnxruntime(data, json.loads(body_file.read_bytes())[
+            "inputs"][0]["data"])
+        section: dict[str, Any] = {"model": MODEL_NAME, "facts": facts, "runs": []}
+        self.report["batching"] = section
+        version = register_and_deploy(self.home, MODEL_NAME, data)
+        section["version"] = version
+        wait_answers(roost, MODEL_NAME, body_file.read_bytes())
+        self.roost_sent += 1
+        for label, config in BATCHING_CONFIGS:
+            loaded = load_gauge(roost, MODEL_NAME)
+            if set_config(self.home, MODEL_NAME, version, config):
+                wait_reload(roost, MODEL_NAME, loaded)
+            self.load(roost, "REST JSON", 64, args.warmup, model=MODEL_NAME, body_file=body_file)
+            before = metrics_text(roost)
+            run = self.load(roost, "REST JSON", args.batching_concurrency, args.duration,
+                            model=MODEL_NAME, body_file=body_file)
+            after = metrics_text(roost)
+            run["config_label"] = label
+            run["config"] = {k: v for k, v in config.items() if v is not None}
+            run["batch_stats"] = batch_stats(before, after, MODEL_NAME)
+            section["runs"].append(run)
+
+    def burst(self, roost: Target) -> None:
+        args = self.args
+        sustainable = next(
+            (r["rps"] for r in self.report.get("serving", [])
+             if r["server"] == "roost" and r["protocol"] == "REST JSON"
+             and r["concurrency"] == 64 and r["workers"] == roost.workers),
+            None,
+        )
+        section: dict[str, Any] = {"runs": []}
+        self.report["burst"] = section
+        if sustainable is None:
+            self.warm_up(roost, ["REST JSON"])
+            run = self.load(roost, "REST JSON", 64, args.duration)
+            section["sustainable_run"] = run
+            sustainable = run["rps"]
+        rate = args.burst_rate or args.burst_factor * sustainable
+        section.update(sustainable_rps=sustainable, offered_rps=rate, factor=rate / sustainable)
+        info = roost_settings_info(self.home)
+        version = int(info["version"])
+        configs = [
+            ("shipped knobs", dict.fromkeys(BURST_KNOBS)),
+            (f"small queue ({args.burst_queue}, {args.burst_timeout_ms:g} ms)",
+             {"max_queue_size": args.burst_queue, "queue_timeout_ms": args.burst_timeout_ms}),
+        ]
+        try:
+            for n, (label, knobs) in enumerate(configs):
+                loaded = load_gauge(roost, MODEL)
+                if set_config(self.home, MODEL, version, knobs):
+                    wait_reload(roost, MODEL, loaded)
+                effective = roost_settings_info(self.home)["effective_config"]
+                deadline_ms = float(effective["queue_timeout_ms"])
+                tag = f"burst-{n}-{int(time.time())}"
+                log(f"burst: {label}, {rate:,.0f} req/s offered for {args.burst_duration:g}s ...")
+                result = run_burst(
+                    roost, roost.url, self.body_file, rate, args.burst_duration,
+                    args.burst_connections, args.burst_drain, tag,
+                )
+                self.roost_sent += result["answered"]
+                self.roost_slack += result["no_answer"] + sum(result["socket_errors"].values())
+                result["server_log"] = wait_logged(self.home, tag, result["answered"])
+                result.update(
+                    config_label=label,
+                    knobs={k: effective[k] for k in BURST_KNOBS},
+                    deadline_ms=deadline_ms,
+                    verdict=burst_verdict(result, deadline_ms, args.deadline_margin_ms),
+                )
+                section["runs"].append(result)
+                time.sleep(1)
+        finally:
+            set_config(self.home, MODEL, version, dict.fromkeys(BURST_KNOBS))
+
+    # -- end --------------------------------------------------------------------------------
+
+    def finish(self) -> None:
+        for target in self.targets:
+            if target not in self.stopped:
+                stop(target)
+        self.report["machine"]["loadavg_end"] = loadavg()
+        self.report["server_logs"] = {t.label: scan_log(t, self.args.out) for t in self.targets}
+        if any(t.name == "roost" for t in self.targets):
+            with contextlib.suppress(Exception):
+                rows = count_logged_rows(self.home) - self.logged_before
+                self.report["roost_prediction_log"] = {
+                    "rows_logged": rows,
+                    "requests_counted_by_clients": self.roost_sent,
+                    "may_have_been_in_flight_at_client_stop": self.roost_slack,
+                    "consistent": 0 <= rows - self.roost_sent <= self.roost_slack,
+                }
+        if self.args.keep_home:
+            log(f"kept ROOST_HOME at {self.home}")
+        else:
+            shutil.rmtree(self.home, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------
+# registry helpers
+
+
+def roost_settings_info(home: Path) -> dict[str, Any]:
+    """The gateway settings and breast-cancer's version and serving config."""
+    from registry import Registry, RoostSettings, ServingConfig
+
+    settings = RoostSettings(home=home)
+    info: dict[str, Any] = {
+        "prediction_logging": "on (always on in Roost: Parquet, zstd, fsync)",
+        "metrics": "on (always on in Roost: Prometheus, /metrics)",
+        "log_durability": getattr(settings, "log_durability", None),
+        "log_flush_rows": settings.log_flush_rows,
+        "log_flush_interval_s": settings.log_flush_interval_s,
+        "intra_op_threads": settings.intra_op_threads,
+    }
+    registry = Registry.from_settings(settings)
+    try:
+        version = next(v for v in registry.served_versions() if v.model == MODEL)
+        info["version"] = version.version
+        info["version_config"] = dict(version.config)
+        info["effective_config"] = ServingConfig.from_config(version.config).to_dict()
+    finally:
+        registry.close()
+    return info
+
+
+def register_and_deploy(home: Path, model: str, data: bytes) -> int:
+    """register -> VALIDATING -> VALIDATED -> deploy, as ``roost register/transition/deploy``."""
+    from registry import Registry, RoostSettings, State
+
     registry = Registry.from_settings(RoostSettings(home=home))
     try:
-        versions = [v for v in registry.served_versions() if v.model == MODEL]
-        if not versions:
-            raise RuntimeError("the pipeline ran but breast-cancer has no production version")
-        return registry.load_artifact(MODEL, versions[0].version)
+        info = registry.register_version(
+            model, data, registered_by="benchmark", description="digits MLP for batching"
+        )
+        if info.state == State.REGISTERED:
+            for state in (State.VALIDATING, State.VALIDATED):
+                registry.transition(model, info.version, state, reason="benchmark")
+        registry.deploy(model, info.version, reason="benchmark")
+        return int(info.version)
     finally:
         registry.close()
 
 
-# ------------------------------------------------------------------------------------------
-# in-process timings
+def set_config(home: Path, model: str, version: int, changes: dict[str, Any]) -> bool:
+    """``roost config MODEL VERSION --set k=v / --unset k``; True when the config changed."""
+    from registry import Registry, RoostSettings
 
-
-def _median_us(call: Callable[[], object], calls: int) -> dict[str, float]:
-    for _ in range(min(1000, calls)):
-        call()
-    clock = time.perf_counter_ns
-    samples = []
-    for _ in range(calls):
-        start = clock()
-        call()
-        samples.append(clock() - start)
-    return _summary(samples)
-
-
-async def _median_us_async(call: Callable[[], Awaitable[object]], calls: int) -> dict[str, float]:
-    for _ in range(min(1000, calls)):
-        await call()
-    clock = time.perf_counter_ns
-    samples = []
-    for _ in range(calls):
-        start = clock()
-        await call()
-        samples.append(clock() - start)
-    return _summary(samples)
-
-
-def _summary(samples: list[int]) -> dict[str, float]:
-    samples.sort()
-    return {
-        "median_us": samples[len(samples) // 2] / 1000,
-        "p99_us": samples[int(len(samples) * 0.99)] / 1000,
-        "mean_us": statistics.fmean(samples) / 1000,
-        "calls": len(samples),
-    }
-
-
-def _roost_dataplane_us(home: Path, body: bytes, calls: int) -> dict[str, Any]:
-    """Roost's data plane in-process, as the REST route calls it: no HTTP, no FastAPI routing.
-
-    The gateway app's own lifespan builds the data plane (repository, batcher, prediction log
-    writer, metrics), so this follows the code as it is; gRPC is off for this measurement.
-    """
-    import asyncio
-    import inspect
-
-    from registry import RoostSettings
-    from serving import create_app, oip
-
+    registry = Registry.from_settings(RoostSettings(home=home))
     try:
-        from serving.binary import decode_json_request as decode
-    except ImportError:
-        decode = oip.decode_infer_request
-    settings = RoostSettings(home=home, grpc_port=0)
-    app = create_app(settings)
-    context_cls = importlib.import_module("serving.dataplane").CallContext
-    context = context_cls(protocol="v2-rest")
-
-    async def measure() -> dict[str, Any]:
-        async with app.router.lifespan_context(app):
-            plane = app.state.dataplane
-
-            async def call() -> bytes:
-                outcome = plane.infer(MODEL, None, body, decode, context)
-                _, result = await outcome if inspect.isawaitable(outcome) else outcome
-                return oip.encode_infer_response(
-                    result.model, str(result.version), result.request_id, result.outputs
-                )
-
-            return await _median_us_async(call, calls)
-
-    return asyncio.run(measure())
+        before = dict(registry.get_version(model, version).config)
+        after = {**before, **changes}
+        after = {k: v for k, v in after.items() if v is not None}
+        if after == before:
+            return False
+        registry.set_config(model, version, changes, reason="benchmark")
+        return True
+    finally:
+        registry.close()
 
 
-def measure_in_process(home: Path, model: bytes, body: bytes, calls: int) -> dict[str, Any]:
-    """Per-call µs: raw session.run, the floor's handler, Roost's data plane (no HTTP)."""
-    import numpy as np
-    import orjson
-
-    sys.path.insert(0, str(BENCH_DIR))
-    from floor_app import make_handler, make_session
-
-    session = make_session(model)
-    names = [o.name for o in session.get_outputs()]
-    tensor = orjson.loads(body)["inputs"][0]
-    feeds = {tensor["name"]: np.asarray(tensor["data"], np.float32).reshape(tensor["shape"])}
-    handle = make_handler(session, MODEL)
-    out: dict[str, Any] = {
-        "onnxruntime_run": _median_us(lambda: session.run(names, feeds), calls),
-        "onnxruntime_run_oip_json": _median_us(lambda: handle(body), calls),
-    }
-    try:
-        out["roost_dataplane"] = _roost_dataplane_us(home, body, calls)
-    except Exception as exc:  # the data plane's API moves; the HTTP figures still stand
-        out["roost_dataplane_error"] = f"{type(exc).__name__}: {exc}"
-        print(f"warning: in-process Roost data plane not measured: {exc}", file=sys.stderr)
-    return out
+def load_gauge(roost: Target, model: str) -> float | None:
+    """``roost_model_load_seconds`` of ``model``: changes whenever the gateway reloads it."""
+    return metric_value(metrics_text(roost), "roost_model_load_seconds", model)
 
 
-# ------------------------------------------------------------------------------------------
-# servers
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Target:
-    """One server under test: how to start it and where it answers."""
-
-    name: str
-    description: str
-    argv: list[str]
-    env: dict[str, str]
-    port: int
-    infer_path: str = INFER_PATH
-    ready_path: str = READY_PATH
-    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
-    log_path: Path | None = None
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return self.base + self.infer_path
-
-
-def build_targets(home: Path, model_path: Path, names: list[str], workers: int) -> list[Target]:
-    python = sys.executable
-    roost_bin = Path(python).with_name("roost")
-    roost_argv = [str(roost_bin)] if roost_bin.exists() else [
-        python, "-c", "from orchestration.cli import main; main()"
-    ]
-    roost_port, floor_port = free_port(), free_port()
-    available = {
-        "roost": Target(
-            name="roost",
-            description="Roost gateway (`roost serve`, prediction logging on)",
-            argv=[*roost_argv, "serve", "--host", "127.0.0.1", "--port", str(roost_port)],
-            env={
-                "ROOST_HOME": str(home),
-                "ROOST_HTTP_PORT": str(roost_port),
-                "ROOST_WORKERS": str(workers),
-                # gRPC stays on (as shipped), on its own free port; not measured yet.
-                "ROOST_GRPC_PORT": str(free_port()),
-            },
-            port=roost_port,
-        ),
-        "floor": Target(
-            name="floor",
-            description="bare FastAPI endpoint calling one session (benchmarks/floor_app.py)",
-            argv=[
-                python, "-m", "uvicorn", "--factory", "--app-dir", str(BENCH_DIR),
-                "floor_app:create_app", "--host", "127.0.0.1", "--port", str(floor_port),
-                "--log-level", "warning", "--no-access-log", "--workers", str(workers),
-            ],
-            env={"FLOOR_MODEL_PATH": str(model_path), "FLOOR_MODEL_NAME": MODEL},
-            port=floor_port,
-        ),
-    }
-    unknown = set(names) - set(available)
-    if unknown:
-        raise SystemExit(f"unknown server(s): {', '.join(sorted(unknown))}")
-    return [available[n] for n in names]
-
-
-def _http(method: str, url: str, body: bytes | None = None) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, data=body, method=method)
-    if body is not None:
-        request.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-def start(target: Target, logs: Path) -> None:
-    target.log_path = logs / f"{target.name}.log"
-    log = target.log_path.open("wb")
-    target.proc = subprocess.Popen(
-        target.argv,
-        cwd=REPO_ROOT,
-        env={**os.environ, **target.env},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # Ctrl-C reaches us only; we stop the servers ourselves
-    )
-    log.close()
-
-
-def wait_ready(target: Target, timeout_s: float = 120) -> None:
-    assert target.proc is not None
+def wait_reload(roost: Target, model: str, start_value: float | None,
+                timeout_s: float = 30) -> None:
+    """Wait until the gateway has reloaded ``model`` (its load-time gauge changes)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if target.proc.poll() is not None:
-            break
-        with contextlib.suppress(OSError):
-            if _http("GET", target.base + target.ready_path)[0] == 200:
-                return
-        time.sleep(0.1)
-    tail = target.log_path.read_text(errors="replace")[-3000:] if target.log_path else ""
-    raise RuntimeError(f"{target.name} did not become ready; its log ends:\n{tail}")
+        time.sleep(0.2)
+        value = load_gauge(roost, model)
+        if value is not None and value != start_value:
+            time.sleep(0.5)  # the old version's batcher drains what it had
+            return
+    log(f"warning: no reload of {model} seen within {timeout_s:g}s; going on")
 
 
-def stop(target: Target, timeout_s: float = 30) -> None:
-    proc = target.proc
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGINT)  # uvicorn shuts down gracefully: Roost flushes its log
-    try:
-        proc.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
+def wait_answers(roost: Target, model: str, body: bytes, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status, _, answer = http("POST", roost.infer_url(model), body)
+        if status == 200:
+            return
+        time.sleep(0.3)
+    raise RuntimeError(f"{model} is not served after {timeout_s:g}s: {status} {answer[:300]!r}")
 
 
-def scan_log(target: Target, out_dir: Path) -> dict[str, Any]:
-    """Error lines and tracebacks in the server's output; keeps its last 20 kB under out/logs."""
-    if target.log_path is None or not target.log_path.exists():
-        return {}
-    text = target.log_path.read_text(errors="replace")
-    logs = out_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    (logs / f"{target.name}.log").write_text(text[-20000:])
-    exceptions = re.findall(r"^(\w[\w.]*(?:Error|Exception|Disconnect)\b)", text, re.M)
-    return {
-        "bytes": len(text),
-        "tracebacks": text.count("Traceback (most recent call last)"),
-        "exception_types": dict(collections.Counter(exceptions).most_common(5)),
-    }
+def wait_logged(home: Path, tag: str, expected: int, timeout_s: float = 15) -> dict[str, Any]:
+    """The prediction log's rows for ``tag`` once they are all flushed (or the timeout)."""
+    deadline = time.monotonic() + timeout_s
+    rows: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            rows = logged_rows(home, tag)
+            if rows["rows"] >= expected:
+                break
+        time.sleep(0.5)
+    return rows
 
 
-# ------------------------------------------------------------------------------------------
-# wrk
-
-_UNITS_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
-_TIME = r"([\d.]+)(us|ms|s|m|h)\b"
-
-
-def _ms(value: str, unit: str) -> float:
-    return float(value) * _UNITS_MS[unit]
-
-
-def parse_wrk(text: str) -> dict[str, Any]:
-    """req/s, latency percentiles (ms), request count, non-2xx/3xx and socket errors."""
+def batch_stats(before: str, after: str, model: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    match = re.search(r"Requests/sec:\s+([\d.]+)", text)
-    if not match:
-        raise ValueError(f"cannot read Requests/sec from wrk output:\n{text}")
-    out["rps"] = float(match.group(1))
-    percentiles = {}
-    for pct, value, unit in re.findall(r"^\s+(\d+(?:\.\d+)?)%\s+" + _TIME, text, re.M):
-        key = pct.rstrip("0").rstrip(".") if "." in pct else pct
-        percentiles[f"p{key}"] = _ms(value, unit)
-    out["latency_ms"] = percentiles
-    match = re.search(r"Latency\s+" + _TIME + r"\s+" + _TIME, text)
-    if match:
-        out["latency_ms"]["avg"] = _ms(match.group(1), match.group(2))
-        out["latency_ms"]["stdev"] = _ms(match.group(3), match.group(4))
-    match = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m|h)", text)
-    if match:
-        out["requests"] = int(match.group(1))
-        out["elapsed_s"] = _ms(match.group(2), match.group(3)) / 1000
-    match = re.search(r"bench-tail: p99\.9=([\d.]+)us max=([\d.]+)us", text)
-    if match:
-        out["latency_ms"]["p99.9"] = float(match.group(1)) / 1000
-        out["latency_ms"]["max"] = float(match.group(2)) / 1000
-    match = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
-    out["non_2xx"] = int(match.group(1)) if match else 0
-    match = re.search(
-        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text
-    )
-    keys = ("connect", "read", "write", "timeout")
-    out["socket_errors"] = dict(zip(keys, map(int, match.groups()), strict=True)) if match else {}
+    for name, key in (("roost_batch_size", "rows"), ("roost_inference_seconds", "seconds")):
+        values = [
+            (metric_value(after, f"{name}_{part}", model) or 0.0)
+            - (metric_value(before, f"{name}_{part}", model) or 0.0)
+            for part in ("sum", "count")
+        ]
+        out["batches"] = values[1]
+        out[f"mean_{key}_per_batch"] = values[0] / values[1] if values[1] else None
     return out
 
 
-def run_wrk(
-    target: Target, concurrency: int, duration_s: float, body_file: Path
-) -> dict[str, Any]:
-    """One wrk run; also the server's CPU time and the machine's other load meanwhile."""
-    assert target.proc is not None
-    argv = [
-        "wrk", "-t1", f"-c{concurrency}", f"-d{duration_s:g}s", "--latency",
-        "-s", str(LUA_SCRIPT), target.url,
-    ]
-    env = {**os.environ, "BENCH_BODY_FILE": str(body_file)}
-    busy0, total0, steal0 = _cpu_ticks()
-    server0, wrk0, t0 = _proc_cpu_s(target.proc.pid), _children_cpu_s(), time.monotonic()
-    done = subprocess.run(
-        argv, capture_output=True, text=True, env=env, timeout=duration_s + 60, check=False
-    )
-    elapsed = time.monotonic() - t0
-    server_s = _proc_cpu_s(target.proc.pid) - server0
-    wrk_s = _children_cpu_s() - wrk0
-    busy1, total1, steal1 = _cpu_ticks()
-    if done.returncode != 0:
-        raise RuntimeError(f"wrk failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-    result = parse_wrk(done.stdout)
-    other_s = (busy1 - busy0) / CLK_TCK - server_s - wrk_s
-    requests = result.get("requests") or 1
-    result.update(
-        server=target.name,
-        concurrency=concurrency,
-        duration_s=duration_s,
-        command=" ".join(argv),
-        server_cpu_us_per_req=server_s / requests * 1e6,
-        server_cpu_cores=server_s / elapsed,
-        wrk_cpu_cores=wrk_s / elapsed,
-        other_cpu_cores=max(0.0, other_s / elapsed),
-        steal_pct=100.0 * (steal1 - steal0) / max(1, total1 - total0),
-        wrk_stdout=done.stdout,
-    )
-    return result
-
-
-# ------------------------------------------------------------------------------------------
-# prediction log
-
-
-def count_logged_rows(home: Path) -> int:
-    import pyarrow.parquet as pq
-
-    root = home / "logs" / "predictions"
-    return sum(pq.read_metadata(p).num_rows for p in root.rglob("*.parquet"))
+def burst_verdict(result: dict[str, Any], deadline_ms: float, margin_ms: float) -> dict[str, Any]:
+    statuses = {int(k): v for k, v in result["statuses"].items()}
+    other = sum(v for k, v in statuses.items() if k not in (200, 503, 504))
+    socket_errors = sum(result["socket_errors"].values())
+    rss = result["rss"]
+    growth = (rss["max_second_half_mib"] or 0) - (rss["max_first_half_mib"] or 0)
+    ok_latency = result["latency_from_send_ms"].get("200", {}).get("p99")
+    server_latency = result["server_log"].get("latency_ms", {}).get("200", {}).get("p99")
+    limit = deadline_ms + margin_ms
+    return {
+        "every_request_answered": result["no_answer"] == 0 and socket_errors == 0 and not other,
+        "memory_bounded": growth <= 10.0,
+        "rss_growth_second_half_mib": growth,
+        "accepted_p99_ms_client": ok_latency,
+        "accepted_p99_ms_server": server_latency,
+        "deadline_limit_ms": limit,
+        "accepted_meet_deadline_client": ok_latency is not None and ok_latency <= limit,
+        "accepted_meet_deadline_server": server_latency is not None and server_latency <= limit,
+    }
 
 
 # ------------------------------------------------------------------------------------------
 # report
 
 
-def _fmt_ms(value: float | None) -> str:
+def _ms(value: float | None) -> str:
     if value is None:
         return "–"
     return f"{value * 1000:.0f} µs" if value < 1 else f"{value:.2f} ms"
 
 
-def render_table(report: dict[str, Any]) -> str:
-    lines = [
-        "| server | concurrency | req/s | p50 | p99 | p99.9 | non-2xx | socket errors "
-        "| server CPU µs/req | other load (cores) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for run in report.get("runs", []):
+def _row_label(run: dict[str, Any]) -> str:
+    return f"{run['server']} · {run['protocol']}"
+
+
+def _errors(run: dict[str, Any]) -> str:
+    return f"{run.get('non_2xx', 0)} / {run.get('errors', 0)}"
+
+
+def render(report: dict[str, Any]) -> str:
+    out: list[str] = []
+    serving = report.get("serving", [])
+    head = (
+        "| server · protocol | workers | concurrency | req/s | p50 | p99 | p99.9 | non-2xx / "
+        "socket errors | server CPU µs/req | server cores | client cores | other load |"
+    )
+    rule = "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+
+    def line(run: dict[str, Any], label: str | None = None) -> str:
         lat = run["latency_ms"]
-        errors = sum(run["socket_errors"].values())
-        lines.append(
-            f"| {run['server']} | {run['concurrency']} | {run['rps']:,.0f} "
-            f"| {_fmt_ms(lat.get('p50'))} | {_fmt_ms(lat.get('p99'))} "
-            f"| {_fmt_ms(lat.get('p99.9'))} | {run['non_2xx']} | {errors} "
-            f"| {run['server_cpu_us_per_req']:.0f} | {run['other_cpu_cores']:.2f} |"
+        return (
+            f"| {label or _row_label(run)} | {run['workers']} | {run['concurrency']} "
+            f"| {run['rps']:,.0f} | {_ms(lat.get('p50'))} | {_ms(lat.get('p99'))} "
+            f"| {_ms(lat.get('p99.9'))} | {_errors(run)} | {run['server_cpu_us_per_req']:.0f} "
+            f"| {run['server_cpu_cores']:.2f} | {run['client_cpu_cores']:.2f} "
+            f"| {run['other_cpu_cores']:.2f} |"
         )
-    ratios = report.get("roost_vs_floor", [])
-    if ratios:
-        lines += [
-            "",
-            "| concurrency | Roost / floor req/s | Roost / floor p99 |",
-            "|---:|---:|---:|",
-        ]
-        lines += [
-            f"| {r['concurrency']} | {r['rps_ratio']:.2f} | {r['p99_ratio']:.2f} |" for r in ratios
-        ]
+
+    if serving:
+        out += ["### Serving: breast-cancer, one row per request", "", head, rule]
+        out += [line(run) for run in serving]
+        out += ["", "| concurrency | row | req/s vs floor | p99 vs floor |", "|---:|---|---:|---:|"]
+        for run in serving:
+            floor = _find(serving, "floor", "REST JSON", run["concurrency"], run["workers"])
+            if run["server"] == "roost" and floor:
+                out.append(
+                    f"| {run['concurrency']} | {_row_label(run)} "
+                    f"| {run['rps'] / floor['rps']:.2f} "
+                    f"| {run['latency_ms']['p99'] / floor['latency_ms']['p99']:.2f} |"
+                )
+    workers = report.get("workers", [])
+    if workers:
+        out += ["", f"### {workers[0]['workers']} worker processes each", "", head, rule]
+        out += [line(run) for run in workers]
     ip = report.get("in_process_us")
     if ip:
-        lines += [
-            "",
-            "| in-process, one row (no HTTP) | median µs | p99 µs |",
-            "|---|---:|---:|",
-        ]
+        out += ["", "| in-process, one row (no HTTP) | median µs | p99 µs |", "|---|---:|---:|"]
         labels = {
             "onnxruntime_run": "ONNX Runtime `session.run`",
             "onnxruntime_run_oip_json": "... with OIP JSON parse and dump (the floor's handler)",
@@ -583,37 +556,191 @@ def render_table(report: dict[str, Any]) -> str:
         }
         for key, label in labels.items():
             if key in ip:
-                lines.append(f"| {label} | {ip[key]['median_us']:.1f} | {ip[key]['p99_us']:.1f} |")
+                out.append(f"| {label} | {ip[key]['median_us']:.1f} | {ip[key]['p99_us']:.1f} |")
         if "roost_dataplane_error" in ip:
-            lines.append(f"| Roost data plane: not measured ({ip['roost_dataplane_error']}) | | |")
+            out.append(f"| Roost data plane: not measured ({ip['roost_dataplane_error']}) | | |")
+    out += _render_batching(report.get("batching"))
+    out += _render_burst(report.get("burst"))
+    targets = evaluate_targets(report)
+    if targets:
+        report["targets_evaluated"] = targets
+        out += ["", "### Targets", "", "| target | measured | met |", "|---|---|---|"]
+        out += [f"| {t['target']} | {t['measured']} | {t['met']} |" for t in targets]
+    measured = [
+        r for key in ("serving", "workers") for r in report.get(key, [])
+    ] + report.get("batching", {}).get("runs", []) + report.get("burst", {}).get("runs", [])
+    if measured:
+        other = [r["other_cpu_cores"] for r in measured]
+        out += ["", f"- other load during the {len(other)} measured runs: mean "
+                f"{sum(other) / len(other):.2f} cores, max {max(other):.2f} (2 vCPUs; above "
+                "about 0.1 the run competed with other work)"]
     logs = report.get("server_logs", {})
     if logs:
-        lines.append("")
-        lines += [
+        out += [
             f"- {name} log: {info.get('tracebacks', 0)} tracebacks "
             f"{info.get('exception_types') or ''}".rstrip()
             for name, info in logs.items()
         ]
     plog = report.get("roost_prediction_log")
     if plog:
-        lines.append(
-            f"- Roost prediction log: {plog['rows_logged']:,} rows written for "
-            f"{plog['requests_counted_by_wrk']:,} requests wrk counted"
+        out.append(
+            f"- Roost prediction log: {plog['rows_logged']:,} rows for "
+            f"{plog['requests_counted_by_clients']:,} requests the clients counted (up to "
+            f"{plog['may_have_been_in_flight_at_client_stop']:,} more may have been in flight "
+            f"when a client stopped): {'consistent' if plog['consistent'] else 'INCONSISTENT'}"
         )
-    return "\n".join(lines)
+    return "\n".join(out)
 
 
-def _ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    out = []
-    for c in sorted({r["concurrency"] for r in runs}):
-        by = {r["server"]: r for r in runs if r["concurrency"] == c}
-        if "roost" in by and "floor" in by:
-            roost, floor = by["roost"], by["floor"]
+def _render_batching(section: dict[str, Any] | None) -> list[str]:
+    if not section or not section.get("runs"):
+        return []
+    facts = section["facts"]
+    ort_us = facts["onnxruntime_us"]
+    out = [
+        "",
+        f"### Dynamic batching: {section['model']} (MLP {facts['hidden_layer_sizes']}, "
+        f"{facts['parameters']:,} parameters, test accuracy {facts['test_accuracy']:.3f})",
+        "",
+        f"ONNX Runtime in-process: {ort_us['1']['median_us_per_call']:.0f} µs for one row, "
+        f"{ort_us['32']['median_us_per_call']:.0f} µs for 32 rows "
+        f"({ort_us['32']['median_us_per_row']:.0f} µs per row).",
+        "",
+        "| batching | concurrency | req/s | p50 | p99 | rows per model call | model ms per call "
+        "| non-2xx / socket errors | server CPU µs/req | other load |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for run in section["runs"]:
+        lat, stats = run["latency_ms"], run["batch_stats"]
+        rows = stats.get("mean_rows_per_batch")
+        seconds = stats.get("mean_seconds_per_batch")
+        out.append(
+            f"| {run['config_label']} | {run['concurrency']} | {run['rps']:,.0f} "
+            f"| {_ms(lat.get('p50'))} | {_ms(lat.get('p99'))} "
+            f"| {rows:.1f} | {seconds * 1000:.2f} | {_errors(run)} "
+            f"| {run['server_cpu_us_per_req']:.0f} | {run['other_cpu_cores']:.2f} |"
+            if rows is not None and seconds is not None else
+            f"| {run['config_label']} | {run['concurrency']} | {run['rps']:,.0f} "
+            f"| {_ms(lat.get('p50'))} | {_ms(lat.get('p99'))} | – | – | {_errors(run)} "
+            f"| {run['server_cpu_us_per_req']:.0f} | {run['other_cpu_cores']:.2f} |"
+        )
+    off = section["runs"][0]
+    out += ["", "| batching on vs off | req/s ratio | p99 ratio |", "|---|---:|---:|"]
+    for run in section["runs"][1:]:
+        out.append(
+            f"| {run['config_label']} | {run['rps'] / off['rps']:.2f} "
+            f"| {run['latency_ms']['p99'] / off['latency_ms']['p99']:.2f} |"
+        )
+    return out
+
+
+def _render_burst(section: dict[str, Any] | None) -> list[str]:
+    if not section or not section.get("runs"):
+        return []
+    out = [
+        "",
+        f"### Burst: breast-cancer, {section['offered_rps']:,.0f} req/s offered "
+        f"({section['factor']:.0f}x the {section['sustainable_rps']:,.0f} req/s sustained at "
+        "concurrency 64), open loop",
+        "",
+        "| queue knobs | sent req/s | answered | 200 | 503 | 504 | other | socket errors "
+        "| no answer | not sent (client pool full) | 200 p99 client | 200 p99 server "
+        "| 503 p99 client | RSS idle → max MiB | client cores |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for run in section["runs"]:
+        st = run["statuses"]
+        other = sum(v for k, v in st.items() if k not in ("200", "503", "504"))
+        rss = run["rss"]
+        lat = run["latency_from_send_ms"]
+        out.append(
+            f"| {run['config_label']} | {run['sent_rps']:,.0f} | {run['answered']:,} "
+            f"| {st.get('200', 0):,} | {st.get('503', 0):,} | {st.get('504', 0):,} | {other} "
+            f"| {sum(run['socket_errors'].values())} | {run['no_answer']} "
+            f"| {run['not_sent']:,} | {_ms(lat.get('200', {}).get('p99'))} "
+            f"| {_ms(run['verdict']['accepted_p99_ms_server'])} "
+            f"| {_ms(lat.get('503', {}).get('p99'))} "
+            f"| {rss['idle_mib']:.0f} → {rss['max_burst_mib'] or 0:.0f} "
+            f"| {run['client_cpu_cores']:.2f} |"
+        )
+    return out
+
+
+def _find(runs: list[dict[str, Any]], server: str, protocol: str, concurrency: int,
+          workers: int) -> dict[str, Any] | None:
+    for run in runs:
+        if (run["server"], run["protocol"], run["concurrency"], run["workers"]) == (
+            server, protocol, concurrency, workers
+        ):
+            return run
+    return None
+
+
+def _yes(flag: bool) -> str:
+    return "met" if flag else "**not met**"
+
+
+def evaluate_targets(report: dict[str, Any]) -> list[dict[str, str]]:
+    """The issue's targets against this run's figures."""
+    out: list[dict[str, str]] = []
+    runs = report.get("serving", []) + report.get("workers", [])
+    for workers in sorted({r["workers"] for r in runs}):
+        floor = _find(runs, "floor", "REST JSON", 64, workers)
+        roost = _find(runs, "roost", "REST JSON", 64, workers)
+        if floor and roost:
+            ratio = roost["rps"] / floor["rps"]
             out.append({
-                "concurrency": c,
-                "rps_ratio": roost["rps"] / floor["rps"],
-                "p99_ratio": roost["latency_ms"]["p99"] / floor["latency_ms"]["p99"],
+                "target": f"Roost REST req/s at concurrency 64 >= 0.6x the floor ({workers} "
+                          f"worker{'s' if workers > 1 else ''} each)",
+                "measured": f"{ratio:.2f}x ({roost['rps']:,.0f} vs {floor['rps']:,.0f})",
+                "met": _yes(ratio >= 0.6),
             })
+    for protocol in PROTOCOLS.values():
+        run = _find(report.get("serving", []), "roost", protocol, 8, 1)
+        if run:
+            p99 = run["latency_ms"]["p99"]
+            out.append({
+                "target": f"p99 < 10 ms at concurrency 8, breast-cancer, Roost {protocol}",
+                "measured": _ms(p99),
+                "met": _yes(p99 < 10),
+            })
+    batching = report.get("batching", {}).get("runs", [])
+    if len(batching) >= 2:
+        off = batching[0]
+        best = max(batching[1:], key=lambda r: r["rps"])
+        ratio = best["rps"] / off["rps"]
+        p99_ok = best["latency_ms"]["p99"] <= off["latency_ms"]["p99"]
+        out.append({
+            "target": "batching at concurrency 64: >= 2x req/s at equal or better p99 "
+                      "(digits MLP)",
+            "measured": f"{ratio:.2f}x, p99 {_ms(best['latency_ms']['p99'])} vs "
+                        f"{_ms(off['latency_ms']['p99'])} ({best['config_label']})",
+            "met": _yes(ratio >= 2 and p99_ok),
+        })
+    for run in report.get("burst", {}).get("runs", []):
+        verdict = run["verdict"]
+        rss = run["rss"]
+        name = f"burst, {run['config_label']}"
+        out.append({
+            "target": f"{name}: every request answered (200/503/504)",
+            "measured": f"{run['answered']:,} of {run['sent']:,} sent; statuses "
+                        f"{run['statuses']}; socket errors {sum(run['socket_errors'].values())}",
+            "met": _yes(verdict["every_request_answered"]),
+        })
+        out.append({
+            "target": f"{name}: memory bounded",
+            "measured": f"RSS {rss['idle_mib']:.0f} MiB idle, max {rss['max_burst_mib'] or 0:.0f}"
+                        f" MiB; second half of the burst "
+                        f"{verdict['rss_growth_second_half_mib']:+.1f} MiB over the first",
+            "met": _yes(verdict["memory_bounded"]),
+        })
+        out.append({
+            "target": f"{name}: accepted requests meet the deadline "
+                      f"({run['deadline_ms']:g} ms queue timeout + margin)",
+            "measured": f"200s p99 {_ms(verdict['accepted_p99_ms_client'])} at the client, "
+                        f"{_ms(verdict['accepted_p99_ms_server'])} inside the gateway",
+            "met": _yes(verdict["accepted_meet_deadline_client"]),
+        })
     return out
 
 
@@ -621,17 +748,53 @@ def _ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # main
 
 
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=12.0, help="seconds per wrk run")
-    parser.add_argument("--concurrency", default="1,64", help="comma-separated connections")
-    parser.add_argument("--servers", default="floor,roost", help="comma-separated: floor,roost")
-    parser.add_argument("--workers", type=int, default=1, help="server processes (both)")
-    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of wrk per server")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("command", nargs="?", default="all",
+                        choices=["all", "serving", "batching", "burst"])
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per measured run")
+    parser.add_argument("--concurrency", type=_ints, default=[1, 8, 64],
+                        help="comma-separated (serving)")
+    parser.add_argument("--protocols", default="json,binary,grpc",
+                        type=lambda s: [p for p in s.split(",") if p],
+                        help="Roost protocols in serving: json,binary,grpc")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes of each server for the main runs")
+    parser.add_argument("--compare-workers", type=int, default=2,
+                        help="also floor vs Roost REST at concurrency 64 with this many "
+                             "processes each (0: skip)")
+    parser.add_argument("--warmup", type=float, default=2.0,
+                        help="seconds of wrk at concurrency 64 before measuring")
     parser.add_argument("--calls", type=int, default=20000, help="in-process calls to time")
+    parser.add_argument("--digits-hidden", type=_ints, default=[2048, 2048],
+                        help="hidden layer sizes of the digits MLP")
+    parser.add_argument("--digits-iter", type=int, default=10, help="training epochs")
+    parser.add_argument("--batching-concurrency", type=int, default=64)
+    parser.add_argument("--burst-factor", type=float, default=10.0,
+                        help="offered rate as a multiple of the sustained rate")
+    parser.add_argument("--burst-rate", type=float, default=0.0,
+                        help="offered req/s (overrides --burst-factor)")
+    parser.add_argument("--burst-duration", type=float, default=10.0)
+    parser.add_argument("--burst-connections", type=int, default=1000)
+    parser.add_argument("--burst-drain", type=float, default=30.0,
+                        help="seconds to wait for the answers after the burst")
+    parser.add_argument("--burst-queue", type=int, default=64, help="small max_queue_size")
+    parser.add_argument("--burst-timeout-ms", type=float, default=100.0,
+                        help="small queue_timeout_ms")
+    parser.add_argument("--deadline-margin-ms", type=float, default=10.0)
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "out", help="output directory")
     parser.add_argument("--keep-home", action="store_true", help="keep the temp ROOST_HOME")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    unknown = set(args.protocols) - set(PROTOCOLS)
+    if unknown:
+        parser.error(f"unknown protocol(s): {', '.join(sorted(unknown))}")
+    return args
 
 
 @contextlib.contextmanager
@@ -648,130 +811,59 @@ def _terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def roost_settings_info(home: Path) -> dict[str, Any]:
-    """The gateway settings and the version's serving config the run used (defaults)."""
-    from registry import Registry, RoostSettings
-
-    settings = RoostSettings(home=home)
-    info: dict[str, Any] = {
-        "prediction_logging": "on (always on in Roost: Parquet, zstd, fsync)",
-        "log_flush_rows": settings.log_flush_rows,
-        "log_flush_interval_s": settings.log_flush_interval_s,
-        "intra_op_threads": settings.intra_op_threads,
-    }
-    registry = Registry.from_settings(settings)
-    try:
-        version = next(v for v in registry.served_versions() if v.model == MODEL)
-        info["version"] = version.version
-        info["version_config"] = getattr(version, "config", None)
-    finally:
-        registry.close()
-    return info
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if shutil.which("wrk") is None:
         print(WRK_MISSING, file=sys.stderr)
         return 2
-    concurrencies = [int(c) for c in args.concurrency.split(",") if c.strip()]
-    server_names = [s.strip() for s in args.servers.split(",") if s.strip()]
     sys.path.insert(0, str(REPO_ROOT))
-
-    report: dict[str, Any] = {
-        "started": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": machine_info(),
-        "source": source_fingerprint(),
-        "model": MODEL,
-        "body_file": str(BODY_FILE.relative_to(REPO_ROOT)),
-        "settings": {
-            "duration_s": args.duration,
-            "concurrency": concurrencies,
-            "warmup_s": args.warmup,
-            "workers": args.workers,
-            "wrk": "wrk -t1 -c<C> -d<D>s --latency -s benchmarks/post.lua <url>",
-            "onnxruntime_intra_op_threads": 1,
-        },
-    }
-    home = Path(tempfile.mkdtemp(prefix="roost-bench-"))
-    targets: list[Target] = []
-    logged_before = 0
+    started = time.monotonic()
+    bench = Bench(args)
+    report = bench.report
+    report.update(
+        started=datetime.now(UTC).isoformat(timespec="seconds"),
+        command=" ".join([Path(sys.executable).name, *sys.argv]),
+        machine=machine_info(),
+        source=source_fingerprint(),
+        model=MODEL,
+        settings={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+    )
     with _terminate_as_interrupt():
         try:
-            print(f"materializing {MODEL} into {home} ...", file=sys.stderr)
-            model = materialize_model(home)
-            model_path = home / "bench" / "model.onnx"
-            model_path.parent.mkdir(parents=True)
-            model_path.write_bytes(model)
-            body = BODY_FILE.read_bytes().strip()
-            report["roost"] = roost_settings_info(home)
-
-            print(f"timing in-process calls ({args.calls} each) ...", file=sys.stderr)
-            report["in_process_us"] = measure_in_process(home, model, body, args.calls)
-            logged_before = count_logged_rows(home)
-
-            targets = build_targets(home, model_path, server_names, args.workers)
-            for target in targets:
-                start(target, model_path.parent)
-            for target in targets:
-                wait_ready(target)
-                status, answer = _http("POST", target.url, body)
-                if status != 200:
-                    raise RuntimeError(f"{target.name} answered {status}: {answer[:500]!r}")
-                report.setdefault("sample_responses", {})[target.name] = json.loads(answer)
-            report["targets"] = [
-                {"name": t.name, "description": t.description, "argv": t.argv, "env": t.env}
-                for t in targets
-            ]
-            warmups: list[dict[str, Any]] = []
-            report["warmups"] = warmups
-            if args.warmup > 0:
-                for target in targets:
-                    print(f"warming up {target.name} ...", file=sys.stderr)
-                    warmups.append(run_wrk(target, max(concurrencies), args.warmup, BODY_FILE))
-
-            runs: list[dict[str, Any]] = []
-            report["runs"] = runs
-            for concurrency in concurrencies:
-                for target in targets:  # alternate servers: drifting load hits both alike
-                    print(
-                        f"wrk {target.name} -c{concurrency} -d{args.duration:g}s ...",
-                        file=sys.stderr,
-                    )
-                    runs.append(run_wrk(target, concurrency, args.duration, BODY_FILE))
-            report["roost_vs_floor"] = _ratios(runs)
+            bench.setup()
+            if args.command in ("all", "serving"):
+                bench.in_process()
+            bench.logged_before = count_logged_rows(bench.home)
+            log(f"starting floor and Roost with {args.workers} worker process(es) each ...")
+            floor, roost = bench.start_servers(args.workers)
+            if args.command in ("all", "serving"):
+                bench.serving(floor, roost)
+            if args.command in ("all", "batching"):
+                bench.batching(roost)
+            if args.command in ("all", "burst"):
+                bench.burst(roost)
+            bench.stop_servers(floor, roost)
+            if args.command in ("all", "serving") and args.compare_workers > 0:
+                bench.compare_workers()
         finally:
-            for target in targets:
-                stop(target)
-            report["machine"]["loadavg_end"] = _loadavg()
-            report["server_logs"] = {t.name: scan_log(t, args.out) for t in targets}
-            if any(t.name == "roost" for t in targets) and report.get("runs"):
-                sent = [*report.get("warmups", []), *report["runs"]]
-                report["roost_prediction_log"] = {
-                    "rows_logged": count_logged_rows(home) - logged_before,
-                    "requests_counted_by_wrk": 1 + sum(
-                        r.get("requests", 0) for r in sent if r["server"] == "roost"
-                    ),
-                    "note": "both include warm-up and the one sanity request; wrk does not "
-                    "count requests still in flight when a run ends (up to C per run), so "
-                    "slightly more rows than counted requests are expected",
-                }
-            if not args.keep_home:
-                shutil.rmtree(home, ignore_errors=True)
-            else:
-                print(f"kept ROOST_HOME at {home}", file=sys.stderr)
+            bench.finish()
+            report["wall_seconds"] = time.monotonic() - started
 
-    table = render_table(report)
+    table = render(report)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     for path in (args.out / "results.json", args.out / f"results-{stamp}.json"):
         path.write_text(json.dumps(report, indent=2, default=str) + "\n")
     (args.out / "results.md").write_text(table + "\n")
-    print(f"\nwrote {args.out / 'results.json'}", file=sys.stderr)
+    log(f"\nwrote {args.out / 'results.json'} ({report['wall_seconds']:.0f} s)")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip interpreter teardown: a native extension imported by the pipeline (duckdb, via
+    # nanobind) prints a page of "leaked" warnings at exit that say nothing about this run.
+    os._exit(code)
