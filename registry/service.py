@@ -583,6 +583,15 @@ class Registry:
                 "not CANARY; start it with `roost canary`"
             )
 
+    def policies(self) -> dict[str, TrafficPolicy]:
+        """The traffic policy of every deployment whose serving is enabled."""
+        with self._read() as session:
+            return {
+                dep.model: _policy_of(dep)
+                for dep in session.execute(select(DeploymentRow)).scalars()
+                if (dep.policy or {}).get("serving_enabled", True)
+            }
+
     def start_canary(
         self, model: str, version: int, percent: float, *, actor: str | None = None
     ) -> TrafficPolicy:

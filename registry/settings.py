@@ -84,6 +84,9 @@ class RoostSettings(BaseSettings):
     execution_provider: str = "auto"
     """ONNX Runtime execution provider: auto (CUDA when the gpu extra finds a GPU), cpu, cuda."""
 
+    shadow_queue_size: int = 1000
+    """Mirrored requests that may wait for their shadow version; more are dropped and counted."""
+
     actor: str = "roost"
     """Name recorded in audit records for actions that do not say who performed them."""
 

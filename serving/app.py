@@ -20,9 +20,11 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from registry import Registry, RoostError, RoostSettings
+from serving.admin_api import admin
 from serving.batching import QueueFull
 from serving.dataplane import SERVER_VERSION, DataPlane
 from serving.fastpath import InferFastPath
+from serving.feedback_api import feedback
 from serving.grpc_server import STOP_GRACE_S, start_grpc_server
 from serving.metrics import GatewayMetrics
 from serving.repository import ModelRepository
@@ -129,13 +131,16 @@ def create_app(settings: RoostSettings, registry: Registry | None = None) -> Fas
         poller: asyncio.Task[None] | None = None
         grpc_server = None
         try:
-            app.state.dataplane = DataPlane(repository, writer, metrics)
+            app.state.dataplane = DataPlane(
+                repository, writer, metrics, shadow_queue=settings.shadow_queue_size
+            )
             await repository.sync(force=True)
             # Everything loaded so far lives as long as the process: keep it out of the
             # collector's full passes, which otherwise stall the event loop for tens of ms.
             gc.collect()
             gc.freeze()
             poller = asyncio.create_task(repository.poll_forever())
+            app.state.dataplane.mirror.start()
             grpc_server = await start_grpc_server(app.state.dataplane, settings)
             app.state.grpc_server = grpc_server
             drain = Drain(app, settings, grpc_server)
@@ -154,6 +159,9 @@ def create_app(settings: RoostSettings, registry: Registry | None = None) -> Fas
                 poller.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await poller
+            plane = getattr(app.state, "dataplane", None)
+            if plane is not None:
+                await plane.mirror.stop()
             await repository.close()
             # Commits what is left, seals every WAL segment into Parquet, releases the WAL.
             await asyncio.to_thread(writer.close)
@@ -174,6 +182,8 @@ def create_app(settings: RoostSettings, registry: Registry | None = None) -> Fas
     app.include_router(v2)
     app.include_router(v1)
     app.include_router(repository)
+    app.include_router(admin)
+    app.include_router(feedback)
 
     @app.exception_handler(RoostError)
     async def roost_error(_request: Request, exc: RoostError) -> Response:

@@ -11,8 +11,9 @@ import contextlib
 import itertools
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,14 +24,20 @@ from registry import InvalidRequest, RoostError
 from registry.errors import DeadlineExceeded
 from serving import oip
 from serving.batching import QueueFull
+from serving.kserve_v1 import decode_instances
 from serving.metrics import GatewayMetrics
 from serving.repository import LoadedVersion, ModelRepository
+from serving.router import Decision, RequestFacts
+from serving.shadows import ShadowCopy, ShadowMirror
 from warehouse import LogUnavailable, PredictionLogWriter, PredictionRecord
 
 SERVER_NAME = "roost"
 SERVER_VERSION = "0.1.0"
 MAX_LOGGED_INPUT_CHARS = 65536
 EXTENSIONS = ("binary_tensor_data", "model_repository")
+FLAGS_HEADER = "roost-flags"
+RECENT_REQUESTS = 100_000  # served request ids remembered in memory for feedback
+LOG_FEATURES_PARAMETER = "roost.features"  # features.online.LOG_PARAMETER
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,10 @@ class CallContext:
     protocol: str
     user_id: str | None = None
     request_id: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    """Request headers with lower-case names (segment rules and feature flags read them)."""
+    unit: str | None = None
+    """The experiment unit when it is not the user (e.g. an entity id); default: user_id."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +59,14 @@ class InferResult:
     version: int
     request_id: str
     outputs: list[tuple[str, np.ndarray]]
+    decision: Decision
+
+    def response_parameters(self) -> dict[str, str]:
+        """The router's decision, as OIP response ``parameters``."""
+        params = {"roost_variant": self.decision.variant, "roost_route": self.decision.route}
+        if self.decision.experiment:
+            params["roost_experiment"] = self.decision.experiment
+        return params
 
 
 class DataPlane:
@@ -58,13 +77,25 @@ class DataPlane:
         repository: ModelRepository,
         log_writer: PredictionLogWriter,
         metrics: GatewayMetrics | None = None,
+        shadow_queue: int = 1000,
     ) -> None:
         self.repository = repository
         self.log_writer = log_writer
         self.metrics = metrics
+        self.mirror = ShadowMirror(self.run_shadow, max_queue=shadow_queue)
+        if metrics is not None:
+            self.mirror.on_drop = metrics.record_shadow_drop
+        # Recent request ids -> (model, version, experiment, route), for feedback.
+        self.recent: OrderedDict[str, tuple[str, int, str | None, str]] = OrderedDict()
         # Request ids: a random per-process prefix and a counter (uuid4 costs a system call).
         self._id_prefix = uuid.uuid4().hex[:20]
         self._id_counter = itertools.count()
+
+    def _remember(self, request_id: str, model: str, decision: Decision) -> None:
+        recent = self.recent
+        recent[request_id] = (model, decision.version, decision.experiment, decision.route)
+        if len(recent) > RECENT_REQUESTS:
+            recent.popitem(last=False)
 
     def _new_id(self) -> str:
         return f"{self._id_prefix}{next(self._id_counter):012x}"
@@ -105,115 +136,104 @@ class DataPlane:
         payload: bytes,
         decode: Callable[[bytes], oip.InferRequest],
         context: CallContext,
+        decode_for: Callable[[bytes, LoadedVersion], oip.InferRequest] | None = None,
     ) -> tuple[oip.InferRequest, InferResult]:
-        """Decode, route, validate, queue for the batcher, and log one inference request.
+        """Decode, route, validate, queue for the batcher, log, and mirror one request.
 
-        ``decode`` turns the transport's payload into an OIP request; a payload it rejects is
-        logged against the version that would have answered, like any other failed prediction.
+        ``decode`` turns the transport's payload into an OIP request (``decode_for`` instead, when
+        decoding depends on the chosen version, as KServe v1 records do); a payload it rejects
+        is logged against the version that would have answered. The router (see
+        :mod:`serving.router`) picks the version unless ``version`` pins one;
+        shadow copies are offered to the mirror after the primary has its answer.
         """
         started = time.perf_counter()
         request_id = context.request_id or ""
         raw_inputs = payload[:MAX_LOGGED_INPUT_CHARS].decode("utf-8", "replace")
         loaded: LoadedVersion | None = None
+        decision: Decision | None = None
         try:
-            loaded = self.repository.resolve(model, version)
-            request = decode(payload)
+            facts = _facts(context, None)
+            loaded, decision = self.repository.route(model, version, facts)
+            request = decode(payload) if decode_for is None else decode_for(payload, loaded)
+            if request.parameters and self.repository.routes_on_attributes(model):
+                loaded, decision = self.repository.route(
+                    model, version, _facts(context, request.parameters)
+                )
+            used = request.parameters.pop(LOG_FEATURES_PARAMETER, None)
+            if used is not None:  # features looked up in the online store, for the log
+                raw_inputs = orjson.dumps({"request": raw_inputs, "features": used}).decode()
             request_id = request.id or request_id or self._new_id()
             feeds = oip.validate_against_signature(request, loaded.info.signature)
             outputs = await loaded.batcher.submit(feeds, _timeout_ms(request))
             selected = oip.select_outputs(request, loaded.info.signature, outputs)
         except RoostError as exc:
             request_id = request_id or self._new_id()
-            await self._log_failure(model, loaded, request_id, context, raw_inputs, started, exc)
+            await self._log_failure(
+                model, loaded, decision, request_id, context, raw_inputs, started, exc
+            )
             raise
-        result = InferResult(model, loaded.info.version, request_id, selected)
+        result = InferResult(model, loaded.info.version, request_id, selected, decision)
+        self._remember(request_id, model, decision)
         await self._log(
             model, loaded.info.version, request_id, context, raw_inputs,
-            _outputs_json(selected), started, 200, None,
+            _outputs_json(selected), started, 200, None, decision,
         )
+        if decision.shadows:
+            for shadow in decision.shadows:
+                self.mirror.offer(
+                    ShadowCopy(
+                        model, shadow, request_id, request, raw_inputs, context.user_id,
+                        context.protocol,
+                    )
+                )
         return request, result
+
+    async def run_shadow(self, copy: ShadowCopy) -> None:
+        """Answer one mirrored copy with its shadow version and log it (``shadow = true``).
+
+        Not durable-waited: nobody receives this answer.
+        """
+        started = time.perf_counter()
+        loaded = self.repository.resolve(copy.model, str(copy.version))
+        status, error, outputs = 200, None, ""
+        try:
+            feeds = oip.validate_against_signature(copy.request, loaded.info.signature)
+            result = await loaded.batcher.submit(feeds, None)
+            outputs = _outputs_json(oip.select_outputs(copy.request, loaded.info.signature, result))
+        except RoostError as exc:
+            status, error = exc.status_code, exc.message
+        except Exception as exc:  # the shadow's failure stays the shadow's
+            status, error = 500, f"shadow failed: {exc}"
+        self.log_writer.append(
+            PredictionRecord(
+                request_id=copy.request_id,
+                ts=datetime.now(UTC),
+                model=copy.model,
+                version=copy.version,
+                inputs=copy.inputs_text,
+                outputs=outputs,
+                latency_ms=(time.perf_counter() - started) * 1000.0,
+                status=status,
+                user_id=copy.user_id,
+                protocol=copy.protocol,
+                error=error,
+                variant=f"shadow-v{copy.version}",
+                route="shadow",
+                shadow=True,
+            )
+        )
+        if status != 200:
+            raise RoostError(error or "shadow failed")
 
     def instances_to_request(
         self, model: str, version: str | None, payload: bytes
     ) -> oip.InferRequest:
-        """Decode a KServe v1 body: map ``instances`` (records or rows) onto the model's input.
+        """Decode a KServe v1 body (see :func:`serving.kserve_v1.decode_instances`)."""
+        return decode_instances(self, model, version, payload)
 
-        When the version names a feature service (``tags["feature_service"]``), instances may
-        name entities instead: ``{"entities": {"customer_id": 42}, "features": {...}}``. The
-        batch's features are then looked up in the online store in one call (see
-        :mod:`features.online`) and the values used are returned under the request parameter
-        ``roost.features`` for the prediction log.
-        """
-        try:
-            body = orjson.loads(payload)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
-        if not isinstance(body, dict) or "instances" not in body:
-            raise InvalidRequest('request body must be an object with "instances": [...]')
-        instances = body["instances"]
-        info = self.repository.resolve(model, version).info
-        signature = info.signature
-        if len(signature.inputs) != 1 or len(signature.inputs[0].shape) != 2:
-            raise InvalidRequest(
-                f"model '{model}' does not take one 2-D input; use the v2 infer endpoint"
-            )
-        spec = signature.inputs[0]
-        if not isinstance(instances, list) or not instances:
-            raise InvalidRequest("instances: expected a non-empty list of records or rows")
-        names = signature.feature_names
-        rows: list[list[Any]] = []
-        parameters: dict[str, Any] = {}
-        if isinstance(instances[0], dict) and "entities" in instances[0]:
-            service = info.tags.get("feature_service")
-            if not isinstance(service, str) or names is None:
-                raise InvalidRequest(
-                    f"instances[0].entities: model '{model}' version {info.version} has no "
-                    "feature service; send the features inline"
-                )
-            from features.online import LOG_PARAMETER, shared_online_features
-
-            features = getattr(self, "features", None) or shared_online_features(
-                self.repository.settings.home
-            )
-            lookup = features.lookup(service, names, instances)
-            rows = lookup.rows
-            parameters[LOG_PARAMETER] = lookup.to_log()
-        else:  # records or rows, inline
-            for i, instance in enumerate(instances):
-                if isinstance(instance, dict):
-                    if names is None:
-                        raise InvalidRequest(
-                            f"instances[{i}]: model '{model}' has no feature names; send rows "
-                            "(lists of values) instead of records"
-                        )
-                    unknown = sorted(set(instance) - set(names))
-                    if unknown:
-                        raise InvalidRequest(
-                            f"instances[{i}]: unknown feature '{unknown[0]}'; expected features: "
-                            + ", ".join(names)
-                        )
-                    missing = [n for n in names if n not in instance]
-                    if missing:
-                        raise InvalidRequest(f"instances[{i}]: missing feature '{missing[0]}'")
-                    rows.append([instance[n] for n in names])
-                elif isinstance(instance, list):
-                    rows.append(instance)
-                else:
-                    raise InvalidRequest(f"instances[{i}]: expected an object or a list")
-        width = spec.shape[1]
-        for i, row in enumerate(rows):
-            if width >= 0 and len(row) != width:
-                raise InvalidRequest(
-                    f"instances[{i}]: expected {width} values, got {len(row)}"
-                )
-        shape = (len(rows), width if width >= 0 else len(rows[0]))
-        array = oip.json_data_to_array(spec.name, spec.datatype, shape, rows)
-        return oip.InferRequest(
-            id=body.get("id") if isinstance(body.get("id"), str) else None,
-            inputs=[oip.RequestInput(spec.name, spec.datatype, shape, array, {})],
-            outputs=None,
-            parameters=parameters,
-        )
+    def instances_for(self, payload: bytes, loaded: LoadedVersion) -> oip.InferRequest:
+        """Decode a KServe v1 body for the version the router chose."""
+        return decode_instances(self, loaded.info.model, str(loaded.info.version), payload)
 
     # -- logging ----------------------------------------------------------------------------
 
@@ -228,6 +248,7 @@ class DataPlane:
         started: float,
         status: int,
         error: str | None,
+        decision: Decision | None = None,
     ) -> None:
         """Record one prediction and wait until the record is durable (``log_durability:
         fsync``), so the transport answers only then; raises ``LogUnavailable`` (503) if the log
@@ -246,6 +267,9 @@ class DataPlane:
                 user_id=context.user_id,
                 protocol=context.protocol,
                 error=error,
+                variant=decision.variant if decision else None,
+                experiment=decision.experiment if decision else None,
+                route=decision.route if decision else None,
             )
         )
         if waiter is not None:
@@ -267,6 +291,7 @@ class DataPlane:
         self,
         model: str,
         loaded: LoadedVersion | None,
+        decision: Decision | None,
         request_id: str,
         context: CallContext,
         inputs: str,
@@ -283,8 +308,18 @@ class DataPlane:
         with contextlib.suppress(LogUnavailable):
             await self._log(
                 model, loaded.info.version, request_id, context, inputs, "", started,
-                exc.status_code, exc.message,
+                exc.status_code, exc.message, decision,
             )
+
+
+def _facts(context: CallContext, attributes: dict[str, Any] | None) -> RequestFacts:
+    headers = context.headers
+    raw_flags = headers.get(FLAGS_HEADER)
+    flags = frozenset(f.strip() for f in raw_flags.split(",") if f.strip()) if raw_flags else (
+        frozenset()
+    )
+    unit = context.user_id if context.user_id is not None else context.unit
+    return RequestFacts(unit, headers, attributes or {}, flags)
 
 
 def _timeout_ms(request: oip.InferRequest) -> float | None:

@@ -342,11 +342,17 @@ def _encode_output(name: str, value: npt.NDArray[Any]) -> tuple[str, list[int], 
 
 
 def encode_model_infer_response(
-    model: str, version: int, request_id: str, outputs: list[tuple[str, npt.NDArray[Any]]]
+    model: str,
+    version: int,
+    request_id: str,
+    outputs: list[tuple[str, npt.NDArray[Any]]],
+    parameters: dict[str, str] | None = None,
 ) -> Any:
     response = pb.ModelInferResponse(
         model_name=model, model_version=str(version), id=request_id
     )
+    for key, value in (parameters or {}).items():
+        response.parameters[key].string_param = value
     for name, array in outputs:
         datatype, shape, raw = _encode_output(name, array)
         response.outputs.add(name=name, datatype=datatype, shape=shape)
@@ -367,6 +373,7 @@ def _call_context(context: Any) -> CallContext:
         protocol=PROTOCOL,
         user_id=metadata.get(USER_METADATA),
         request_id=metadata.get(REQUEST_ID_METADATA),
+        headers=metadata,
     )
 
 
@@ -459,7 +466,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             _call_context(context),
         )
         return encode_model_infer_response(
-            result.model, result.version, result.request_id, result.outputs
+            result.model, result.version, result.request_id, result.outputs,
+            result.response_parameters(),
         )
 
 

@@ -106,6 +106,10 @@ class GatewayMetrics:
             registry=reg,
         )
         self._children: dict[tuple[str, str, str, int], tuple[Counter, Histogram]] = {}
+        self.shadow_dropped = Counter(
+            "roost_shadow_dropped", "Mirrored copies dropped because the shadow queue was full.",
+            labels, registry=reg,
+        )
         self.load_seconds = Gauge(
             "roost_model_load_seconds",
             "Time to load and warm up a version.",
@@ -129,6 +133,9 @@ class GatewayMetrics:
         children[0].inc()
         if status == 200:
             children[1].observe(seconds)
+
+    def record_shadow_drop(self, model: str, version: int) -> None:
+        self.shadow_dropped.labels(model, str(version)).inc()
 
     def record_rejection(self, model: str, version: str, reason: str) -> None:
         self.rejected.labels(model, version, reason).inc()

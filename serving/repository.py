@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from registry import Registry, RoostError, RoostSettings, ServingConfig, VersionInfo
 from registry.errors import NotFound, ServiceUnavailable
 from serving.backends import Backend, OnnxBackend, TritonBackend, warmup_inputs
 from serving.batching import DynamicBatcher
 from serving.metrics import GatewayMetrics
+from serving.router import Decision, ModelRouter, RequestFacts
 
 log = logging.getLogger("roost.serving")
 
@@ -49,6 +50,7 @@ class RoutingTable:
     failures: dict[tuple[str, int], str] = field(default_factory=dict)
     models: frozenset[str] = frozenset()
     unloaded: frozenset[str] = frozenset()
+    routers: dict[str, ModelRouter] = field(default_factory=dict)
 
 
 class ModelRepository:
@@ -66,6 +68,7 @@ class ModelRepository:
         self.retire_grace_s = 2.0
         self._lock = asyncio.Lock()
         self._retiring: dict[asyncio.Task[None], LoadedVersion] = {}
+        self._pending_rewards: dict[tuple[str, str], dict[int, tuple[float, float]]] = {}
         self._built_at = 0.0
         self.retry_failed_s = 5.0  # versions that failed to load are retried this often
 
@@ -142,7 +145,19 @@ class ModelRepository:
             if model not in production and previous is not None:
                 production[model] = previous
                 loaded[(model, previous)] = current.loaded[(model, previous)]
-        return RoutingTable(generation, loaded, production, failures, models, unloaded)
+        evidence = self.registry.bandit_stats()
+        routers = {}
+        for model, policy in self.registry.policies().items():
+            if policy.production is None or (model, policy.production) not in loaded:
+                # production failed to load and nothing served before: route nowhere new
+                policy = replace(policy, production=production.get(model))
+            bandit = policy.bandit
+            routers[model] = ModelRouter(
+                policy, evidence.get((model, bandit.id), {}) if bandit else None
+            )
+        return RoutingTable(
+            generation, loaded, production, failures, models, unloaded, routers
+        )
 
     async def sync(self, force: bool = False) -> bool:
         """Reload if the registry's generation moved (or a failed version is due a retry).
@@ -197,6 +212,7 @@ class ModelRepository:
             await asyncio.sleep(self.settings.poll_interval_s)
             try:
                 await self.sync()
+                await asyncio.to_thread(self._flush_rewards)
                 self.last_poll_error = None
             except Exception as exc:  # registry unreachable: keep serving the last table
                 self.last_poll_error = str(exc)
@@ -216,6 +232,66 @@ class ModelRepository:
         reasons = [f"{m} v{v}: {why}" for (m, v), why in sorted(table.failures.items())]
         unserved = {m for m, _ in table.failures} - set(table.production)
         return not unserved, reasons
+
+    def route(
+        self, model: str, version: str | None, facts: RequestFacts
+    ) -> tuple[LoadedVersion, Decision]:
+        """The version that answers this request and the router's decision (with shadows).
+
+        A version the policy names but that is not loaded (it failed) yields to production.
+        """
+        table = self.table
+        router = table.routers.get(model)
+        if router is None:
+            loaded = self.resolve(model, version)
+            number = loaded.info.version
+            route = "pinned" if version is not None else "production"
+            return loaded, Decision(number, route, route if route != "pinned" else f"v{number}")
+        if version is not None:
+            loaded = self.resolve(model, version)
+            return loaded, router.decide(facts, pinned=loaded.info.version)
+        try:
+            decision = router.decide(facts)
+        except LookupError:
+            self._raise_unserved(table, model, None)
+            raise
+        found = table.loaded.get((model, decision.version))
+        if found is None:
+            production = self.resolve(model, None)
+            decision = Decision(
+                production.info.version, "production", "production", None, decision.shadows
+            )
+            return production, decision
+        return found, decision
+
+    def routes_on_attributes(self, model: str) -> bool:
+        router = self.table.routers.get(model)
+        return router is not None and any(
+            s.kind == "attribute" for s in router.policy.segments
+        )
+
+    def record_reward(self, model: str, bandit: str, version: int, reward: float) -> None:
+        """Feedback for a bandit arm: applied to this gateway's router at once, and queued
+        for the registry (summed over every gateway) on the next poll."""
+        router = self.table.routers.get(model)
+        if router is not None and router.policy.bandit and router.policy.bandit.id == bandit:
+            rewards, pulls = router.evidence.get(version, (0.0, 0.0))
+            router.evidence[version] = (rewards + reward, pulls + 1)
+        key = (model, bandit)
+        arms = self._pending_rewards.setdefault(key, {})
+        rewards, pulls = arms.get(version, (0.0, 0.0))
+        arms[version] = (rewards + reward, pulls + 1)
+
+    def _flush_rewards(self) -> None:
+        pending, self._pending_rewards = self._pending_rewards, {}
+        for (model, bandit), arms in pending.items():
+            self.registry.record_rewards(model, bandit, arms)
+        if not any(r.policy.bandit for r in self.table.routers.values()):
+            return
+        evidence = self.registry.bandit_stats()
+        for model, router in self.table.routers.items():
+            if router.policy.bandit is not None:
+                router.evidence = dict(evidence.get((model, router.policy.bandit.id), {}))
 
     def resolve(self, model: str, version: str | None) -> LoadedVersion:
         """The loaded version that answers for ``model`` (pinned to ``version`` if given)."""

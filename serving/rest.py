@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Annotated, Any
 
 import orjson
@@ -14,6 +15,7 @@ from serving.dataplane import CallContext, DataPlane
 
 USER_HEADER = "roost-user"
 REQUEST_ID_HEADER = "x-request-id"
+VARIANT_HEADER = "roost-variant"
 
 
 def json_response(content: Any, status_code: int = 200) -> Response:
@@ -34,6 +36,7 @@ def _context(request: Request, protocol: str) -> CallContext:
         protocol=protocol,
         user_id=headers.get(USER_HEADER),
         request_id=headers.get(REQUEST_ID_HEADER),
+        headers={k.lower(): v for k, v in headers.items()},
     )
 
 
@@ -104,18 +107,26 @@ async def handle_v2_infer(
         payload, decode = body, binary.decode_json_request
     else:  # Triton's binary tensor data extension
         payload, decode = binary.prepare_binary_request(body, header)
-    context = CallContext("v2-rest", headers.get(USER_HEADER), headers.get(REQUEST_ID_HEADER))
+    context = CallContext(
+        "v2-rest", headers.get(USER_HEADER), headers.get(REQUEST_ID_HEADER), headers
+    )
     parsed, result = await plane.infer(model, version, payload, decode, context)
     flags = binary.binary_outputs(parsed, result.outputs)
+    variant = {VARIANT_HEADER: result.decision.variant}
     if flags is None:
         encoded = oip.encode_infer_response(
-            result.model, str(result.version), result.request_id, result.outputs
+            result.model, str(result.version), result.request_id, result.outputs,
+            result.response_parameters(),
         )
-        return encoded, "application/json", {}
+        return encoded, "application/json", variant
     encoded, json_length = binary.encode_binary_response(
         result.model, str(result.version), result.request_id, result.outputs, flags
     )
-    return encoded, "application/octet-stream", {binary.HEADER_LENGTH: str(json_length)}
+    return (
+        encoded,
+        "application/octet-stream",
+        {binary.HEADER_LENGTH: str(json_length), **variant},
+    )
 
 
 @v2.post("/v2/models/{model}/infer")
@@ -131,6 +142,24 @@ async def infer(
 v1 = APIRouter(tags=["kserve-v1"])
 
 
+def _no_decoder(_payload: bytes) -> oip.InferRequest:
+    raise AssertionError("v1 bodies are decoded for the routed version")
+
+
+def entity_unit(body: bytes) -> str | None:
+    """The first instance's entity id (``customer_id=42``), the experiment unit of entity
+    requests without a ``roost-user`` header."""
+    if b'"entities"' not in body:
+        return None
+    try:
+        data = orjson.loads(body)
+        entities = data["instances"][0]["entities"]
+        key = sorted(entities)[0]
+        return f"{key}={entities[key]}"
+    except (orjson.JSONDecodeError, LookupError, TypeError, AttributeError):
+        return None  # the decoder reports what is wrong with the body
+
+
 @v1.get("/v1/models/{model}")
 async def v1_model(plane: DataPlaneDep, model: str) -> Response:
     plane.model_ready(model, None)
@@ -140,23 +169,24 @@ async def v1_model(plane: DataPlaneDep, model: str) -> Response:
 @v1.post("/v1/models/{model}:predict")
 async def v1_predict(request: Request, plane: DataPlaneDep, model: str) -> Response:
     body = await request.body()
-    # Pin the version now so decoding and inference agree even if a swap happens in between.
-    version = str(plane.repository.resolve(model, None).info.version)
+    context = _context(request, "v1-rest")
+    unit = entity_unit(body)
+    if unit is not None:
+        context = replace(context, unit=unit)
     parsed, result = await plane.infer(
-        model,
-        version,
-        body,
-        lambda payload: plane.instances_to_request(model, version, payload),
-        _context(request, "v1-rest"),
+        model, None, body, _no_decoder, context, decode_for=plane.instances_for
     )
     columns = {name: array.tolist() for name, array in result.outputs}
     rows = len(parsed.inputs[0].data)
     predictions = [{name: values[i] for name, values in columns.items()} for i in range(rows)]
-    return json_response(
+    response = json_response(
         {
             "predictions": predictions,
             "model_name": model,
             "model_version": str(result.version),
             "id": result.request_id,
+            "parameters": result.response_parameters(),
         }
     )
+    response.headers[VARIANT_HEADER] = result.decision.variant
+    return response

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import numpy as np
+from serving.oip import InferRequest
 
 log = logging.getLogger("roost.serving")
 
@@ -25,7 +25,7 @@ class ShadowCopy:
     model: str
     version: int
     request_id: str
-    feeds: dict[str, np.ndarray]
+    request: InferRequest
     inputs_text: str
     user_id: str | None
     protocol: str

@@ -19,10 +19,12 @@ import duckdb
 import pyarrow as pa
 
 from registry.errors import InvalidRequest
+from warehouse.feedback import FEEDBACK_DIR, FEEDBACK_SCHEMA
 from warehouse.records import PREDICTION_SCHEMA
 from warehouse.writer import PREDICTIONS_DIR
 
 VIEW = "predictions"
+FEEDBACK_VIEW = "feedback"
 
 _DUCKDB_TYPES: dict[pa.DataType, str] = {
     pa.string(): "VARCHAR",
@@ -55,8 +57,25 @@ def _has_files(directory: Path) -> bool:
     return directory.is_dir() and next(directory.glob("**/*.parquet"), None) is not None
 
 
+def _feedback_source(directory: Path) -> str:
+    """Feedback (labels, rewards) by request id: ``model``, ``date`` and the file columns."""
+    columns = [("model", "VARCHAR"), ("date", "DATE")] + [
+        (f.name, _DUCKDB_TYPES[f.type]) for f in FEEDBACK_SCHEMA
+    ]
+    names = ", ".join(f'"{n}"' for n, _ in columns)
+    if _has_files(directory):
+        glob = _sql_string(f"{directory.as_posix()}/**/*.parquet")
+        hive_types = ", ".join(f"'{k}': '{v}'" for k, v in _PARTITION_TYPES.items())
+        return (
+            f"SELECT {names} FROM read_parquet({glob}, hive_partitioning = true, "
+            f"union_by_name = true, hive_types = {{{hive_types}}})"
+        )
+    nulls = ", ".join(f'CAST(NULL AS {t}) AS "{n}"' for n, t in columns)
+    return f"SELECT {nulls} WHERE false"
+
+
 def connect(logs_dir: Path, *, sandboxed: bool = True) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with the view ``predictions`` over the prediction log.
+    """An in-memory DuckDB connection with the views ``predictions`` and ``feedback``.
 
     ``sandboxed`` (the default) turns off DuckDB's access to files outside
     ``<logs_dir>/predictions``, to extensions and to the network, and locks the configuration,
@@ -81,8 +100,13 @@ def connect(logs_dir: Path, *, sandboxed: bool = True) -> duckdb.DuckDBPyConnect
             )
             source = f"(SELECT {typed_nulls} WHERE false)"
         con.execute(f"CREATE VIEW {VIEW} AS SELECT {names} FROM {source}")
+        feedback_dir = Path(logs_dir).absolute() / FEEDBACK_DIR
+        con.execute(f"CREATE VIEW {FEEDBACK_VIEW} AS {_feedback_source(feedback_dir)}")
         if sandboxed:
-            con.execute(f"SET allowed_directories = [{_sql_string(directory.as_posix() + '/')}]")
+            allowed = ", ".join(
+                _sql_string(d.as_posix() + "/") for d in (directory, feedback_dir)
+            )
+            con.execute(f"SET allowed_directories = [{allowed}]")
             con.execute("SET enable_external_access = false")
             con.execute("SET autoinstall_known_extensions = false")
             con.execute("SET autoload_known_extensions = false")

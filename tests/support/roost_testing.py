@@ -180,3 +180,17 @@ def make_mlp_onnx(n_features: int = 4, hidden: int = 256, layers: int = 4, seed:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 9
     return model.SerializeToString()
+
+
+def make_failing_onnx(n_features: int = 4) -> bytes:
+    """Loads and has the usual input, but every run fails (a Reshape no input can satisfy)."""
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["input", "shape"], ["probabilities"])],
+        "failing",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, n_features])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 2])],
+        initializer=[numpy_helper.from_array(np.array([7, 3, 11], dtype=np.int64), "shape")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model.SerializeToString()

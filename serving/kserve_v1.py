@@ -1,0 +1,96 @@
+"""KServe v1 ``:predict`` bodies: ``{"instances": [...]}`` as records, rows, or entities."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from registry import InvalidRequest
+from serving import oip
+
+if TYPE_CHECKING:
+    from serving.dataplane import DataPlane
+
+
+def decode_instances(
+    plane: DataPlane, model: str, version: str | None, payload: bytes
+) -> oip.InferRequest:
+    """Decode a KServe v1 body: map ``instances`` (records or rows) onto the model's input.
+
+    When the version names a feature service (``tags["feature_service"]``), instances may
+    name entities instead: ``{"entities": {"customer_id": 42}, "features": {...}}``. The
+    batch's features are then looked up in the online store in one call (see
+    :mod:`features.online`) and the values used are returned under the request parameter
+    ``roost.features`` for the prediction log.
+    """
+    try:
+        body = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict) or "instances" not in body:
+        raise InvalidRequest('request body must be an object with "instances": [...]')
+    instances = body["instances"]
+    info = plane.repository.resolve(model, version).info
+    signature = info.signature
+    if len(signature.inputs) != 1 or len(signature.inputs[0].shape) != 2:
+        raise InvalidRequest(
+            f"model '{model}' does not take one 2-D input; use the v2 infer endpoint"
+        )
+    spec = signature.inputs[0]
+    if not isinstance(instances, list) or not instances:
+        raise InvalidRequest("instances: expected a non-empty list of records or rows")
+    names = signature.feature_names
+    rows: list[list[Any]] = []
+    parameters: dict[str, Any] = {}
+    if isinstance(instances[0], dict) and "entities" in instances[0]:
+        service = info.tags.get("feature_service")
+        if not isinstance(service, str) or names is None:
+            raise InvalidRequest(
+                f"instances[0].entities: model '{model}' version {info.version} has no "
+                "feature service; send the features inline"
+            )
+        from features.online import LOG_PARAMETER, shared_online_features
+
+        features = getattr(plane, "features", None) or shared_online_features(
+            plane.repository.settings.home
+        )
+        lookup = features.lookup(service, names, instances)
+        rows = lookup.rows
+        parameters[LOG_PARAMETER] = lookup.to_log()
+    else:  # records or rows, inline
+        for i, instance in enumerate(instances):
+            if isinstance(instance, dict):
+                if names is None:
+                    raise InvalidRequest(
+                        f"instances[{i}]: model '{model}' has no feature names; send rows "
+                        "(lists of values) instead of records"
+                    )
+                unknown = sorted(set(instance) - set(names))
+                if unknown:
+                    raise InvalidRequest(
+                        f"instances[{i}]: unknown feature '{unknown[0]}'; expected features: "
+                        + ", ".join(names)
+                    )
+                missing = [n for n in names if n not in instance]
+                if missing:
+                    raise InvalidRequest(f"instances[{i}]: missing feature '{missing[0]}'")
+                rows.append([instance[n] for n in names])
+            elif isinstance(instance, list):
+                rows.append(instance)
+            else:
+                raise InvalidRequest(f"instances[{i}]: expected an object or a list")
+    width = spec.shape[1]
+    for i, row in enumerate(rows):
+        if width >= 0 and len(row) != width:
+            raise InvalidRequest(
+                f"instances[{i}]: expected {width} values, got {len(row)}"
+            )
+    shape = (len(rows), width if width >= 0 else len(rows[0]))
+    array = oip.json_data_to_array(spec.name, spec.datatype, shape, rows)
+    return oip.InferRequest(
+        id=body.get("id") if isinstance(body.get("id"), str) else None,
+        inputs=[oip.RequestInput(spec.name, spec.datatype, shape, array, {})],
+        outputs=None,
+        parameters=parameters,
+    )
