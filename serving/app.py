@@ -139,6 +139,14 @@ def create_app(settings: RoostSettings, registry: Registry | None = None) -> Fas
             # collector's full passes, which otherwise stall the event loop for tens of ms.
             gc.collect()
             gc.freeze()
+            if any(v.info.tags.get("feature_service") for v in repository.table.loaded.values()):
+                # Feast takes seconds to import: pay it at start-up, not on the first request.
+                from features.online import shared_online_features
+
+                features = shared_online_features(settings.home)
+                with contextlib.suppress(RoostError):  # an unavailable store answers 503 later
+                    await asyncio.to_thread(lambda: features.store)
+                app.state.dataplane.features = features
             poller = asyncio.create_task(repository.poll_forever())
             app.state.dataplane.mirror.start()
             grpc_server = await start_grpc_server(app.state.dataplane, settings)

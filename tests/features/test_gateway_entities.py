@@ -113,3 +113,29 @@ def test_the_decoded_request_carries_the_features_used_for_the_log(
     assert used["feature_service"] == "fraud_v1"
     assert used["features"][0] == dict(zip(FRAUD_FEATURES, EXPECTED[3], strict=True))
     assert used["defaulted"] == [["txn_count_24h", "txn_count_30d", "amount_sum_30d"], []]
+
+
+def test_the_features_used_are_in_the_prediction_log(
+    settings: RoostSettings, client: httpx.Client
+) -> None:
+    import json
+    import time
+
+    from warehouse import run_query
+
+    resp = predict(client, "fraud", [entity(3)])
+    assert resp.status_code == 200, resp.text
+    request_id = resp.json()["id"]
+    deadline = time.monotonic() + 15
+    while True:
+        _, rows = run_query(
+            settings.logs_dir, f"select inputs from predictions where request_id = '{request_id}'"
+        )
+        if rows:
+            break
+        assert time.monotonic() < deadline, "prediction not logged"
+        time.sleep(0.2)
+    logged = json.loads(rows[0][0])
+    assert json.loads(logged["request"])["instances"][0]["entities"] == {"customer_id": 3}
+    assert logged["features"]["feature_service"] == "fraud_v1"
+    assert logged["features"]["features"][0] == dict(zip(FRAUD_FEATURES, EXPECTED[3], strict=True))
