@@ -448,3 +448,44 @@ def experiment_stop(model: str, experiment_id: str) -> None:
     from registry import traffic_ops
 
     _show_policy(traffic_ops.stop_experiment(_registry(), model, experiment_id))
+
+
+@main.group()
+def keys() -> None:
+    """API keys: roles predict, read, admin; optional model scope and rate limit."""
+
+
+@keys.command("create")
+@click.argument("name")
+@click.option("--role", "roles", multiple=True, required=True, help="predict | read | admin")
+@click.option("--model", "models", multiple=True, help="Limit the key to MODEL (repeatable).")
+@click.option("--rate", type=float, default=0.0, help="Requests per second (0: unlimited).")
+@friendly_errors
+def keys_create(name: str, roles: tuple[str, ...], models: tuple[str, ...], rate: float) -> None:
+    """Create a key; it is printed once and stored only as a hash."""
+    from registry.keys import create_key
+
+    plain, key = create_key(_registry(), name, list(roles), list(models) or None, rate)
+    click.echo(json.dumps({"key": plain, **key.to_dict()}, indent=2))
+
+
+@keys.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@friendly_errors
+def keys_list(as_json: bool) -> None:
+    """List keys (never their secrets)."""
+    from registry.keys import list_keys
+
+    rows = [k.to_dict() for k in list_keys(_registry())]
+    _emit(rows, as_json, ["id", "name", "roles", "models", "rate_limit_rps", "revoked"])
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@friendly_errors
+def keys_revoke(key_id: str) -> None:
+    """Revoke a key (gateways refuse it within seconds)."""
+    from registry.keys import revoke_key
+
+    revoke_key(_registry(), key_id)
+    click.echo(f"key {key_id} revoked")

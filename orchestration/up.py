@@ -157,6 +157,9 @@ def run_up(settings: RoostSettings, *, skip_pipeline: bool = False) -> int:
     dagster_home = prepare_dagster_home(settings)
     os.environ["ROOST_HOME"] = str(settings.home)
     os.environ["DAGSTER_HOME"] = str(dagster_home)
+    # `roost up` is the laptop experience: the well-known dev admin key works unless the
+    # environment says otherwise. Production deployments never set ROOST_DEV_MODE.
+    os.environ.setdefault("ROOST_DEV_MODE", "true")
 
     busy = [
         f"{what} port {port}"
@@ -229,6 +232,8 @@ Roost is up (ROOST_HOME={settings.home}).
   API docs                                           {gateway}/docs
   Dagster UI (lineage, checks, runs)                 {dagster}
   Process logs                                       {logs}
+
+Admin key (dev mode only): x-api-key: roost-dev-key   (create real ones: roost keys create)
 
 Ask the breast-cancer model for a prediction:
 

@@ -87,8 +87,27 @@ class RoostSettings(BaseSettings):
     shadow_queue_size: int = 1000
     """Mirrored requests that may wait for their shadow version; more are dropped and counted."""
 
+    auth_required: bool = False
+    """Require an API key for predictions and reads too (admin actions always need one)."""
+
+    dev_mode: bool = False
+    """Accept the well-known dev key (``roost-dev-key``) as an admin key. Never in production."""
+
     actor: str = "roost"
     """Name recorded in audit records for actions that do not say who performed them."""
+
+    max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    """Largest request body the gateway reads, on every REST route (``Content-Length`` or the
+    bytes actually sent; more gets 413) and per gRPC message (more gets RESOURCE_EXHAUSTED)."""
+
+    max_tensor_elements: int = Field(default=16 * 1024 * 1024, ge=1)
+    """Most elements one input tensor may have (the product of its shape), and the largest
+    single dimension; a request over it gets 400 naming the input before anything is
+    allocated."""
+
+    max_json_depth: int = Field(default=64, ge=8, le=200)
+    """How deeply a request's JSON may nest (objects and arrays, counted from the document's
+    root); deeper gets 400. The JSON serializer that writes the prediction log stops at 254."""
 
     @field_validator("home")
     @classmethod

@@ -103,3 +103,18 @@ class BanditArmRow(Base):
     version: Mapped[int] = mapped_column(Integer, primary_key=True)
     rewards: Mapped[float] = mapped_column(default=0.0)
     pulls: Mapped[float] = mapped_column(default=0.0)
+
+
+class ApiKeyRow(Base):
+    """An API key: only the sha256 of its secret is stored."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    secret_sha256: Mapped[str] = mapped_column(String(64))
+    roles: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # {"roles": [...]}
+    models: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # {"models": [...]|None}
+    rate_limit_rps: Mapped[float] = mapped_column(default=0.0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked: Mapped[bool] = mapped_column(default=False)

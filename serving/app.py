@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from registry import Registry, RoostError, RoostSettings
 from serving.admin_api import admin
+from serving.auth import AuthGate
 from serving.batching import QueueFull
 from serving.dataplane import SERVER_VERSION, DataPlane
 from serving.fastpath import InferFastPath
@@ -186,6 +187,8 @@ def create_app(settings: RoostSettings, registry: Registry | None = None) -> Fas
     app.state.settings = settings
     app.state.registry = reg
     app.add_middleware(InferFastPath, owner=app)
+    # added last, so it runs first: nothing reaches a route (or the fast path) unauthorized
+    app.add_middleware(AuthGate, registry=reg, settings=settings)
     app.include_router(health)
     app.include_router(v2)
     app.include_router(v1)

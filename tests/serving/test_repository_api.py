@@ -10,6 +10,7 @@ from roost_testing import deploy_model, make_linear_onnx, running_gateway
 
 from registry import Registry, RoostSettings
 
+ADMIN = {"x-api-key": "roost-dev-key"}  # dev mode's admin key
 BODY = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
 
 
@@ -24,7 +25,8 @@ def test_index_unload_and_load(settings: RoostSettings, registry: Registry) -> N
     deploy_model(registry, "a", make_linear_onnx(seed=1))
     deploy_model(registry, "b", make_linear_onnx(seed=2))
     registry.register_version("c", make_linear_onnx(seed=3))  # registered, never deployed
-    with running_gateway(settings.model_copy(update={"poll_interval_s": 0.1})) as url:
+    dev = settings.model_copy(update={"poll_interval_s": 0.1, "dev_mode": True})
+    with running_gateway(dev) as url:
         index = httpx.post(f"{url}/v2/repository/index").json()
         assert index == [
             {"name": "a", "version": "1", "state": "READY", "reason": ""},
@@ -34,7 +36,7 @@ def test_index_unload_and_load(settings: RoostSettings, registry: Registry) -> N
         ready = httpx.post(f"{url}/v2/repository/index", json={"ready": True}).json()
         assert [r["name"] for r in ready] == ["a", "b"]
 
-        assert httpx.post(f"{url}/v2/repository/models/b/unload").status_code == 200
+        assert httpx.post(f"{url}/v2/repository/models/b/unload", headers=ADMIN).status_code == 200
         gone = httpx.post(f"{url}/v2/models/b/infer", json=BODY)
         assert gone.status_code == 404 and "unloaded" in gone.json()["error"]
         assert httpx.post(f"{url}/v2/models/a/infer", json=BODY).status_code == 200
@@ -42,12 +44,12 @@ def test_index_unload_and_load(settings: RoostSettings, registry: Registry) -> N
         assert entry["state"] == "UNAVAILABLE" and entry["reason"] == "unloaded"
         assert registry.audit_records("b")[-1].action == "unload"
 
-        assert httpx.post(f"{url}/v2/repository/models/b/load").status_code == 200
+        assert httpx.post(f"{url}/v2/repository/models/b/load", headers=ADMIN).status_code == 200
         assert httpx.post(f"{url}/v2/models/b/infer", json=BODY).status_code == 200
 
-        missing = httpx.post(f"{url}/v2/repository/models/zz/load")
+        missing = httpx.post(f"{url}/v2/repository/models/zz/load", headers=ADMIN)
         assert missing.status_code == 404 and "unknown model 'zz'" in missing.json()["error"]
-        undeployed = httpx.post(f"{url}/v2/repository/models/c/load")
+        undeployed = httpx.post(f"{url}/v2/repository/models/c/load", headers=ADMIN)
         assert undeployed.status_code == 409 and "deploy a version" in undeployed.json()["error"]
 
 

@@ -21,6 +21,7 @@ from roost_testing import (
 from registry import Registry, RoostSettings, State
 from warehouse import run_query
 
+ADMIN = {"x-api-key": "roost-dev-key"}  # dev mode's admin key
 BODY = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
 
 
@@ -43,7 +44,9 @@ def query_until(settings: RoostSettings, sql: str, done: object, timeout_s: floa
 
 @pytest.fixture
 def fast(settings: RoostSettings) -> RoostSettings:
-    return settings.model_copy(update={"poll_interval_s": 0.1, "log_flush_interval_s": 0.2})
+    return settings.model_copy(
+        update={"poll_interval_s": 0.1, "log_flush_interval_s": 0.2, "dev_mode": True}
+    )
 
 
 @pytest.fixture
@@ -54,14 +57,21 @@ def gateway(fast: RoostSettings, registry: Registry) -> Iterator[str]:
         yield url
 
 
-def test_experiment_split_is_sticky_and_logged(
-    gateway: str, fast: RoostSettings
-) -> None:
+def test_experiment_split_is_sticky_and_logged(gateway: str, fast: RoostSettings) -> None:
     resp = httpx.put(
         f"{gateway}/admin/models/m/traffic",
-        json={"experiments": [{"id": "exp-1", "variants": [
-            {"version": 1, "weight": 50, "name": "control"},
-            {"version": 2, "weight": 50, "name": "treatment"}]}]},
+        headers=ADMIN,
+        json={
+            "experiments": [
+                {
+                    "id": "exp-1",
+                    "variants": [
+                        {"version": 1, "weight": 50, "name": "control"},
+                        {"version": 2, "weight": 50, "name": "treatment"},
+                    ],
+                }
+            ]
+        },
     )
     assert resp.status_code == 200, resp.text
     seen: dict[str, str] = {}
@@ -85,7 +95,9 @@ def test_experiment_split_is_sticky_and_logged(
         lambda rows: sum(r[3] for r in rows) == 300,
     )
     assert {(r[0], r[1], r[2]) for r in rows} == {
-        ("control", "exp-1", "experiment"), ("treatment", "exp-1", "experiment")}
+        ("control", "exp-1", "experiment"),
+        ("treatment", "exp-1", "experiment"),
+    }
 
 
 def test_segments_flags_canary_and_pinning(gateway: str, registry: Registry) -> None:
@@ -102,7 +114,10 @@ def test_segments_flags_canary_and_pinning(gateway: str, registry: Registry) -> 
         {"id": "beta", "version": v3, "match": {"header": "X-Tier", "values": ["beta"]}},
         {"id": "dark-launch", "version": v3, "match": {"flag": "new-model"}},
     ]
-    assert httpx.put(f"{gateway}/admin/models/m/traffic", json=policy).status_code == 200
+    assert (
+        httpx.put(f"{gateway}/admin/models/m/traffic", headers=ADMIN, json=policy).status_code
+        == 200
+    )
 
     def answer(**headers: str) -> tuple[str, str]:
         r = httpx.post(f"{gateway}/v2/models/m/infer", json=BODY, headers=headers)
@@ -115,7 +130,7 @@ def test_segments_flags_canary_and_pinning(gateway: str, registry: Registry) -> 
     pinned = httpx.post(f"{gateway}/v2/models/m/versions/1/infer", json=BODY)
     assert pinned.json()["model_version"] == "1" and pinned.headers["roost-variant"] == "v1"
     # promote through the admin API: v2 becomes production, the canary is cleared
-    assert httpx.post(f"{gateway}/admin/models/m/canary/promote").status_code == 200
+    assert httpx.post(f"{gateway}/admin/models/m/canary/promote", headers=ADMIN).status_code == 200
     assert registry.get_version("m", 2).state is State.PRODUCTION
     assert answer() == ("production", "2")
 
@@ -123,20 +138,25 @@ def test_segments_flags_canary_and_pinning(gateway: str, registry: Registry) -> 
 def test_invalid_policy_is_refused_and_running_policy_untouched(gateway: str) -> None:
     bad = httpx.put(
         f"{gateway}/admin/models/m/traffic",
-        json={"experiments": [{"id": "e", "variants": [{"version": 1, "weight": 60},
-                                                       {"version": 2, "weight": 60}]}]},
+        headers=ADMIN,
+        json={
+            "experiments": [
+                {
+                    "id": "e",
+                    "variants": [{"version": 1, "weight": 60}, {"version": 2, "weight": 60}],
+                }
+            ]
+        },
     )
     assert bad.status_code == 400 and "weights must sum to 100, got 120" in bad.json()["error"]
-    unknown = httpx.post(f"{gateway}/admin/models/m/shadows", json={"version": 9})
+    unknown = httpx.post(f"{gateway}/admin/models/m/shadows", headers=ADMIN, json={"version": 9})
     assert unknown.status_code == 400 and "no version 9" in unknown.json()["error"]
-    assert httpx.get(f"{gateway}/admin/models/m/traffic").json()["experiments"] == []
+    assert httpx.get(f"{gateway}/admin/models/m/traffic", headers=ADMIN).json()["experiments"] == []
     r = httpx.post(f"{gateway}/v2/models/m/infer", json=BODY)
     assert r.headers["roost-variant"] == "production"
 
 
-def test_shadows_never_touch_the_primary(
-    fast: RoostSettings, registry: Registry
-) -> None:
+def test_shadows_never_touch_the_primary(fast: RoostSettings, registry: Registry) -> None:
     deploy_model(registry, "m", make_linear_onnx(seed=1))
     good = add_validated(registry, "m", make_linear_onnx(seed=2))
     # without warm-up the failing model loads, then raises on every request
@@ -144,10 +164,16 @@ def test_shadows_never_touch_the_primary(
     slow = add_validated(
         registry, "m", make_mlp_onnx(hidden=2048, layers=8), config={"max_batch_size": 1}
     )
-    registry.set_policy("m", {"shadows": [
-        {"version": good, "percent": 100},
-        {"version": failing, "percent": 100},
-        {"version": slow, "percent": 100}]})
+    registry.set_policy(
+        "m",
+        {
+            "shadows": [
+                {"version": good, "percent": 100},
+                {"version": failing, "percent": 100},
+                {"version": slow, "percent": 100},
+            ]
+        },
+    )
     settings = fast.model_copy(update={"shadow_queue_size": 8})
     statuses: Counter[int] = Counter()
     versions: Counter[str] = Counter()
@@ -168,7 +194,8 @@ def test_shadows_never_touch_the_primary(
         metrics = httpx.get(f"{url}/metrics").text
     assert statuses == {200: 240} and versions == {"1": 240}
     dropped = sum(
-        float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
         if line.startswith("roost_shadow_dropped_total{")
     )
     assert dropped > 0, "a slow shadow behind a queue of 8 must drop copies"
@@ -182,8 +209,7 @@ def test_shadows_never_touch_the_primary(
     assert all(same is False for _, same, _ in rows), "shadow v2 should answer differently"
     failed = query_until(
         fast,
-        f"select count(*), any_value(error) from predictions "
-        f"where shadow and version = {failing}",
+        f"select count(*), any_value(error) from predictions where shadow and version = {failing}",
         lambda rows: rows[0][0] > 0,
     )
     assert "inference failed" in failed[0][1]
@@ -192,6 +218,7 @@ def test_shadows_never_touch_the_primary(
 def test_bandit_moves_traffic_to_the_rewarded_arm(gateway: str, fast: RoostSettings) -> None:
     resp = httpx.put(
         f"{gateway}/admin/models/m/traffic",
+        headers=ADMIN,
         json={"bandit": {"id": "b1", "arms": [1, 2], "algorithm": "thompson", "floor": 0.05}},
     )
     assert resp.status_code == 200, resp.text
@@ -232,9 +259,7 @@ def test_feedback_errors(gateway: str) -> None:
     assert ok.status_code == 200
 
 
-def test_live_policy_changes_under_load_fail_no_request(
-    gateway: str, registry: Registry
-) -> None:
+def test_live_policy_changes_under_load_fail_no_request(gateway: str, registry: Registry) -> None:
     stop = threading.Event()
     statuses: Counter[int] = Counter()
 
@@ -249,8 +274,20 @@ def test_live_policy_changes_under_load_fail_no_request(
         w.start()
     try:
         for i in range(6):
-            registry.set_policy("m", {"experiments": [{"id": f"e{i}", "variants": [
-                {"version": 1, "weight": 50}, {"version": 2, "weight": 50}]}]})
+            registry.set_policy(
+                "m",
+                {
+                    "experiments": [
+                        {
+                            "id": f"e{i}",
+                            "variants": [
+                                {"version": 1, "weight": 50},
+                                {"version": 2, "weight": 50},
+                            ],
+                        }
+                    ]
+                },
+            )
             time.sleep(0.25)
             registry.set_policy("m", {"shadows": [{"version": 2, "percent": 100}]})
             time.sleep(0.25)
