@@ -558,7 +558,7 @@ class Registry:
                 actor=actor or self.default_actor,
                 action="traffic",
                 model=model,
-                details={"policy": parsed.to_dict(), "reason": reason},
+                details={"policy": _policy_of(dep).to_dict(), "reason": reason},
             )
             return _policy_of(dep)
 
@@ -595,8 +595,20 @@ class Registry:
     def start_canary(
         self, model: str, version: int, percent: float, *, actor: str | None = None
     ) -> TrafficPolicy:
-        """Walk a VALIDATED version to CANARY (audited) and give it ``percent`` of traffic."""
+        """Walk a VALIDATED version to CANARY (audited) and give it ``percent`` of traffic.
+
+        Refused before any state changes if the percentage is invalid or another version is
+        the canary (promote or roll that one back first).
+        """
         who = actor or self.default_actor
+        if isinstance(percent, bool) or not 0 <= percent <= 100:
+            raise InvalidRequest(f"canary.percent: expected 0 to 100, got {percent!r}")
+        running = self.get_policy(model).canary
+        if running is not None and running.version != version:
+            raise Conflict(
+                f"version {running.version} of '{model}' is the canary; promote or roll it back "
+                "before starting another"
+            )
         with self._write() as session:
             row = self._version_row(session, model, version)
             if row.state == State.VALIDATED.value:

@@ -10,8 +10,16 @@ from registry.errors import InvalidRequest
 
 BACKENDS = ("onnxruntime", "triton")
 TRITON_PROTOCOLS = ("http", "grpc")
+NAN_POLICIES = ("allow", "reject")
 _STRING_KNOBS = frozenset(
-    {"backend", "triton_url", "triton_protocol", "triton_model", "triton_model_version"}
+    {
+        "backend",
+        "triton_url",
+        "triton_protocol",
+        "triton_model",
+        "triton_model_version",
+        "nan_policy",
+    }
 )
 _HOST_PORT = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>[0-9]{1,5})$")
 
@@ -34,6 +42,16 @@ class ServingConfig:
     """Cap on the per-request ``timeout`` override."""
     instances: int = 1
     """Parallel execution instances (ONNX Runtime sessions) of the version."""
+    execution_timeout_ms: float = 30000.0
+    """Longest one batch may run; past it its requests are answered 504 and the batch counts as
+    a failure for the circuit breaker. A thread-run instance (ONNX Runtime) cannot be stopped:
+    it is set aside, taking no batches, until its call returns (see serving/batching.py)."""
+    breaker_failures: int = 5
+    """Consecutive failed batches that open the version's circuit breaker; 0 turns it off."""
+    breaker_failure_rate: float = 0.5
+    """... or this share of failed batches over the last 10 s (at least 20 batches); 0: off."""
+    breaker_reset_ms: float = 5000.0
+    """How long an open breaker answers 503 at once before it lets one probe request through."""
     warmup_runs: int | None = None
     """Warm-up inferences before the version counts as ready (None: the server setting)."""
     backend: str = "onnxruntime"
@@ -49,6 +67,9 @@ class ServingConfig:
     """The model version on the remote server ("": the server's version policy decides)."""
     triton_timeout_s: float = 10.0
     """How long one call to the remote server may take before it is answered 504."""
+    nan_policy: str = "allow"
+    """What a floating-point input holding NaN or +/-Inf gets: ``allow`` (passed to the model)
+    or ``reject`` (400 naming the input). JSON cannot carry them; binary and gRPC data can."""
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> ServingConfig:
@@ -92,10 +113,22 @@ class ServingConfig:
             problems.append("queue_timeout_ms: expected > 0 and <= max_queue_timeout_ms")
         if not 1 <= self.instances <= 64:
             problems.append("instances: expected 1 to 64")
+        if self.execution_timeout_ms <= 0:
+            problems.append("execution_timeout_ms: expected > 0")
+        if self.breaker_failures < 0 or int(self.breaker_failures) != self.breaker_failures:
+            problems.append("breaker_failures: expected an integer >= 0 (0: no breaker)")
+        if not 0 <= self.breaker_failure_rate <= 1:
+            problems.append("breaker_failure_rate: expected 0 to 1 (0: off)")
+        if self.breaker_reset_ms <= 0:
+            problems.append("breaker_reset_ms: expected > 0")
         if self.max_batch_size and any(s > self.max_batch_size for s in self.preferred_batch_sizes):
             problems.append("preferred_batch_sizes: each must be <= max_batch_size")
         if self.warmup_runs is not None and self.warmup_runs < 0:
             problems.append("warmup_runs: expected >= 0")
+        if self.nan_policy not in NAN_POLICIES:
+            problems.append(
+                f"nan_policy: expected one of {', '.join(NAN_POLICIES)}, got {self.nan_policy!r}"
+            )
         problems.extend(self._backend_problems())
         if problems:
             raise InvalidRequest("; ".join(problems))

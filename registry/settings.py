@@ -87,6 +87,9 @@ class RoostSettings(BaseSettings):
     shadow_queue_size: int = 1000
     """Mirrored requests that may wait for their shadow version; more are dropped and counted."""
 
+    shadow_concurrency: int = 64
+    """Mirrored copies in flight at once (their shadow version's batcher merges them)."""
+
     auth_required: bool = False
     """Require an API key for predictions and reads too (admin actions always need one)."""
 

@@ -133,7 +133,11 @@ def create_app(settings: RoostSettings, registry: Registry | None = None) -> Fas
         grpc_server = None
         try:
             app.state.dataplane = DataPlane(
-                repository, writer, metrics, shadow_queue=settings.shadow_queue_size
+                repository,
+                writer,
+                metrics,
+                shadow_queue=settings.shadow_queue_size,
+                shadow_concurrency=settings.shadow_concurrency,
             )
             await repository.sync(force=True)
             # Everything loaded so far lives as long as the process: keep it out of the

@@ -23,7 +23,8 @@ import orjson
 from registry import InvalidRequest, RoostError
 from registry.errors import DeadlineExceeded
 from serving import oip
-from serving.batching import QueueFull
+from serving.batching import ExecutionTimeout, InstancesStuck, QueueFull
+from serving.breaker import BreakerOpen
 from serving.kserve_v1 import decode_instances
 from serving.metrics import GatewayMetrics
 from serving.repository import LoadedVersion, ModelRepository
@@ -78,11 +79,14 @@ class DataPlane:
         log_writer: PredictionLogWriter,
         metrics: GatewayMetrics | None = None,
         shadow_queue: int = 1000,
+        shadow_concurrency: int = 64,
     ) -> None:
         self.repository = repository
         self.log_writer = log_writer
         self.metrics = metrics
-        self.mirror = ShadowMirror(self.run_shadow, max_queue=shadow_queue)
+        self.mirror = ShadowMirror(
+            self.run_shadow, max_queue=shadow_queue, workers=shadow_concurrency
+        )
         if metrics is not None:
             self.mirror.on_drop = metrics.record_shadow_drop
         # Recent request ids -> (model, version, experiment, route), for feedback.
@@ -301,8 +305,16 @@ class DataPlane:
         # Requests for models that do not exist are not predictions: nothing to record.
         if loaded is None:
             return
-        if self.metrics is not None and isinstance(exc, QueueFull | DeadlineExceeded):
-            reason = "queue_full" if isinstance(exc, QueueFull) else "deadline"
+        if (
+            self.metrics is not None
+            and isinstance(exc, QueueFull | DeadlineExceeded)
+            and not isinstance(exc, ExecutionTimeout)  # it ran: roost_execution_timeouts
+        ):
+            reason = (
+                "breaker_open" if isinstance(exc, BreakerOpen)
+                else "instances_stuck" if isinstance(exc, InstancesStuck)
+                else "queue_full" if isinstance(exc, QueueFull) else "deadline"
+            )
             self.metrics.record_rejection(model, str(loaded.info.version), reason)
         # The caller re-raises ``exc``: a log failure must not replace the request's own error.
         with contextlib.suppress(LogUnavailable):

@@ -123,3 +123,14 @@ def test_bandit_rewards_accumulate(setup: Registry) -> None:
     setup.record_rewards("m", "b", {1: (3.0, 10.0), 2: (1.0, 10.0)})
     setup.record_rewards("m", "b", {1: (1.0, 2.0)})
     assert setup.bandit_stats() == {("m", "b"): {1: (4.0, 12.0), 2: (1.0, 10.0)}}
+
+
+def test_refused_canary_changes_nothing(setup: Registry) -> None:
+    with pytest.raises(InvalidRequest, match="canary.percent"):
+        setup.start_canary("m", 2, 150)
+    assert setup.get_version("m", 2).state is State.VALIDATED
+    setup.start_canary("m", 2, 5)
+    with pytest.raises(Conflict, match="version 2 of 'm' is the canary"):
+        setup.start_canary("m", 3, 5)
+    assert setup.get_version("m", 3).state is State.VALIDATED
+    assert setup.start_canary("m", 2, 20).canary.percent == 20  # type: ignore[union-attr]

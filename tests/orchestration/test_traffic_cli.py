@@ -1,0 +1,222 @@
+"""``roost traffic|canary|shadow|experiment``, run as real subprocesses on a temporary ROOST_HOME.
+
+One walk through a model's traffic policy: canary, a refused canary, a shadow, an experiment,
+refused policies (which must leave the running policy untouched), stopping and removing them,
+rolling the canary back, replacing the whole policy, and the audit trail of all of it. The
+registry is read in-process only to check what the commands did (states, the stored policy).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from roost_testing import make_linear_onnx
+
+from registry import Registry, RoostSettings
+
+
+def _roost_executable() -> str:
+    sibling = Path(sys.executable).parent / "roost"
+    if sibling.exists():
+        return str(sibling)
+    found = shutil.which("roost")
+    if found is None:
+        pytest.skip("the roost entry point is not installed")
+    return found
+
+
+def roost(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROOST_")}
+    env["ROOST_HOME"] = str(home)
+    return subprocess.run(
+        [_roost_executable(), *args],
+        capture_output=True, text=True, env=env, cwd=home.parent, timeout=120,
+    )
+
+
+def ok(done: subprocess.CompletedProcess[str]) -> str:
+    assert done.returncode == 0, f"exit {done.returncode}\nstdout:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def as_json(done: subprocess.CompletedProcess[str]) -> Any:
+    return json.loads(ok(done))
+
+
+def failed_cleanly(done: subprocess.CompletedProcess[str]) -> str:
+    """A handled error: exit 1, one ``error:`` line on stderr, nothing on stdout, no traceback."""
+    assert done.returncode == 1, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
+    assert "Traceback" not in done.stderr
+    assert done.stdout == ""
+    return done.stderr
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "roost"
+
+
+def _stored(home: Path) -> tuple[dict[str, Any], dict[int, str]]:
+    """The policy as the registry holds it, and every version's state (read in-process)."""
+    registry = Registry.from_settings(RoostSettings(home=home))
+    try:
+        policy = registry.get_policy("m").to_dict()
+        states = {v.version: v.state.value for v in registry.list_versions("m")}
+        return policy, states
+    finally:
+        registry.close()
+
+
+def test_traffic_commands_change_validate_and_audit_the_policy(
+    home: Path, tmp_path: Path
+) -> None:
+    for seed in (1, 2, 3):
+        path = tmp_path / f"v{seed}.onnx"
+        path.write_bytes(make_linear_onnx(seed=seed))
+        assert ok(roost(home, "register", str(path), "--model", "m")).startswith(
+            f"registered m version {seed} "
+        )
+    for version in ("1", "2"):
+        for state in ("validating", "validated"):
+            ok(roost(home, "transition", "m", version, state, "--reason", "checked"))
+    assert ok(roost(home, "deploy", "m", "1")) == "m: production version is 1\n"
+
+    # canary: v2 walks VALIDATED -> ... -> CANARY and gets 10 % of the traffic
+    policy = as_json(roost(home, "canary", "m", "2", "--percent", "10"))
+    assert policy["production"] == 1
+    assert policy["canary"] == {"version": 2, "percent": 10.0}
+    stored, states = _stored(home)
+    assert stored == policy
+    assert states == {1: "PRODUCTION", 2: "CANARY", 3: "REGISTERED"}
+
+    # a second canary (here on a version that is not even VALIDATED) is refused; nothing changes
+    err = failed_cleanly(roost(home, "canary", "m", "3", "--percent", "10"))
+    assert err == (
+        "error: version 2 of 'm' is the canary; promote or roll it back before starting another\n"
+    )
+    assert _stored(home) == (stored, states)
+
+    for state in ("validating", "validated"):
+        ok(roost(home, "transition", "m", "3", state, "--reason", "checked"))
+
+    policy = as_json(roost(home, "shadow", "m", "3", "--percent", "50"))
+    assert policy["shadows"] == [{"version": 3, "percent": 50.0}]
+    assert policy["canary"] == {"version": 2, "percent": 10.0}
+
+    policy = as_json(
+        roost(home, "experiment", "start", "m", "--id", "e1",
+              "--variant", "control:1=50", "--variant", "3=50")
+    )
+    expected = {
+        "production": 1,
+        "canary": {"version": 2, "percent": 10.0},
+        "experiments": [
+            {
+                "id": "e1",
+                "salt": "e1",
+                "variants": [
+                    {"version": 1, "weight": 50.0, "name": "control"},
+                    {"version": 3, "weight": 50.0, "name": "v3"},
+                ],
+            }
+        ],
+        "shadows": [{"version": 3, "percent": 50.0}],
+        "segments": [],
+        "bandit": None,
+        "flags": [],
+    }
+    assert policy == expected
+    assert as_json(roost(home, "traffic", "show", "m")) == expected
+    stored, states = _stored(home)
+    assert stored == expected
+    assert states == {1: "PRODUCTION", 2: "CANARY", 3: "VALIDATED"}
+
+    # refused: weights not summing to 100, and a version the model does not have
+    err = failed_cleanly(
+        roost(home, "experiment", "start", "m", "--id", "e2", "--variant", "1=40", "--variant",
+              "3=50")
+    )
+    assert err == (
+        "error: experiments[1].variants: weights must sum to 100, got 90\n"
+    )
+    err = failed_cleanly(
+        roost(home, "experiment", "start", "m", "--id", "e2", "--variant", "1=50", "--variant",
+              "9=50")
+    )
+    assert err == "error: model 'm' has no version 9\n"
+    assert _stored(home) == (stored, states)
+
+    policy = as_json(roost(home, "experiment", "stop", "m", "--id", "e1"))
+    assert policy["experiments"] == []
+    assert policy["shadows"] == [{"version": 3, "percent": 50.0}]
+    policy = as_json(roost(home, "shadow", "m", "3", "--remove"))
+    assert policy["shadows"] == []
+    assert policy["canary"] == {"version": 2, "percent": 10.0}
+
+    # rollback: the canary leaves the policy and v2 goes to ROLLBACK
+    policy = as_json(roost(home, "canary", "m", "--rollback", "--reason", "bad"))
+    assert policy["canary"] is None
+    assert policy["production"] == 1
+    assert _stored(home)[1] == {1: "PRODUCTION", 2: "ROLLBACK", 3: "VALIDATED"}
+
+    # the whole policy at once
+    new_policy = {
+        "shadows": [{"version": 3, "percent": 25}],
+        "segments": [
+            {"id": "beta", "version": 3, "match": {"header": "X-Beta", "values": ["1"]}},
+            {"id": "flagged", "version": 3, "match": {"flag": "new-model"}},
+        ],
+        "flags": ["dark-launch"],
+    }
+    policy = as_json(
+        roost(home, "traffic", "set", "m", "--policy", json.dumps(new_policy),
+              "--reason", "beta testers")
+    )
+    assert policy == {
+        "production": 1,
+        "canary": None,
+        "experiments": [],
+        "shadows": [{"version": 3, "percent": 25.0}],
+        "segments": [
+            {"id": "beta", "version": 3, "match": {"header": "x-beta", "values": ["1"]}},
+            {"id": "flagged", "version": 3, "match": {"flag": "new-model", "values": []}},
+        ],
+        "bandit": None,
+        "flags": ["dark-launch"],
+    }
+    assert _stored(home)[0] == policy
+
+    # the audit trail: every change, none of the refused ones
+    records = as_json(roost(home, "audit", "log", "--model", "m", "--json"))
+    traffic = [json.loads(r["details"]) for r in records if r["action"] == "traffic"]
+    assert [t["reason"] for t in traffic] == [
+        "canary 10%",
+        "shadow v3 50%",
+        "start experiment e1",
+        "stop experiment e1",
+        "remove shadow v3",
+        "beta testers",
+    ]
+    # (the record holds the resulting policy: production comes from the deployment)
+    assert traffic[-1]["policy"] == {**policy, "production": 1}
+    moves = [
+        (r["version"], json.loads(r["details"])["to"], json.loads(r["details"])["reason"])
+        for r in records
+        if r["action"] == "transition" and r["version"] == 2
+    ]
+    assert moves[-4:] == [
+        (2, "STAGING", "canary at 10%"),
+        (2, "STAGING_TESTED", "canary at 10%"),
+        (2, "CANARY", "canary at 10%"),
+        (2, "ROLLBACK", "bad"),
+    ]
+    assert not any(
+        r["version"] == 3 and json.loads(r["details"]).get("to") == "STAGING" for r in records
+    )
