@@ -41,7 +41,7 @@ MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 def check_model_name(name: str) -> str:
-    if not MODEL_NAME.match(name) or ".." in name:
+    if not MODEL_NAME.fullmatch(name) or ".." in name:
         raise InvalidRequest(
             f"model name {name!r} is invalid: use 1-128 letters, digits, '-', '_' or '.', "
             "starting with a letter or digit"

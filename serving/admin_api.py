@@ -96,7 +96,7 @@ async def rollback(request: Request, plane: DataPlaneDep, model: str) -> Respons
 async def add_shadow(request: Request, plane: DataPlaneDep, model: str) -> Response:
     data = await _body(request)
     version = _field(data, "version", int)
-    percent = float(data.get("percent", 100))
+    percent = float(_field(data, "percent", (int, float))) if "percent" in data else 100.0
     return await _apply(
         request, plane, lambda r: ops.set_shadow(r, model, version, percent, actor="admin-api")
     )

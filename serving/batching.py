@@ -10,6 +10,18 @@ error.
 A full queue refuses at once (503 with Retry-After); a request whose deadline passes while it
 is queued is answered 504 and never reaches the model. With ``max_batch_size: 0`` (a model with
 no batch dimension) requests still pass the queue and deadlines but run one at a time.
+
+Fault isolation. Each batch's outcome goes to the version's circuit breaker (see
+:mod:`serving.breaker`), which refuses requests at once while the backend keeps failing. A
+batch may run at most ``execution_timeout_ms``; past it, its requests are answered 504
+(:class:`ExecutionTimeout`) and the breaker counts a failure. A remote (async) backend's call is
+cancelled. A thread-run backend (ONNX Runtime) cannot be interrupted: its instance is *set
+aside* -- its consumer takes no more batches, the other instances keep serving the queue --
+until the stuck call returns, and then rejoins (a call that never returns keeps one thread and
+the batch's memory for the life of the process). While every instance is set aside, requests
+are refused with 503 at once instead of waiting out their deadline. A model fast enough to run
+inline on the event loop (typical batch under ``INLINE_BELOW_S``) has no timeout: a call that
+hung there would stall the whole process, which the liveness probe then reports.
 """
 
 from __future__ import annotations
@@ -17,16 +29,22 @@ from __future__ import annotations
 import asyncio
 import collections
 import inspect
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from registry.errors import DeadlineExceeded, InvalidRequest, RoostError, ServiceUnavailable
 from registry.serving_config import ServingConfig
+
+if TYPE_CHECKING:
+    from serving.breaker import CircuitBreaker
+
+log = logging.getLogger("roost.serving")
 
 Tensors = dict[str, np.ndarray]
 SyncRunFn = Callable[[Tensors], Tensors]
@@ -43,6 +61,7 @@ class _Pending:
     enqueued: float
     future: asyncio.Future[Tensors]
     signature: tuple[Any, ...] = field(default=())
+    probe: bool = False  # the half-open breaker's probe request
 
 
 class QueueFull(ServiceUnavailable):
@@ -53,6 +72,14 @@ class QueueFull(ServiceUnavailable):
         self.retry_after_s = retry_after_s
 
 
+class InstancesStuck(QueueFull):
+    """Every instance of the version is set aside in a timed-out batch (503, Retry-After)."""
+
+
+class ExecutionTimeout(DeadlineExceeded):
+    """A batch ran past the version's ``execution_timeout_ms`` (504; a breaker failure)."""
+
+
 @dataclass
 class BatcherStats:
     """Counters the metrics exporter reads."""
@@ -61,6 +88,7 @@ class BatcherStats:
     rows: int = 0
     rejected_full: int = 0
     expired: int = 0
+    timeouts: int = 0
     last_batch_rows: int = 0
     batch_sizes: collections.Counter[int] = field(default_factory=collections.Counter)
 
@@ -75,6 +103,8 @@ class DynamicBatcher:
         config: ServingConfig,
         *,
         observe: Callable[[int, float, float, int], None] | None = None,
+        breaker: CircuitBreaker | None = None,
+        on_timeout: Callable[[int, bool], None] | None = None,
     ) -> None:
         if not runners:
             raise ValueError("a batcher needs at least one runner")
@@ -87,6 +117,9 @@ class DynamicBatcher:
         self._tasks: list[asyncio.Task[None]] = []
         self._executors: list[ThreadPoolExecutor] = []
         self._observe = observe  # (batch rows, queue wait s, inference s, queue depth) -> None
+        self.breaker = breaker
+        self._on_timeout = on_timeout  # (instances set aside now, whether a batch timed out)
+        self.set_aside: set[int] = set()  # instances whose timed-out call has not returned
         self._closed = False
         # Fast models (a few microseconds) run inline on the event loop when there is one
         # instance; anything slower, or several instances, runs on the instances' threads.
@@ -100,7 +133,7 @@ class DynamicBatcher:
         for i, runner in enumerate(self._runners):
             executor = ThreadPoolExecutor(1, thread_name_prefix=f"roost-{self.name}-{i}")
             self._executors.append(executor)
-            self._tasks.append(asyncio.create_task(self._consume(runner, executor)))
+            self._tasks.append(asyncio.create_task(self._consume(i, runner, executor)))
 
     async def stop(self) -> None:
         """Stop taking requests, fail what is still queued, and end the instances."""
@@ -121,6 +154,25 @@ class DynamicBatcher:
     @property
     def depth(self) -> int:
         return len(self._queue)
+
+    @property
+    def instances(self) -> int:
+        return len(self._runners)
+
+    def health(self) -> list[str]:
+        """Why the version may not answer (readiness reasons): its breaker, stuck instances."""
+        reasons = []
+        if self.breaker is not None:
+            described = self.breaker.describe()
+            if described:
+                reasons.append(described)
+        if self.set_aside:
+            reasons.append(
+                f"{len(self.set_aside)} of {len(self._runners)} instance(s) set aside: a batch "
+                f"ran past execution_timeout_ms ({self.config.execution_timeout_ms:g} ms) and "
+                "has not returned"
+            )
+        return reasons
 
     # -- submit ------------------------------------------------------------------------------
 
@@ -145,19 +197,29 @@ class DynamicBatcher:
         if timeout <= 0:
             raise InvalidRequest(f"timeout: expected > 0 ms, got {timeout:g}")
         timeout = min(timeout, config.max_queue_timeout_ms)
+        if len(self.set_aside) == len(self._runners):
+            if self.breaker is not None and self.breaker.retry_in_s() > 0:
+                raise self.breaker.rejection()  # open: its message says when it retries
+            raise self._all_set_aside()
+        probe = self.breaker.admit() if self.breaker is not None else False
         now = time.monotonic()
         future: asyncio.Future[Tensors] = asyncio.get_running_loop().create_future()
-        pending = _Pending(feeds, rows, now + timeout / 1000.0, now, future, _compat(feeds))
+        pending = _Pending(feeds, rows, now + timeout / 1000.0, now, future, _compat(feeds), probe)
         self._queue.append(pending)
         self._wakeup.set()
         return await future
 
     # -- the instances -----------------------------------------------------------------------
 
-    async def _consume(self, runner: RunFn, executor: ThreadPoolExecutor) -> None:
+    async def _consume(self, index: int, runner: RunFn, executor: ThreadPoolExecutor) -> None:
         assert self._wakeup is not None
-        loop = asyncio.get_running_loop()
+        timeout_s = self.config.execution_timeout_ms / 1000.0
+        stuck: asyncio.Future[Any] | None = None  # a timed-out call still running on the thread
+        stuck_since = 0.0
         while True:
+            if stuck is not None:
+                await self._set_aside(index, stuck, stuck_since)
+                stuck = None
             while not self._queue:
                 self._wakeup.clear()
                 await self._wakeup.wait()
@@ -168,12 +230,29 @@ class DynamicBatcher:
             try:
                 merged = _merge(batch) if len(batch) > 1 else batch[0].feeds
                 if inspect.iscoroutinefunction(runner):  # a remote backend (Triton): no thread
-                    outputs = await runner(merged)
+                    timer = asyncio.timeout(timeout_s)
+                    try:
+                        async with timer:
+                            outputs = await runner(merged)
+                    except TimeoutError:
+                        if not timer.expired():
+                            raise
+                        raise self._timed_out(started, None) from None
                 elif self._inline and self._typical_s < INLINE_BELOW_S:
                     # A thread round trip costs more than a model this fast; run it right here.
                     outputs = runner(merged)
                 else:
-                    outputs = await loop.run_in_executor(executor, runner, merged)
+                    call = executor.submit(runner, merged)
+                    timer = asyncio.timeout(timeout_s)
+                    try:
+                        async with timer:
+                            outputs = await asyncio.wrap_future(call)
+                    except TimeoutError:
+                        if not timer.expired():
+                            raise
+                        # Cancelling the wrapper cannot stop a running call: wait for it apart.
+                        stuck, stuck_since = asyncio.wrap_future(call), started
+                        raise self._timed_out(started, index) from None
                 parts = _split(outputs, [p.rows for p in batch]) if len(batch) > 1 else [outputs]
             except asyncio.CancelledError:
                 for pending in batch:
@@ -182,17 +261,85 @@ class DynamicBatcher:
             except RoostError as exc:
                 for pending in batch:
                     _fail(pending, exc)
+                self._outcome(exc)
                 continue
             except Exception as exc:  # the model failed: every waiter gets the same error
                 error = RoostError(f"{self.name}: inference failed: {exc}")
                 for pending in batch:
                     _fail(pending, error)
+                self._outcome(error)
                 continue
             finally:
                 self._record(batch, started)
+            self._outcome(None)
             for pending, part in zip(batch, parts, strict=True):
                 if not pending.future.done():
                     pending.future.set_result(part)
+
+    def _timed_out(self, started: float, index: int | None) -> ExecutionTimeout:
+        self.stats.timeouts += 1
+        took = (time.monotonic() - started) * 1000
+        where = (
+            "the call was cancelled"
+            if index is None
+            else f"instance {index} is set aside until its call returns"
+        )
+        return ExecutionTimeout(
+            f"{self.name}: the batch did not finish within execution_timeout_ms "
+            f"({self.config.execution_timeout_ms:g} ms; ran {took:.0f} ms); {where}"
+        )
+
+    def _outcome(self, error: RoostError | None) -> None:
+        """Tell the breaker how a batch went; a trip fails the queue at once."""
+        breaker = self.breaker
+        if breaker is None:
+            if isinstance(error, ExecutionTimeout) and self._on_timeout is not None:
+                self._on_timeout(len(self.set_aside), True)
+            return
+        if error is None or error.status_code < 500:  # the backend answered
+            breaker.record_success()
+        elif breaker.record_failure(error.message):
+            log.error("%s: circuit breaker opened: %s", self.name, breaker.describe())
+            self._fail_queued(breaker.rejection())
+        if isinstance(error, ExecutionTimeout) and self._on_timeout is not None:
+            self._on_timeout(len(self.set_aside), True)
+
+    async def _set_aside(self, index: int, call: asyncio.Future[Any], started: float) -> None:
+        """Take no batches on this instance until its timed-out call returns."""
+        self.set_aside.add(index)
+        log.error(
+            "%s: instance %d is stuck in a batch past execution_timeout_ms; it takes no batches "
+            "until the call returns (%d of %d instances set aside)",
+            self.name, index, len(self.set_aside), len(self._runners),
+        )
+        if self._on_timeout is not None:
+            self._on_timeout(len(self.set_aside), False)
+        if len(self.set_aside) == len(self._runners):
+            self._fail_queued(self._all_set_aside())
+        try:
+            await asyncio.wait([call])
+        finally:
+            self.set_aside.discard(index)
+            if self._on_timeout is not None:
+                self._on_timeout(len(self.set_aside), False)
+        log.warning(
+            "%s: instance %d returned after %.1f s and takes batches again",
+            self.name, index, time.monotonic() - started,
+        )
+
+    def _all_set_aside(self) -> InstancesStuck:
+        return InstancesStuck(
+            f"{self.name}: every instance ({len(self._runners)}) is stuck in a batch that ran "
+            f"past execution_timeout_ms ({self.config.execution_timeout_ms:g} ms); retry later",
+            retry_after_s=1,
+        )
+
+    def _fail_queued(self, error: RoostError) -> None:
+        while self._queue:
+            pending = self._queue.popleft()
+            if pending.probe and self.breaker is not None:
+                self.breaker.probe_abandoned()
+            _fail(pending, error)
 
     async def _collect(self) -> list[_Pending]:
         """Take the oldest live request plus whatever fits behind it (within the delay)."""
@@ -207,9 +354,11 @@ class DynamicBatcher:
                 head = self._queue[0]
                 if head.future.done():  # the client went away
                     self._queue.popleft()
+                    self._abandon(head)
                     continue
                 if head.deadline <= now:
                     self._queue.popleft()
+                    self._abandon(head)
                     self.stats.expired += 1
                     _fail(
                         head,
@@ -240,6 +389,10 @@ class DynamicBatcher:
                 await asyncio.wait_for(self._wakeup.wait(), remaining)
             except TimeoutError:
                 pass
+
+    def _abandon(self, pending: _Pending) -> None:
+        if pending.probe and self.breaker is not None:
+            self.breaker.probe_abandoned()
 
     def _record(self, batch: list[_Pending], started: float) -> None:
         took = time.monotonic() - started

@@ -99,7 +99,7 @@ def _binary_header(index: int, item: dict[str, Any]) -> tuple[str, str, tuple[in
         )
     size = _binary_size(name, item["parameters"])
     if datatype != "BYTES":
-        count = math.prod(shape)
+        count = math.prod(shape)  # within max_tensor_elements (checked with the shape)
         itemsize = OIP_TO_NUMPY[datatype].itemsize
         if size != count * itemsize:
             raise InvalidRequest(
@@ -111,8 +111,12 @@ def _binary_header(index: int, item: dict[str, Any]) -> tuple[str, str, tuple[in
 
 
 def _bytes_array(name: str, raw: memoryview, count: int) -> npt.NDArray[Any]:
-    """Parse ``count`` length-prefixed BYTES elements that must fill ``raw`` exactly."""
-    array = np.empty(count, dtype=np.object_)
+    """Parse ``count`` length-prefixed BYTES elements that must fill ``raw`` exactly.
+
+    Nothing is allocated per element before its bytes are there: a shape that promises more
+    elements than the data holds costs no more than the data.
+    """
+    items: list[bytes] = []
     end = len(raw)
     pos = 0
     for index in range(count):
@@ -128,13 +132,15 @@ def _bytes_array(name: str, raw: memoryview, count: int) -> npt.NDArray[Any]:
                 f"input '{name}': BYTES element {index} declares {length} bytes but only "
                 f"{end - pos} are left in binary_data_size {end}"
             )
-        array[index] = bytes(raw[pos : pos + length])
+        items.append(bytes(raw[pos : pos + length]))
         pos += length
     if pos != end:
         raise InvalidRequest(
             f"input '{name}': binary_data_size {end} has {end - pos} bytes left over after "
             f"its {count} BYTES elements"
         )
+    array = np.empty(count, dtype=np.object_)
+    array[:] = items
     return array
 
 
@@ -175,13 +181,14 @@ def decode_binary_request(body: bytes, header_length: int) -> oip.InferRequest:
     try:
         request = orjson.loads(view[:header_length])
     except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(
-            f"the JSON header ({HEADER_LENGTH}: {header_length}) is not valid JSON: {exc}"
+        raise oip.json_error(
+            view[:header_length], exc, f"the JSON header ({HEADER_LENGTH}: {header_length})"
         ) from None
     if not isinstance(request, dict):
         raise InvalidRequest(
             f"the JSON header must be a JSON object, got {oip._json_type(request)}"
         )
+    oip._check_request_depth(request, oip.current_limits().max_json_depth)
     request_id = request.get("id")
     if request_id is not None and type(request_id) is not str:
         raise InvalidRequest(f"'id' must be a string, got {oip._json_type(request_id)}")

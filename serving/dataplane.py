@@ -167,7 +167,9 @@ class DataPlane:
             if used is not None:  # features looked up in the online store, for the log
                 raw_inputs = orjson.dumps({"request": raw_inputs, "features": used}).decode()
             request_id = request.id or request_id or self._new_id()
-            feeds = oip.validate_against_signature(request, loaded.info.signature)
+            feeds = oip.validate_against_signature(
+                request, loaded.info.signature, loaded.config.nan_policy
+            )
             outputs = await loaded.batcher.submit(feeds, _timeout_ms(request))
             selected = oip.select_outputs(request, loaded.info.signature, outputs)
         except RoostError as exc:
@@ -201,7 +203,9 @@ class DataPlane:
         loaded = self.repository.resolve(copy.model, str(copy.version))
         status, error, outputs = 200, None, ""
         try:
-            feeds = oip.validate_against_signature(copy.request, loaded.info.signature)
+            feeds = oip.validate_against_signature(
+                copy.request, loaded.info.signature, loaded.config.nan_policy
+            )
             result = await loaded.batcher.submit(feeds, None)
             outputs = _outputs_json(oip.select_outputs(copy.request, loaded.info.signature, result))
         except RoostError as exc:

@@ -4,6 +4,11 @@ FastAPI's routing and dependency solving cost several times the model call for a
 so the hot endpoint is matched with one regex before the FastAPI app and answered by the same
 handler the FastAPI route uses (``rest.handle_v2_infer``), with the same error mapping. Every
 other request goes to FastAPI unchanged (the route stays there for the OpenAPI document).
+
+Being the outermost of the gateway's own layers, it also enforces the request limits for every
+HTTP route: a body over ``max_request_bytes`` gets 413 (at once when ``Content-Length`` says
+so, otherwise as soon as the bytes read pass it), and the decoders see the gateway's
+``max_tensor_elements`` and ``max_json_depth`` (see :func:`serving.oip.using_limits`).
 """
 
 from __future__ import annotations
@@ -18,12 +23,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from registry import RoostError
 from serving.batching import QueueFull
+from serving.oip import LIMITS, DecodeLimits
 from serving.rest import handle_v2_infer
 
 log = logging.getLogger("roost.serving")
 
 INFER_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
 MAX_BODY_BYTES = 64 * 1024 * 1024
+"""The body limit when the app carries no settings (``RoostSettings.max_request_bytes``)."""
 
 
 class ClientGone(Exception):
@@ -36,23 +43,54 @@ class InferFastPath:
     def __init__(self, app: ASGIApp, owner: Any) -> None:
         self.app = app
         self.owner = owner  # the FastAPI app, whose state holds the data plane
+        self._limits: tuple[int, DecodeLimits] | None = None
+
+    def limits(self) -> tuple[int, DecodeLimits]:
+        """(max_request_bytes, decoder limits) from the app's settings, read once."""
+        if self._limits is None:
+            settings = getattr(self.owner.state, "settings", None)
+            if settings is None:
+                self._limits = (MAX_BODY_BYTES, DecodeLimits())
+            else:
+                self._limits = (
+                    int(settings.max_request_bytes), DecodeLimits.from_settings(settings)
+                )
+        return self._limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] == "http"
-            and getattr(self.owner.state, "draining", False)
-            and await _refuse_while_draining(scope, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if getattr(self.owner.state, "draining", False) and await _refuse_while_draining(
+            scope, send
         ):
             return
-        if scope["type"] == "http" and scope["method"] == "POST":
-            match = INFER_PATH.match(scope["path"])
-            if match is not None:
-                await self._infer(scope, receive, send, match)
-                return
-        await self.app(scope, receive, send)
+        max_bytes, limits = self.limits()
+        declared = _content_length(scope)
+        if declared is not None and declared > max_bytes:
+            # Answered before the body is read; the server discards whatever of it still comes
+            # (closing instead could reset the connection before the client reads the 413).
+            body = orjson.dumps({"error": _TooLarge(max_bytes, declared).message})
+            await _send(send, 413, body, [])
+            return
+        token = LIMITS.set(limits)  # what the decoders read (serving.oip.using_limits)
+        try:
+            if scope["method"] == "POST":
+                match = INFER_PATH.match(scope["path"])
+                if match is not None:
+                    await self._infer(scope, receive, send, match, max_bytes)
+                    return
+            await self.app(scope, _limited(receive, max_bytes), send)
+        finally:
+            LIMITS.reset(token)
 
     async def _infer(
-        self, scope: Scope, receive: Receive, send: Send, match: re.Match[str]
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        match: re.Match[str],
+        max_bytes: int = MAX_BODY_BYTES,
     ) -> None:
         plane = getattr(self.owner.state, "dataplane", None)
         if plane is None:
@@ -62,7 +100,7 @@ class InferFastPath:
         model = unquote(match.group(1))
         version = unquote(match.group(2)) if match.group(2) is not None else None
         try:
-            body = await _read_body(receive)
+            body = await _read_body(receive, max_bytes)
             encoded, media_type, extra = await handle_v2_infer(plane, model, version, body, headers)
         except ClientGone:
             return  # nobody to answer; nothing was run
@@ -101,7 +139,7 @@ async def _refuse_while_draining(scope: Scope, send: Send) -> bool:
     return True
 
 
-async def _read_body(receive: Receive) -> bytes:
+async def _read_body(receive: Receive, max_bytes: int = MAX_BODY_BYTES) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -111,19 +149,50 @@ async def _read_body(receive: Receive) -> bytes:
         chunk = message.get("body", b"")
         if chunk:
             size += len(chunk)
-            if size > MAX_BODY_BYTES:
-                raise _TooLarge()
+            if size > max_bytes:
+                raise _TooLarge(max_bytes)
             chunks.append(chunk)
         if not message.get("more_body", False):
             break
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+def _content_length(scope: Scope) -> int | None:
+    """The request's ``Content-Length``, when it sends one that is a number."""
+    for key, value in scope["headers"]:
+        if key == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None  # the HTTP server has refused it already
+    return None
+
+
+def _limited(receive: Receive, max_bytes: int) -> Receive:
+    """``receive`` that raises 413 (a RoostError, mapped by the app) once the body passes
+    ``max_bytes``: the limit for routes that read a body without ``Content-Length``."""
+    size = 0
+
+    async def limited() -> Message:
+        nonlocal size
+        message = await receive()
+        if message["type"] == "http.request":
+            size += len(message.get("body", b""))
+            if size > max_bytes:
+                raise _TooLarge(max_bytes)
+        return message
+
+    return limited
+
+
 class _TooLarge(RoostError):
     status_code = 413
 
-    def __init__(self) -> None:
-        super().__init__(f"request body exceeds {MAX_BODY_BYTES} bytes")
+    def __init__(self, limit: int = MAX_BODY_BYTES, declared: int | None = None) -> None:
+        size = f" (Content-Length: {declared})" if declared is not None else ""
+        super().__init__(
+            f"request body exceeds the limit of {limit} bytes{size}; see max_request_bytes"
+        )
 
 
 async def _send(

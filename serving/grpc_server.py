@@ -14,7 +14,6 @@ their 4-byte little-endian length; FP16 only this way). Responses always carry
 from __future__ import annotations
 
 import logging
-import math
 import struct
 from typing import Any, NoReturn
 
@@ -218,7 +217,7 @@ def _decode_input(tensor: Any, raw: bytes | None) -> oip.RequestInput:
             f"input '{name}': 'shape' must be a list of non-negative integers, "
             f"got {_shape_text(shape)}"
         )
-    count = math.prod(shape)
+    count = oip.check_shape(name, shape)  # max_tensor_elements, before anything is allocated
     if raw is None:
         data = _typed_array(name, datatype, shape, count, tensor.contents)
     else:
@@ -396,6 +395,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
 
     def __init__(self, plane: DataPlane) -> None:
         self.plane = plane
+        settings = getattr(plane.repository, "settings", None)
+        self.limits = (
+            oip.DecodeLimits() if settings is None else oip.DecodeLimits.from_settings(settings)
+        )
 
     async def ServerLive(self, request: Any, context: Any) -> Any:  # noqa: N802
         return pb.ServerLiveResponse(live=True)
@@ -437,7 +440,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:  # noqa: N802
         try:
-            return await self._infer(request, context)
+            with oip.using_limits(self.limits):
+                return await self._infer(request, context)
         except Exception as exc:
             await _abort(context, exc, "ModelInfer")
 
@@ -508,7 +512,8 @@ async def start_grpc_server(plane: DataPlane, settings: RoostSettings) -> grpc.a
         return None
     server = grpc.aio.server(
         options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            # A bigger request gets RESOURCE_EXHAUSTED from gRPC itself, before it is decoded.
+            ("grpc.max_receive_message_length", settings.max_request_bytes),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             # Without this a second server could silently share a port that is in use.
             # Several `roost serve --workers` processes share the port; one gateway alone

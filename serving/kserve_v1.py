@@ -27,10 +27,14 @@ def decode_instances(
     try:
         body = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+        raise oip.json_error(payload, exc, "request body") from None
     if not isinstance(body, dict) or "instances" not in body:
         raise InvalidRequest('request body must be an object with "instances": [...]')
     instances = body["instances"]
+    limit = oip.current_limits().max_json_depth
+    for key, value in body.items():  # the instances' values are checked as they are converted
+        if key != "instances":
+            oip.check_json_depth(value, limit, f"'{key}'", base=1)
     info = plane.repository.resolve(model, version).info
     signature = info.signature
     if len(signature.inputs) != 1 or len(signature.inputs[0].shape) != 2:
@@ -52,6 +56,7 @@ def decode_instances(
             )
         from features.online import LOG_PARAMETER, shared_online_features
 
+        oip.check_json_depth(instances, limit, "'instances'", base=1)
         features = getattr(plane, "features", None) or shared_online_features(
             plane.repository.settings.home
         )
@@ -87,7 +92,8 @@ def decode_instances(
                 f"instances[{i}]: expected {width} values, got {len(row)}"
             )
     shape = (len(rows), width if width >= 0 else len(rows[0]))
-    array = oip.json_data_to_array(spec.name, spec.datatype, shape, rows)
+    # the rows stand where 'instances' is, one level below the body (limits: check_shape)
+    array = oip.json_data_to_array(spec.name, spec.datatype, shape, rows, base=1)
     return oip.InferRequest(
         id=body.get("id") if isinstance(body.get("id"), str) else None,
         inputs=[oip.RequestInput(spec.name, spec.datatype, shape, array, {})],

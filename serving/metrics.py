@@ -8,6 +8,7 @@ aggregates every worker's figures.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 
 from prometheus_client import (
@@ -19,6 +20,8 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client import multiprocess as prom_multiprocess
+
+from serving.breaker import BreakerState
 
 LATENCY_BUCKETS = (
     0.0001,
@@ -117,6 +120,42 @@ class GatewayMetrics:
             registry=reg,
             multiprocess_mode="max",
         )
+        # fault isolation (serving/breaker.py, serving/batching.py, serving/repository.py)
+        self.breaker_open = Gauge(
+            "roost_breaker_open",
+            "1 while the version's circuit breaker is open or half-open (any worker), else 0.",
+            labels,
+            registry=reg,
+            multiprocess_mode="livemax",
+        )
+        self.breaker_trips = Counter(
+            "roost_breaker_trips", "Times the version's circuit breaker opened.", labels,
+            registry=reg,
+        )
+        self.execution_timeouts = Counter(
+            "roost_execution_timeouts",
+            "Batches that ran past the version's execution_timeout_ms.",
+            labels,
+            registry=reg,
+        )
+        self.set_aside = Gauge(
+            "roost_instances_set_aside",
+            "Instances stuck in a timed-out batch, taking no work until it returns.",
+            labels,
+            registry=reg,
+            multiprocess_mode="livesum",
+        )
+        self.registry_poll_errors = Counter(
+            "roost_registry_poll_errors",
+            "Registry polls that failed; the gateway kept serving its last known table.",
+            registry=reg,
+        )
+        self.registry_last_success = Gauge(
+            "roost_registry_last_success_timestamp_seconds",
+            "Unix time of the last successful registry poll (the stalest worker's).",
+            registry=reg,
+            multiprocess_mode="livemin",
+        )
 
     def record_request(
         self, model: str, version: str, protocol: str, status: int, seconds: float
@@ -159,6 +198,37 @@ class GatewayMetrics:
 
     def model_loaded(self, model: str, version: str, seconds: float) -> None:
         self.load_seconds.labels(model, version).set(seconds)
+
+    def breaker_observer(self, model: str, version: str) -> Callable[[BreakerState, bool], None]:
+        """A callback for the version's circuit breaker: (new state, whether it tripped)."""
+        gauge = self.breaker_open.labels(model, version)
+        trips = self.breaker_trips.labels(model, version)
+        gauge.set(0)
+
+        def changed(state: BreakerState, tripped: bool) -> None:
+            gauge.set(0 if state is BreakerState.CLOSED else 1)
+            if tripped:
+                trips.inc()
+
+        return changed
+
+    def timeout_observer(self, model: str, version: str) -> Callable[[int, bool], None]:
+        """A callback for the version's batcher: (instances set aside now, batch timed out)."""
+        timeouts = self.execution_timeouts.labels(model, version)
+        gauge = self.set_aside.labels(model, version)
+
+        def observe(set_aside: int, timed_out: bool) -> None:
+            gauge.set(set_aside)
+            if timed_out:
+                timeouts.inc()
+
+        return observe
+
+    def registry_polled(self, ok: bool) -> None:
+        if ok:
+            self.registry_last_success.set(time.time())
+        else:
+            self.registry_poll_errors.inc()
 
     def exposition(self, depths: dict[tuple[str, str], int]) -> tuple[bytes, str]:
         """The text format of every metric (all workers' in multi-process mode).

@@ -13,6 +13,9 @@ when the data holds JSON values the datatype does not accept.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any
@@ -25,14 +28,21 @@ from registry.errors import InvalidRequest, RoostError
 from registry.signature import OIP_TO_NUMPY, Signature, numpy_to_oip
 
 __all__ = [
+    "LIMITS",
+    "DecodeLimits",
     "InferRequest",
     "RequestInput",
     "RequestedOutput",
+    "check_json_depth",
+    "check_shape",
+    "current_limits",
     "decode_infer_request",
     "encode_infer_response",
     "json_data_to_array",
+    "json_error",
     "select_outputs",
     "tensor_to_json",
+    "using_limits",
     "validate_against_signature",
 ]
 
@@ -51,6 +61,175 @@ _INT_RANGES: dict[str, tuple[int, int]] = {
 }
 # Float types a finite JSON number can overflow (orjson never yields inf or nan).
 _NARROW_FP = frozenset({"FP16", "FP32"})
+_FLOAT_DATATYPES = frozenset({"FP16", "FP32", "FP64"})
+MAX_RANK = 32
+"""Most dimensions an input's shape may have (numpy itself stops at 64)."""
+
+
+# --------------------------------------------------------------------------------------------
+# limits
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """What a request may ask of the decoder (``RoostSettings``' limits of the same names)."""
+
+    max_tensor_elements: int = 16 * 1024 * 1024
+    """Most elements per input tensor, and the largest single dimension."""
+    max_json_depth: int = 64
+    """How deeply the request's JSON may nest, counted from the document's root."""
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> DecodeLimits:
+        return cls(
+            max_tensor_elements=int(settings.max_tensor_elements),
+            max_json_depth=int(settings.max_json_depth),
+        )
+
+
+# The transports (serving/fastpath.py for every REST request, serving/grpc_server.py per RPC)
+# set the gateway's limits for the request they handle; the decoders read them from here, so
+# the codec's signatures stay free of settings.
+DEFAULT_LIMITS = DecodeLimits()
+LIMITS: ContextVar[DecodeLimits] = ContextVar("roost_decode_limits", default=DEFAULT_LIMITS)
+"""The limits in force (set per request by the transports; :func:`using_limits`)."""
+
+
+def current_limits() -> DecodeLimits:
+    """The limits in force for the request being decoded."""
+    return LIMITS.get()
+
+
+@contextmanager
+def using_limits(limits: DecodeLimits) -> Iterator[DecodeLimits]:
+    """Decode with ``limits`` inside the block (in this task and the tasks it starts)."""
+    token = LIMITS.set(limits)
+    try:
+        yield limits
+    finally:
+        LIMITS.reset(token)
+
+
+def check_shape(name: str, shape: tuple[int, ...], limits: DecodeLimits | None = None) -> int:
+    """Check a request's shape against the limits before anything is allocated; its count."""
+    limits = limits or LIMITS.get()
+    cap = limits.max_tensor_elements
+    if len(shape) > MAX_RANK:
+        raise InvalidRequest(
+            f"input '{name}': 'shape' has {len(shape)} dimensions; at most {MAX_RANK} are allowed"
+        )
+    for dim in shape:
+        if dim < 0:
+            raise InvalidRequest(
+                f"input '{name}': 'shape' must be a list of non-negative integers, "
+                f"got {_shape_text(shape)}"
+            )
+        if dim > cap:
+            raise InvalidRequest(
+                f"input '{name}': dimension {dim} of shape {_show(list(shape))} exceeds the "
+                f"limit of {cap} elements per tensor (max_tensor_elements)"
+            )
+    count = math.prod(shape)
+    if count > cap:
+        raise InvalidRequest(
+            f"input '{name}': shape {_show(list(shape))} has {count} elements, more than the "
+            f"limit of {cap} per tensor (max_tensor_elements)"
+        )
+    return count
+
+
+def _deeper_than(value: Any, levels: int) -> bool:
+    """Whether the container ``value`` nests more than ``levels`` containers deep.
+
+    Iterative: a document as deep as the JSON parser allows must not exhaust the stack here.
+    """
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > levels:
+            return True
+        for child in item.values() if type(item) is dict else item:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
+    return False
+
+
+def _nested_too_deep(limit: int, where: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"the request JSON nests deeper than {limit} levels (in {where}; max_json_depth)"
+    )
+
+
+def check_json_depth(value: Any, limit: int, where: str, base: int = 0) -> None:
+    """Raise when ``value``, found ``base`` levels deep in the request JSON, takes it past
+    ``limit`` levels of objects and arrays."""
+    if isinstance(value, dict | list) and _deeper_than(value, limit - base):
+        raise _nested_too_deep(limit, where)
+
+
+def _check_request_depth(request: dict[str, Any], limit: int) -> None:
+    """Depth of everything but the tensors' ``data`` (checked while it is converted)."""
+    for key, value in request.items():
+        if not isinstance(value, dict | list):
+            continue
+        if key == "inputs" and type(value) is list:
+            for index, item in enumerate(value):
+                if type(item) is not dict:
+                    if isinstance(item, list) and _deeper_than(item, limit - 2):
+                        raise _nested_too_deep(limit, f"inputs[{index}]")
+                    continue
+                for field, entry in item.items():
+                    # 'data' is checked as it is converted; a 'shape' holding anything but
+                    # integers is refused by name (its rendering is depth-safe, see _show)
+                    if (
+                        isinstance(entry, dict | list)
+                        and field != "data"
+                        and field != "shape"
+                        and _deeper_than(entry, limit - 3)
+                    ):
+                        raise _nested_too_deep(limit, f"inputs[{index}].{field}")
+        elif _deeper_than(value, limit - 1):
+            raise _nested_too_deep(limit, f"'{key}'")
+
+
+def _nesting_at(raw: bytes) -> int:
+    """The deepest bracket nesting in ``raw``, strings left out (error path, short prefix)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return deepest
+
+
+def json_error(raw: bytes | memoryview, exc: orjson.JSONDecodeError, what: str) -> InvalidRequest:
+    """A clear 400 for JSON that orjson refused: not UTF-8, too deep, or malformed."""
+    data = bytes(raw)
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return InvalidRequest(
+            f"{what} is not valid UTF-8 (byte 0x{data[bad.start]:02x} at offset {bad.start}); "
+            "JSON must be UTF-8 encoded"
+        )
+    limit = LIMITS.get().max_json_depth
+    # orjson stops at 1024 levels ("depth limit exceeded"); a document cut short inside deep
+    # nesting gets other messages, so look at the text up to where it stopped (a prefix).
+    if "depth" in exc.msg or _nesting_at(data[: min(max(0, exc.pos) + 16, 4096)]) > limit:
+        return InvalidRequest(f"{what} nests deeper than {limit} levels (max_json_depth)")
+    return InvalidRequest(f"{what} is not valid JSON: {exc}")
 
 
 @dataclass
@@ -105,8 +284,8 @@ def _json_type(value: Any) -> str:
 def _show(value: Any) -> str:
     try:
         text = orjson.dumps(value).decode()
-    except TypeError:
-        text = repr(value)
+    except TypeError:  # too deep, too large an int, or not JSON at all
+        text = f"a {_json_type(value)}" if isinstance(value, list | dict) else repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -118,15 +297,28 @@ def _shape_text(shape: tuple[int, ...]) -> str:
 # tensor data
 
 
-def _flatten(name: str, data: Any) -> list[Any]:
-    """Flatten nested ``data`` row-major, insisting that it is rectangular."""
+def _too_deep(name: str, base: int, limit: int) -> InvalidRequest:
+    return InvalidRequest(
+        f"input '{name}': 'data' nests more than {limit - base} arrays deep (the request JSON "
+        f"may nest at most {limit} levels; max_json_depth)"
+    )
+
+
+def _flatten(name: str, data: Any, base: int = 0) -> list[Any]:
+    """Flatten nested ``data`` row-major, insisting that it is rectangular.
+
+    ``base`` is how deep in the request JSON ``data`` sits (its own array not counted).
+    """
     if not isinstance(data, list):
         raise InvalidRequest(
             f"input '{name}': 'data' must be a JSON array (flat or nested), got {_json_type(data)}"
         )
+    limit = LIMITS.get().max_json_depth
     level: list[Any] = data
     depth = 1
     while level:
+        if base + depth > limit:
+            raise _too_deep(name, base, limit)
         lists = sum(1 for item in level if isinstance(item, list))
         if lists == 0:
             return level
@@ -219,24 +411,29 @@ def _fast_array(datatype: str, data: list[Any]) -> npt.NDArray[Any] | None:
 
 
 def json_data_to_array(
-    name: str, datatype: str, shape: tuple[int, ...], data: Any
+    name: str, datatype: str, shape: tuple[int, ...], data: Any, base: int = 0
 ) -> npt.NDArray[Any]:
     """Convert the JSON ``data`` of input ``name`` into an array of ``shape``.
 
     ``data`` may be flat or nested (rectangular, row-major); its element count must equal the
-    product of ``shape``. BYTES data become a numpy object array of ``bytes``.
+    product of ``shape``, which must be within the limits (:func:`check_shape`). BYTES data
+    become a numpy object array of ``bytes``. ``base``: how deep ``data`` sits in the request
+    JSON, for ``max_json_depth``.
     """
     if datatype not in OIP_TO_NUMPY:
         raise InvalidRequest(
             f"input '{name}': 'datatype' must be one of {_DATATYPES}, got {_show(datatype)}"
         )
-    count = math.prod(shape)
+    count = check_shape(name, shape)
     if datatype != "BYTES" and isinstance(data, list):
         array = _fast_array(datatype, data)
         if array is not None:
+            limit = LIMITS.get().max_json_depth
+            if base + array.ndim > limit:
+                raise _too_deep(name, base, limit)
             _check_count(name, shape, count, array.size)
             return array.reshape(shape)
-    values = _flatten(name, data)
+    values = _flatten(name, data, base)
     _check_count(name, shape, count, len(values))
     _check_values(name, datatype, values)
     if datatype == "BYTES":
@@ -271,7 +468,9 @@ def _parameters(value: Any, where: str) -> dict[str, Any]:
 
 def _decode_shape(name: str, shape: Any) -> tuple[int, ...]:
     if isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape):
-        return tuple(shape)
+        result = tuple(shape)
+        check_shape(name, result)
+        return result
     raise InvalidRequest(
         f"input '{name}': 'shape' must be a list of non-negative integers, got {_show(shape)}"
     )
@@ -296,7 +495,8 @@ def _decode_input(index: int, item: Any) -> RequestInput:
             f"input '{name}': 'data' is required (binary tensor data is not supported)"
         )
     parameters = _parameters(item.get("parameters"), f"input '{name}': ")
-    data = json_data_to_array(name, datatype, shape, item["data"])
+    # request object, 'inputs' array, input object: 'data' sits three levels deep
+    data = json_data_to_array(name, datatype, shape, item["data"], base=3)
     return RequestInput(name, datatype, shape, data, parameters)
 
 
@@ -333,9 +533,10 @@ def decode_infer_request(body: bytes) -> InferRequest:
     try:
         request = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+        raise json_error(body, exc, "request body") from None
     if not isinstance(request, dict):
         raise InvalidRequest(f"request body must be a JSON object, got {_json_type(request)}")
+    _check_request_depth(request, LIMITS.get().max_json_depth)
     request_id = request.get("id")
     if request_id is not None and type(request_id) is not str:
         raise InvalidRequest(f"'id' must be a string, got {_json_type(request_id)}")
@@ -360,10 +561,28 @@ def decode_infer_request(body: bytes) -> InferRequest:
     )
 
 
+def _check_finite(name: str, array: npt.NDArray[Any]) -> None:
+    """nan_policy ``reject``: refuse NaN and +/-Inf in a floating-point input."""
+    finite = np.isfinite(array)
+    if finite.all():
+        return
+    index = int(np.flatnonzero(~finite.reshape(-1))[0])
+    value = array.reshape(-1)[index]
+    raise InvalidRequest(
+        f"input '{name}': value {value} at index {index} is not finite; this model refuses "
+        "NaN and Inf inputs (nan_policy: reject)"
+    )
+
+
 def validate_against_signature(
-    request: InferRequest, signature: Signature
+    request: InferRequest, signature: Signature, nan_policy: str = "allow"
 ) -> dict[str, npt.NDArray[Any]]:
-    """Check the request's inputs against the signature; {name: array} in signature order."""
+    """Check the request's inputs against the signature; {name: array} in signature order.
+
+    ``nan_policy`` is the version's knob of that name: ``reject`` refuses floating-point inputs
+    holding NaN or +/-Inf.
+    """
+    reject_nan = nan_policy == "reject"
     given = {tensor.name: tensor for tensor in request.inputs}
     for name in given:
         if signature.input(name) is None:
@@ -387,6 +606,8 @@ def validate_against_signature(
                 f"input '{spec.name}': expected shape {_shape_text(spec.shape)}, "
                 f"got {_shape_text(tensor.shape)}"
             )
+        if reject_nan and tensor.datatype in _FLOAT_DATATYPES:
+            _check_finite(spec.name, tensor.data)
         feeds[spec.name] = tensor.data.reshape(tensor.shape)
     return feeds
 

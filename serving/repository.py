@@ -4,6 +4,14 @@ The registry is polled by generation counter; on a change the repository loads a
 versions off the event loop, then swaps in a new immutable :class:`RoutingTable` in one
 assignment. Requests read the table once, so an in-flight request keeps the version it started
 with and nothing is dropped during a swap.
+
+Faults stay with the version they belong to: a version whose artifact is missing, corrupt or
+fails to load is left out of the table with its reason (readiness lists it, requests for it get
+503 naming it), the version that served before keeps serving, and failed versions are retried
+every ``retry_failed_s``. Each loaded version has its own circuit breaker and execution timeout
+(see :mod:`serving.breaker`, :mod:`serving.batching`). When the registry cannot be reached the
+last table keeps serving; readiness stays true but says since when the registry is unreachable,
+and ``roost_registry_poll_errors_total`` counts the failed polls.
 """
 
 from __future__ import annotations
@@ -12,11 +20,13 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 
 from registry import Registry, RoostError, RoostSettings, ServingConfig, VersionInfo
 from registry.errors import NotFound, ServiceUnavailable
 from serving.backends import Backend, OnnxBackend, TritonBackend, warmup_inputs
 from serving.batching import DynamicBatcher
+from serving.breaker import CircuitBreaker
 from serving.metrics import GatewayMetrics
 from serving.router import Decision, ModelRouter, RequestFacts
 
@@ -64,6 +74,8 @@ class ModelRepository:
         self.table = RoutingTable()
         self.synced = False
         self.last_poll_error: str | None = None
+        self.registry_down_since: float | None = None  # wall time of the first failed poll
+        self.failed_polls = 0  # consecutive
         self.metrics = metrics
         self.retire_grace_s = 2.0
         self._lock = asyncio.Lock()
@@ -98,10 +110,18 @@ class ModelRepository:
         for backend in backends:
             backend.warm_up(runs, samples)
         name = f"{info.model}:{info.version}"
-        observe = (
-            self.metrics.batch_observer(info.model, str(info.version)) if self.metrics else None
+        model, version, metrics = info.model, str(info.version), self.metrics
+        breaker = CircuitBreaker.for_config(
+            model, version, config, metrics.breaker_observer(model, version) if metrics else None
         )
-        batcher = DynamicBatcher(name, [b.infer for b in backends], config, observe=observe)
+        batcher = DynamicBatcher(
+            name,
+            [b.infer for b in backends],
+            config,
+            observe=metrics.batch_observer(model, version) if metrics else None,
+            breaker=breaker,
+            on_timeout=metrics.timeout_observer(model, version) if metrics else None,
+        )
         return LoadedVersion(info, backends, batcher, config, time.perf_counter() - started)
 
     def _build(self, current: RoutingTable) -> RoutingTable:
@@ -171,9 +191,11 @@ class ModelRepository:
             if not force and self.synced and not retry_due:
                 generation = await asyncio.to_thread(self.registry.generation)
                 if generation == self.table.generation:
+                    self._registry_answered()
                     return False
             old = self.table
             new = await asyncio.to_thread(self._build, old)
+            self._registry_answered()
             self._built_at = time.monotonic()
             old_batchers = {id(v.batcher) for v in old.loaded.values()}
             kept = {id(v.batcher) for v in new.loaded.values()}
@@ -213,10 +235,35 @@ class ModelRepository:
             try:
                 await self.sync()
                 await asyncio.to_thread(self._flush_rewards)
-                self.last_poll_error = None
             except Exception as exc:  # registry unreachable: keep serving the last table
-                self.last_poll_error = str(exc)
-                log.warning("registry poll failed, serving the last known table: %s", exc)
+                self._poll_failed(exc)
+            else:
+                self._poll_succeeded()
+
+    def _poll_failed(self, exc: Exception) -> None:
+        self.last_poll_error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        self.failed_polls += 1
+        if self.registry_down_since is None:
+            self.registry_down_since = time.time()
+            log.error("registry unreachable, serving the last known table: %s", exc)
+        else:
+            log.warning("registry still unreachable (%d polls): %s", self.failed_polls, exc)
+        if self.metrics:
+            self.metrics.registry_polled(False)
+
+    def _poll_succeeded(self) -> None:
+        if self.registry_down_since is not None:
+            log.warning(
+                "registry reachable again after %.1f s (%d failed polls)",
+                time.time() - self.registry_down_since, self.failed_polls,
+            )
+        self.last_poll_error = None
+        self.registry_down_since = None
+        self.failed_polls = 0
+
+    def _registry_answered(self) -> None:
+        if self.metrics:
+            self.metrics.registry_polled(True)
 
     # -- questions requests ask -------------------------------------------------------------
 
@@ -224,12 +271,24 @@ class ModelRepository:
         """Ready once every deployed model has a loaded, warmed-up version answering for it.
 
         Versions that failed to load are listed as reasons; one that failed while an older
-        version keeps serving its model does not make the gateway unready.
+        version keeps serving its model does not make the gateway unready. Neither do, though
+        listed, an open circuit breaker or stuck instances (the fault is the backend's, the
+        same on every gateway: taking them all out of rotation would not help), nor a registry
+        that cannot be reached (the last known table keeps serving).
         """
         table = self.table
         if not self.synced:
             return False, ["deployed versions are still loading"]
         reasons = [f"{m} v{v}: {why}" for (m, v), why in sorted(table.failures.items())]
+        for (m, v), loaded in sorted(table.loaded.items()):
+            reasons.extend(f"{m} v{v}: {why}" for why in loaded.batcher.health())
+        if self.registry_down_since is not None:
+            since = datetime.fromtimestamp(self.registry_down_since, UTC)
+            reasons.append(
+                f"registry unreachable since {since.isoformat(timespec='seconds')} "
+                f"({self.failed_polls} failed polls); serving the last known table "
+                f"(generation {table.generation}): {self.last_poll_error}"
+            )
         unserved = {m for m, _ in table.failures} - set(table.production)
         return not unserved, reasons
 

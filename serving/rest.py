@@ -155,8 +155,11 @@ def entity_unit(body: bytes) -> str | None:
         data = orjson.loads(body)
         entities = data["instances"][0]["entities"]
         key = sorted(entities)[0]
-        return f"{key}={entities[key]}"
-    except (orjson.JSONDecodeError, LookupError, TypeError, AttributeError):
+        value = entities[key]
+        if not isinstance(value, str | int | float):
+            return None
+        return f"{key}={value}"
+    except (orjson.JSONDecodeError, LookupError, TypeError, AttributeError, RecursionError):
         return None  # the decoder reports what is wrong with the body
 
 
