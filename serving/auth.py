@@ -53,10 +53,8 @@ class AuthGate:
 
     def __init__(self, app: ASGIApp, registry: Registry, settings: RoostSettings) -> None:
         self.app = app
-        self.registry = registry
         self.settings = settings
-        self._cache: dict[str, tuple[float, ApiKey | RoostError]] = {}
-        self._buckets: dict[str, _Bucket] = {}
+        self.checker = KeyChecker(registry, settings)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -71,7 +69,7 @@ class AuthGate:
         if presented is None:
             await _deny(send, 401, f"an API key with role '{role}' is required (x-api-key)")
             return
-        found = await self._lookup(presented)
+        found = await self.checker.lookup(presented)
         if isinstance(found, RoostError):
             await _deny(send, found.status_code, found.message)
             return
@@ -81,7 +79,7 @@ class AuthGate:
             scope_note = f" for model '{model}'" if model else ""
             await _deny(send, 403, f"key '{found.id}' lacks role '{role}'{scope_note}")
             return
-        if found.rate_limit_rps > 0 and not self._take(found):
+        if not self.checker.take(found):
             await _deny(
                 send,
                 429,
@@ -91,7 +89,17 @@ class AuthGate:
             return
         await self.app(scope, receive, send)
 
-    async def _lookup(self, presented: str) -> ApiKey | RoostError:
+
+class KeyChecker:
+    """Key lookups cached for a few seconds, and per-key token buckets (HTTP and gRPC share it)."""
+
+    def __init__(self, registry: Registry, settings: RoostSettings) -> None:
+        self.registry = registry
+        self.settings = settings
+        self._cache: dict[str, tuple[float, ApiKey | RoostError]] = {}
+        self._buckets: dict[str, _Bucket] = {}
+
+    async def lookup(self, presented: str) -> ApiKey | RoostError:
         now = time.monotonic()
         cached = self._cache.get(presented)
         if cached is not None and now - cached[0] < CACHE_S:
@@ -107,8 +115,10 @@ class AuthGate:
         self._cache[presented] = (now, found)
         return found
 
-    def _take(self, key: ApiKey) -> bool:
+    def take(self, key: ApiKey) -> bool:
         """Token bucket: ``rate_limit_rps`` per second, bursts up to one second's worth."""
+        if key.rate_limit_rps <= 0:
+            return True
         now = time.monotonic()
         rate = key.rate_limit_rps
         bucket = self._buckets.get(key.id)

@@ -28,6 +28,7 @@ from registry import RoostError, RoostSettings
 from registry.errors import InvalidRequest, NotFound, ServiceUnavailable
 from registry.signature import OIP_TO_NUMPY, numpy_to_oip
 from serving import oip
+from serving.auth import KeyChecker
 from serving.batching import QueueFull
 from serving.dataplane import MAX_LOGGED_INPUT_CHARS, CallContext, DataPlane
 
@@ -396,6 +397,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
     def __init__(self, plane: DataPlane) -> None:
         self.plane = plane
         settings = getattr(plane.repository, "settings", None)
+        self.keys = (
+            None
+            if settings is None
+            else KeyChecker(plane.repository.registry, settings)
+        )
         self.limits = (
             oip.DecodeLimits() if settings is None else oip.DecodeLimits.from_settings(settings)
         )
@@ -407,13 +413,45 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         ok, _reasons = self.plane.repository.readiness()
         return pb.ServerReadyResponse(ready=ok)
 
+    async def _authorize(self, context: Any, role: str, model: str | None) -> None:
+        """With ROOST_AUTH_REQUIRED, the call's ``x-api-key`` (or ``authorization: Bearer``)
+        metadata must name a key with ``role`` for ``model``; aborts the RPC otherwise."""
+        if self.keys is None or not self.keys.settings.auth_required:
+            return
+        presented = None
+        for key, value in context.invocation_metadata() or ():
+            if key.lower() == "x-api-key":
+                presented = str(value)
+            elif key.lower() == "authorization" and str(value).lower().startswith("bearer "):
+                presented = str(value)[7:]
+        if presented is None:
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"an API key with role '{role}' is required (x-api-key metadata)",
+            )
+        found = await self.keys.lookup(str(presented))
+        if isinstance(found, RoostError):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, found.message)
+            return
+        if not found.allows(role, model):
+            scope = f" for model '{model}'" if model else ""
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, f"key '{found.id}' lacks role '{role}'{scope}"
+            )
+        if not self.keys.take(found):
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, f"key '{found.id}' is over its rate limit"
+            )
+
     async def ServerMetadata(self, request: Any, context: Any) -> Any:  # noqa: N802
+        await self._authorize(context, "read", None)
         meta = self.plane.server_metadata()
         return pb.ServerMetadataResponse(
             name=meta["name"], version=meta["version"], extensions=meta["extensions"]
         )
 
     async def ModelReady(self, request: Any, context: Any) -> Any:  # noqa: N802
+        await self._authorize(context, "read", request.name)
         try:
             self.plane.model_ready(request.name, request.version or None)
         except (NotFound, ServiceUnavailable):
@@ -423,6 +461,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         return pb.ModelReadyResponse(ready=True)
 
     async def ModelMetadata(self, request: Any, context: Any) -> Any:  # noqa: N802
+        await self._authorize(context, "read", request.name)
         try:
             meta = self.plane.model_metadata(request.name, request.version or None)
         except Exception as exc:
@@ -439,6 +478,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         return response
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:  # noqa: N802
+        await self._authorize(context, "predict", request.model_name)
         try:
             with oip.using_limits(self.limits):
                 return await self._infer(request, context)

@@ -95,3 +95,29 @@ def test_admin_needs_a_key_even_when_auth_is_optional(
         assert httpx.get(f"{url}/admin/models/m/traffic").status_code == 401
         dev = httpx.get(f"{url}/admin/models/m/traffic", headers={"x-api-key": DEV_KEY})
         assert dev.status_code == 401 and "dev mode" in dev.json()["error"]
+
+
+def test_grpc_enforces_keys_too(settings: RoostSettings, registry: Registry) -> None:
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+    from roost_testing import running_gateway_with_grpc
+    from tritonclient.utils import InferenceServerException
+
+    deploy_model(registry, "m", make_linear_onnx(seed=1))
+    deploy_model(registry, "other", make_linear_onnx(seed=2))
+    key, _ = create_key(registry, "app", ["predict"], models=["m"])
+    secure = settings.model_copy(update={"auth_required": True})
+    with running_gateway_with_grpc(secure) as (_url, address):
+        client = grpcclient.InferenceServerClient(url=address)
+        try:
+            inp = grpcclient.InferInput("input", [1, 4], "FP32")
+            inp.set_data_from_numpy(np.ones((1, 4), dtype=np.float32))
+            assert client.is_server_live()  # liveness stays public
+            with pytest.raises(InferenceServerException, match="API key"):
+                client.infer("m", [inp])
+            ok = client.infer("m", [inp], headers={"x-api-key": key})
+            assert ok.as_numpy("label").shape == (1,)
+            with pytest.raises(InferenceServerException, match="for model 'other'"):
+                client.infer("other", [inp], headers={"x-api-key": key})
+        finally:
+            client.close()
