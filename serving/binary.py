@@ -80,18 +80,7 @@ def _binary_size(name: str, parameters: dict[str, Any]) -> int:
 
 def _binary_header(index: int, item: dict[str, Any]) -> tuple[str, str, tuple[int, ...], int]:
     """Check the JSON of an input whose data is binary: (name, datatype, shape, size)."""
-    name = item.get("name")
-    if type(name) is not str or not name:
-        raise InvalidRequest(
-            f"inputs[{index}]: 'name' must be a non-empty string, got {oip._show(name)}"
-        )
-    datatype = item.get("datatype")
-    if type(datatype) is not str or datatype not in OIP_TO_NUMPY:
-        raise InvalidRequest(
-            f"input '{name}': 'datatype' must be one of {', '.join(OIP_TO_NUMPY)}, "
-            f"got {oip._show(datatype)}"
-        )
-    shape = oip._decode_shape(name, item.get("shape"))
+    name, datatype, shape = oip.decode_tensor_header(index, item)
     if "data" in item:
         raise InvalidRequest(
             f"input '{name}': has both 'data' and parameters.binary_data_size; "

@@ -476,9 +476,11 @@ def _decode_shape(name: str, shape: Any) -> tuple[int, ...]:
     )
 
 
-def _decode_input(index: int, item: Any) -> RequestInput:
-    if not isinstance(item, dict):
-        raise InvalidRequest(f"inputs[{index}] must be an object, got {_json_type(item)}")
+def decode_tensor_header(index: int, item: dict[str, Any]) -> tuple[str, str, tuple[int, ...]]:
+    """The checked ``name``, ``datatype`` and ``shape`` of request input ``index``.
+
+    Shared by the JSON decoder and the binary tensor extension (serving/binary.py).
+    """
     name = item.get("name")
     if type(name) is not str or not name:
         raise InvalidRequest(
@@ -489,7 +491,13 @@ def _decode_input(index: int, item: Any) -> RequestInput:
         raise InvalidRequest(
             f"input '{name}': 'datatype' must be one of {_DATATYPES}, got {_show(datatype)}"
         )
-    shape = _decode_shape(name, item.get("shape"))
+    return name, datatype, _decode_shape(name, item.get("shape"))
+
+
+def _decode_input(index: int, item: Any) -> RequestInput:
+    if not isinstance(item, dict):
+        raise InvalidRequest(f"inputs[{index}] must be an object, got {_json_type(item)}")
+    name, datatype, shape = decode_tensor_header(index, item)
     if "data" not in item:
         raise InvalidRequest(
             f"input '{name}': 'data' is required (binary tensor data is not supported)"
