@@ -6,10 +6,10 @@ Every tier takes a :class:`RoostSettings` instance; nothing reads the environmen
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class RoostSettings(BaseSettings):
@@ -112,10 +112,27 @@ class RoostSettings(BaseSettings):
     """How deeply a request's JSON may nest (objects and arrays, counted from the document's
     root); deeper gets 400. The JSON serializer that writes the prediction log stops at 254."""
 
+    scope: Literal["production", "staging"] = "production"
+    """Which versions the gateway serves (``ROOST_SCOPE``). ``production``: the deployment table
+    (production, canary, experiments, shadows). ``staging``: per model, the versions in STAGING
+    or STAGING_TESTED, the highest answering unpinned requests, so a candidate can be exercised
+    by a second gateway beside production (see :mod:`serving.scope`). A staging gateway keeps its
+    prediction log apart, in ``$ROOST_HOME/logs-staging`` (see :attr:`logs_dir`)."""
+
+    serve_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Serve only these models (``ROOST_SERVE_MODELS``, comma-separated); empty: every model."""
+
     @field_validator("home")
     @classmethod
     def _absolute_home(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @field_validator("serve_models", mode="before")
+    @classmethod
+    def _split_models(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
 
     @property
     def registry_url(self) -> str:
@@ -127,7 +144,12 @@ class RoostSettings(BaseSettings):
 
     @property
     def logs_dir(self) -> Path:
-        return self.home / "logs"
+        """The prediction log (and feedback) of this scope's gateways: ``$ROOST_HOME/logs`` for
+        production, ``$ROOST_HOME/logs-<scope>`` for any other scope, so staging traffic never
+        mixes with production's in monitoring, drift and training data."""
+        if self.scope == "production":
+            return self.home / "logs"
+        return self.home / f"logs-{self.scope}"
 
     @property
     def dagster_home(self) -> Path:

@@ -10,8 +10,10 @@ import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
+from registry import Registry
 from serving import binary, oip
 from serving.dataplane import CallContext, DataPlane
+from serving.gateway import Gateway
 
 USER_HEADER = "roost-user"
 REQUEST_ID_HEADER = "x-request-id"
@@ -22,12 +24,27 @@ def json_response(content: Any, status_code: int = 200) -> Response:
     return Response(orjson.dumps(content), status_code, media_type="application/json")
 
 
-async def get_dataplane(request: Request) -> DataPlane:  # async: no thread-pool hop
-    plane: DataPlane = request.app.state.dataplane
-    return plane
+async def get_gateway(request: Request) -> Gateway:  # async: no thread-pool hop
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+GatewayDep = Annotated[Gateway, Depends(get_gateway)]
+"""The app's :class:`~serving.gateway.Gateway` (registry, settings, scope, repository, ...)."""
+
+
+async def get_dataplane(gateway: GatewayDep) -> DataPlane:
+    return gateway.plane
 
 
 DataPlaneDep = Annotated[DataPlane, Depends(get_dataplane)]
+
+
+async def get_registry(gateway: GatewayDep) -> Registry:
+    return gateway.registry
+
+
+RegistryDep = Annotated[Registry, Depends(get_registry)]
 
 
 def _context(request: Request, protocol: str) -> CallContext:

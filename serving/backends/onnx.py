@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import onnxruntime as ort
 
-from registry import VersionInfo
+from registry import RoostSettings, ServingConfig, VersionInfo
 from registry.signature import OIP_TO_NUMPY, Signature
 
 
@@ -89,6 +89,13 @@ class OnnxBackend:
         self.providers: list[str] = list(self._session.get_providers())
         self._output_names = [o.name for o in self._session.get_outputs()]
 
+    @classmethod
+    def load(
+        cls, info: VersionInfo, artifact: bytes, config: ServingConfig, settings: RoostSettings
+    ) -> Self:
+        """A session on ``artifact`` with the settings' threads and execution provider."""
+        return cls(artifact, info.signature, settings.intra_op_threads, settings.execution_provider)
+
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the model; BYTES inputs are handed to ONNX Runtime as str objects."""
         prepared: dict[str, Any] = {}
@@ -107,3 +114,6 @@ class OnnxBackend:
         for _ in range(runs):
             for feeds in samples or [synthesize_inputs(self.signature)]:
                 self.infer(feeds)
+
+    async def close(self) -> None:
+        """Nothing beyond memory to release: the session goes with the last reference."""

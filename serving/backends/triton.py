@@ -14,7 +14,7 @@ unreachable server is a 503 naming its URL, a remote 4xx is a 400 carrying the r
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Self
 
 import aiohttp
 import numpy as np
@@ -25,7 +25,9 @@ import tritonclient.http.aio as httpclient_aio
 from tritonclient.utils import InferenceServerException
 
 from registry.errors import DeadlineExceeded, InvalidRequest, RoostError, ServiceUnavailable
+from registry.service import VersionInfo
 from registry.serving_config import ServingConfig
+from registry.settings import RoostSettings
 from registry.signature import Signature
 from serving.backends.onnx import synthesize_inputs
 
@@ -57,6 +59,13 @@ class TritonBackend:
         self.providers = [f"triton-{self.protocol}://{self.url}"]
         self._client: Any = None
         self._closed = False
+
+    @classmethod
+    def load(
+        cls, info: VersionInfo, artifact: bytes, config: ServingConfig, settings: RoostSettings
+    ) -> Self:
+        """The remote serves these same (sha256-checked) bytes; nothing runs here."""
+        return cls(info.model, info.signature, config)
 
     @property
     def where(self) -> str:
