@@ -387,7 +387,7 @@ def canary(
     rollback: bool,
     reason: str,
 ) -> None:
-    """Start (VERSION --percent P), promote or roll back MODEL's canary."""
+    """Start (VERSION --percent P), move (--percent P), promote or roll back MODEL's canary."""
     from registry import traffic_ops
 
     registry = _registry()
@@ -397,8 +397,10 @@ def canary(
         _show_policy(registry.rollback_canary(model, reason=reason))
     elif version is not None and percent is not None:
         _show_policy(registry.start_canary(model, version, percent))
+    elif percent is not None:
+        _show_policy(traffic_ops.move_canary(registry, model, percent))
     else:
-        raise click.UsageError("give VERSION --percent P, or --promote, or --rollback")
+        raise click.UsageError("give [VERSION] --percent P, or --promote, or --rollback")
 
 
 @main.command()
@@ -428,15 +430,29 @@ def experiment() -> None:
 @click.option("--id", "experiment_id", required=True)
 @click.option("--variant", "variants", multiple=True, required=True, help="[NAME:]VERSION=WEIGHT")
 @click.option("--salt", default=None, help="Assignment salt (default: the experiment id).")
+@click.option(
+    "--share",
+    type=click.FloatRange(0, 100, min_open=True),
+    default=None,
+    help="Percent of the non-canary units in the experiment (default: the largest free range).",
+)
 @friendly_errors
 def experiment_start(
-    model: str, experiment_id: str, variants: tuple[str, ...], salt: str | None
+    model: str,
+    experiment_id: str,
+    variants: tuple[str, ...],
+    salt: str | None,
+    share: float | None,
 ) -> None:
     """Split MODEL's traffic between versions by weight (weights sum to 100)."""
     from registry import traffic_ops
 
-    parsed = traffic_ops.parse_variants(list(variants))
-    _show_policy(traffic_ops.start_experiment(_registry(), model, experiment_id, parsed, salt))
+    parsed = traffic_ops.parse_variant_pairs(list(variants))
+    _show_policy(
+        traffic_ops.start_experiment(
+            _registry(), model, experiment_id, parsed, salt, share=share
+        )
+    )
 
 
 @experiment.command("stop")

@@ -21,7 +21,7 @@ from registry import audit
 from registry.artifacts import ArtifactStore, sha256_bytes
 from registry.errors import Conflict, InvalidRequest, NotFound
 from registry.lifecycle import DEPLOY_PATH, ROUTABLE, SERVABLE, State, check_transition
-from registry.policies import TrafficPolicies, policy_of, without_version
+from registry.policies import Change, PolicyStore, policy_of
 from registry.serving_config import ServingConfig
 from registry.settings import RoostSettings
 from registry.signature import Signature, signature_from_onnx
@@ -34,6 +34,7 @@ from registry.tables import (
     VersionRow,
     utcnow,
 )
+from registry.traffic import TrafficPolicy
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -158,8 +159,13 @@ def _make_engine(url: str, *, immediate: bool) -> Engine:
     return engine
 
 
-class Registry(TrafficPolicies):
-    """Models, versions, their lifecycle, deployments and the audit trail."""
+class Registry:
+    """Models, versions, their lifecycle, deployments and the audit trail.
+
+    Traffic policies live in ``self.traffic`` (a :class:`~registry.policies.PolicyStore`, every
+    change one transaction with a generation compare-and-set); the policy methods below are its
+    public face.
+    """
 
     def __init__(self, url: str, artifacts_dir: Path, actor: str = "roost") -> None:
         if url.startswith("sqlite:///"):
@@ -171,6 +177,7 @@ class Registry(TrafficPolicies):
         )
         self.artifacts = ArtifactStore(artifacts_dir)
         self.default_actor = actor
+        self.traffic = PolicyStore(self)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._read_sessions = sessionmaker(self._read_engine, expire_on_commit=False)
         Base.metadata.create_all(self.engine)
@@ -380,18 +387,19 @@ class Registry(TrafficPolicies):
             version=row.version,
             details={"from": current.value, "to": target.value, "reason": reason},
         )
-        deployment = session.get(DeploymentRow, row.model)
-        if deployment is None:
+        if session.get(DeploymentRow, row.model) is None:
             return
-        if deployment.production_version == row.version and target not in SERVABLE:
-            deployment.production_version = None
-            self._touch(session, deployment)
-        if target not in ROUTABLE:
-            policy = dict(deployment.policy or {})
-            stripped = without_version(policy, row.version)
-            if stripped != policy:
-                deployment.policy = stripped
-                self._touch(session, deployment)
+        if target not in ROUTABLE or target not in SERVABLE:
+            # a version leaving service leaves the policy (production too, if it was that)
+            version = row.version
+            leaves = target not in ROUTABLE
+
+            def strip(policy: TrafficPolicy) -> TrafficPolicy:
+                if leaves:
+                    return policy.without_version(version)
+                return policy.with_production(None) if policy.production == version else policy
+
+            self.traffic.apply(session, row.model, strip, reason=None, actor=actor)
 
     def _touch(self, session: Session, deployment: DeploymentRow) -> None:
         deployment.generation = self._bump_generation(session)
@@ -422,52 +430,123 @@ class Registry(TrafficPolicies):
         Walks STAGING -> STAGING_TESTED -> CANARY -> PRODUCTION (each step audited) and moves the
         version it replaces to DEPRECATED. Deploying the current production version is a no-op.
         """
-        who = actor or self.default_actor
         with self._write() as session:
-            row = self._version_row(session, model, version)
-            deployment = session.get(DeploymentRow, model)
-            if (
-                deployment is not None
-                and deployment.production_version == version
-                and row.state == State.PRODUCTION.value
-            ):
-                return self._deployment_info(deployment)
-            if row.state == State.CANARY.value:  # promoting the canary
-                self._transition(session, row, State.PRODUCTION, who, reason)
-            elif row.state == State.VALIDATED.value:
-                for step in DEPLOY_PATH:
-                    self._transition(session, row, step, who, reason)
-            else:
-                raise Conflict(
-                    f"version {version} of '{model}' is {row.state}; only a VALIDATED version "
-                    "(or the CANARY being promoted) can be deployed"
-                )
-            if deployment is None:
-                deployment = DeploymentRow(model=model, policy={})
-                session.add(deployment)
-            previous = deployment.production_version
-            if previous is not None and previous != version:
-                old = self._version_row(session, model, previous)
-                if old.state == State.PRODUCTION.value:
-                    self._transition(
-                        session, old, State.DEPRECATED, who, f"replaced by version {version}"
-                    )
-            deployment.production_version = version
-            policy = dict(deployment.policy or {})
-            if (policy.get("canary") or {}).get("version") == version:
-                policy["canary"] = None
-                deployment.policy = policy
-            self._touch(session, deployment)
-            audit.append(
-                session,
-                actor=who,
-                action="deploy",
-                model=model,
-                version=version,
-                details={"previous": previous, "reason": reason},
+            return self._deploy_in(
+                session, model, version, reason=reason, actor=actor or self.default_actor
             )
-            session.flush()
+
+    def _deploy_in(
+        self, session: Session, model: str, version: int, *, reason: str, actor: str
+    ) -> DeploymentInfo:
+        row = self._version_row(session, model, version)
+        deployment = session.get(DeploymentRow, model)
+        if (
+            deployment is not None
+            and deployment.production_version == version
+            and row.state == State.PRODUCTION.value
+        ):
             return self._deployment_info(deployment)
+        if row.state == State.CANARY.value:  # promoting the canary
+            self._transition(session, row, State.PRODUCTION, actor, reason)
+        elif row.state == State.VALIDATED.value:
+            for step in DEPLOY_PATH:
+                self._transition(session, row, step, actor, reason)
+        else:
+            raise Conflict(
+                f"version {version} of '{model}' is {row.state}; only a VALIDATED version "
+                "(or the CANARY being promoted) can be deployed"
+            )
+        if deployment is None:
+            deployment = DeploymentRow(model=model, policy={}, generation=0)
+            session.add(deployment)
+        previous = deployment.production_version
+        if previous is not None and previous != version:
+            old = self._version_row(session, model, previous)
+            if old.state == State.PRODUCTION.value:
+                self._transition(
+                    session, old, State.DEPRECATED, actor, f"replaced by version {version}"
+                )
+        # the policy change (production, and the canary cleared if it was this version)
+        self.traffic.apply(
+            session, model, lambda p: p.with_production(version), reason=None, actor=actor
+        )
+        audit.append(
+            session,
+            actor=actor,
+            action="deploy",
+            model=model,
+            version=version,
+            details={"previous": previous, "reason": reason},
+        )
+        session.flush()
+        session.refresh(deployment)
+        return self._deployment_info(deployment)
+
+    # -- traffic policies (registry/policies.py) ----------------------------------------------
+
+    def get_policy(self, model: str) -> TrafficPolicy:
+        return self.traffic.get(model)
+
+    def get_policy_and_generation(self, model: str) -> tuple[TrafficPolicy, int]:
+        """The policy and its deployment generation (what ``expected_generation`` compares)."""
+        return self.traffic.read(model)
+
+    def policies(self) -> dict[str, TrafficPolicy]:
+        """The traffic policy of every deployment whose serving is enabled."""
+        return self.traffic.serving()
+
+    def edit_policy(
+        self,
+        model: str,
+        change: Change,
+        *,
+        reason: str,
+        actor: str | None = None,
+        expected_generation: int | None = None,
+    ) -> TrafficPolicy:
+        """Apply ``change`` (e.g. ``lambda p: p.with_shadow(3, 10)``) in ONE write transaction,
+        conditional on the generation read (Conflict if ``expected_generation`` is stale)."""
+        return self.traffic.edit(
+            model, change, reason=reason, actor=actor, expected_generation=expected_generation
+        )
+
+    def set_policy(
+        self,
+        model: str,
+        data: dict[str, Any],
+        *,
+        reason: str = "traffic policy",
+        actor: str | None = None,
+        expected_generation: int | None = None,
+    ) -> TrafficPolicy:
+        """Replace every route of the policy but production (which changes with deploy);
+        every version named must be routable. A refused policy leaves the running one."""
+        return self.traffic.set(
+            model, data, reason=reason, actor=actor, expected_generation=expected_generation
+        )
+
+    def start_canary(
+        self, model: str, version: int, percent: float, *, actor: str | None = None
+    ) -> TrafficPolicy:
+        """Walk a VALIDATED version to CANARY and give it ``percent`` of the units."""
+        return self.traffic.start_canary(model, version, percent, actor=actor)
+
+    def promote_canary(self, model: str, *, actor: str | None = None) -> TrafficPolicy:
+        return self.traffic.promote_canary(model, actor=actor)
+
+    def rollback_canary(
+        self, model: str, *, reason: str, actor: str | None = None
+    ) -> TrafficPolicy:
+        """Take all traffic off the canary and move it CANARY -> ROLLBACK (audited)."""
+        return self.traffic.rollback_canary(model, reason=reason, actor=actor)
+
+    def record_rewards(
+        self, model: str, bandit: str, rewards: dict[int, tuple[float, float]]
+    ) -> None:
+        self.traffic.record_rewards(model, bandit, rewards)
+
+    def bandit_stats(self) -> dict[tuple[str, str], dict[int, tuple[float, float]]]:
+        return self.traffic.bandit_stats()
 
     # -- deployments --------------------------------------------------------------------------
 

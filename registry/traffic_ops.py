@@ -1,94 +1,107 @@
-"""Operator actions on a model's traffic policy; the CLI and the admin API both call these."""
+"""Operator actions on a model's traffic policy; the CLI and the admin API both call these.
+
+Each is ONE ``registry.edit_policy`` call: a method of the typed policy applied in one write
+transaction with a generation compare-and-set (registry/policies.py), audited under ``actor``.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from registry.errors import Conflict, InvalidRequest
+from registry.errors import InvalidRequest
 from registry.service import Registry
-from registry.traffic import TrafficPolicy
-
-
-def _edit(
-    registry: Registry, model: str, change: dict[str, Any], reason: str, actor: str | None
-) -> TrafficPolicy:
-    current = registry.get_policy(model).to_dict()
-    current.pop("production", None)
-    current.update(change)
-    return registry.set_policy(model, current, reason=reason, actor=actor)
+from registry.traffic import TrafficPolicy, Variant, parse_variants
 
 
 def set_shadow(
     registry: Registry, model: str, version: int, percent: float, actor: str | None = None
 ) -> TrafficPolicy:
     """Mirror ``percent`` of the model's requests to ``version`` (replacing its old share)."""
-    shadows = [
-        s for s in registry.get_policy(model).to_dict()["shadows"] if s["version"] != version
-    ]
-    shadows.append({"version": version, "percent": percent})
-    return _edit(registry, model, {"shadows": shadows}, f"shadow v{version} {percent:g}%", actor)
+    return registry.edit_policy(
+        model,
+        lambda p: p.with_shadow(version, percent),
+        reason=f"shadow v{version} {percent:g}%",
+        actor=actor,
+    )
 
 
 def remove_shadow(
     registry: Registry, model: str, version: int, actor: str | None = None
 ) -> TrafficPolicy:
-    shadows = registry.get_policy(model).to_dict()["shadows"]
-    kept = [s for s in shadows if s["version"] != version]
-    if len(kept) == len(shadows):
-        raise Conflict(f"model '{model}' has no shadow version {version}")
-    return _edit(registry, model, {"shadows": kept}, f"remove shadow v{version}", actor)
+    return registry.edit_policy(
+        model, lambda p: p.without_shadow(version), reason=f"remove shadow v{version}", actor=actor
+    )
 
 
 def start_experiment(
     registry: Registry,
     model: str,
     experiment_id: str,
-    variants: list[dict[str, Any]],
+    variants: Sequence[Variant] | Sequence[Any],
     salt: str | None = None,
     actor: str | None = None,
+    *,
+    share: float | None = None,
 ) -> TrafficPolicy:
-    experiments = registry.get_policy(model).to_dict()["experiments"]
-    if any(e["id"] == experiment_id for e in experiments):
-        raise Conflict(f"experiment '{experiment_id}' is already running on '{model}'")
-    experiments.append({"id": experiment_id, "variants": variants, "salt": salt or experiment_id})
-    return _edit(
-        registry, model, {"experiments": experiments}, f"start experiment {experiment_id}", actor
+    """Start an experiment on ``share`` % of the experiment layer (default: the largest free
+    range). ``variants``: typed, or their JSON form ``[{version, weight, name?}]``."""
+
+    def start(policy: TrafficPolicy) -> TrafficPolicy:
+        typed = (
+            tuple(v for v in variants if isinstance(v, Variant))
+            if all(isinstance(v, Variant) for v in variants)
+            else parse_variants(list(variants), f"experiments[{len(policy.experiments)}]")
+        )
+        return policy.with_experiment(experiment_id, typed, salt=salt, share=share)
+
+    return registry.edit_policy(
+        model, start, reason=f"start experiment {experiment_id}", actor=actor
     )
 
 
 def stop_experiment(
     registry: Registry, model: str, experiment_id: str, actor: str | None = None
 ) -> TrafficPolicy:
-    experiments = registry.get_policy(model).to_dict()["experiments"]
-    kept = [e for e in experiments if e["id"] != experiment_id]
-    if len(kept) == len(experiments):
-        raise Conflict(f"model '{model}' has no running experiment '{experiment_id}'")
-    return _edit(registry, model, {"experiments": kept}, f"stop experiment {experiment_id}", actor)
+    return registry.edit_policy(
+        model,
+        lambda p: p.without_experiment(experiment_id),
+        reason=f"stop experiment {experiment_id}",
+        actor=actor,
+    )
+
+
+def move_canary(
+    registry: Registry, model: str, percent: float, actor: str | None = None
+) -> TrafficPolicy:
+    """Give the running canary ``percent`` of the units (Conflict if there is none)."""
+
+    def move(policy: TrafficPolicy) -> TrafficPolicy:
+        if policy.canary is None:
+            return policy.without_canary()  # raises: there is no canary
+        return policy.with_canary(policy.canary.version, percent)
+
+    return registry.edit_policy(model, move, reason=f"canary {percent:g}%", actor=actor)
 
 
 def promote_canary(registry: Registry, model: str, actor: str | None = None) -> TrafficPolicy:
-    canary = registry.get_policy(model).canary
-    if canary is None:
-        raise Conflict(f"model '{model}' has no canary to promote")
-    registry.deploy(model, canary.version, reason="promote canary", actor=actor)
-    return registry.get_policy(model)
+    return registry.promote_canary(model, actor=actor)
 
 
-def parse_variants(pairs: list[str]) -> list[dict[str, Any]]:
-    """``["2=50", "3=50"]`` or ``["control:2=50"]`` -> variant dicts; errors name the pair."""
+def parse_variant_pairs(pairs: list[str]) -> tuple[Variant, ...]:
+    """``["2=50", "3=50"]`` or ``["control:2=50"]`` -> variants; errors name the pair."""
     variants = []
     for pair in pairs:
         left, sep, weight = pair.partition("=")
         name, colon, version = left.rpartition(":")
+        if not sep:
+            raise InvalidRequest(f"variant {pair!r}: expected [NAME:]VERSION=WEIGHT")
         try:
-            variant: dict[str, Any] = {"version": int(version), "weight": float(weight)}
+            number, share = int(version), float(weight)
         except ValueError:
             raise InvalidRequest(
                 f"variant {pair!r}: expected [NAME:]VERSION=WEIGHT, e.g. control:3=50"
             ) from None
-        if not sep:
-            raise InvalidRequest(f"variant {pair!r}: expected [NAME:]VERSION=WEIGHT")
-        if colon:
-            variant["name"] = name
-        variants.append(variant)
-    return variants
+        variants.append(Variant(number, share, name if colon and name else f"v{number}"))
+    return tuple(variants)
+

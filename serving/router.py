@@ -3,10 +3,20 @@
 Built from a model's :class:`~registry.traffic.TrafficPolicy` whenever the policy changes, then
 asked per request; a decision costs a few microseconds (a hash, a comparison or two).
 
-Order: a pinned version > the first matching segment > an experiment or the bandit > the
-canary > production. The unit id (``roost-user`` header, or an entity id) makes experiment and
-canary assignment sticky: ``hash(salt, unit)`` picks the same arm every time. Requests without
-a unit are assigned at random.
+Order: a pinned version > the first matching segment > the canary > an experiment or the
+bandit > production. The unit id (``roost-user`` header, or an entity id) makes canary and
+experiment assignment sticky: ``hash(salt, unit)`` picks the same arm every time. Requests
+without a unit are assigned at random (the same scheme with random points).
+
+Scheme (documented in full in registry/traffic.py): the canary takes its percent of ALL units
+first, by its own salt, so it gets exactly that share whatever else runs (never silently 0 %).
+The units it leaves fall on one shared experiment layer, ``bucket("experiments", unit)``, where
+every experiment owns a DISJOINT range ``[offset, offset + share)`` (shares sum to at most 100,
+enforced when the policy is written); inside its range ``bucket(experiment salt, unit)`` picks
+the variant by weight. Disjoint ranges rather than layered salts, because with layered salts a
+unit lands in several experiments but only one can answer it, so every experiment but the first
+would silently lose units to the ones before it. Units outside every range, and every unit when
+a bandit runs instead of experiments, go on: to the bandit, else production.
 """
 
 from __future__ import annotations
@@ -17,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from registry.traffic import Bandit, TrafficPolicy
+from registry.traffic import EXPERIMENT_LAYER_SALT, Bandit, TrafficPolicy
 
 _SCALE = 100.0 / float(1 << 64)
 
@@ -60,8 +70,14 @@ class ModelRouter:
         self.evidence: dict[int, tuple[float, float]] = dict(bandit_evidence or {})
         self._rng = rng or random.Random()
         self._experiments = [
-            (e.id, e.salt, _cumulative([(v.weight, v.version, v.name) for v in e.variants]))
-            for e in policy.experiments
+            (
+                e.offset,
+                e.end,
+                e.id,
+                e.salt,
+                _cumulative([(v.weight, v.version, v.name) for v in e.variants]),
+            )
+            for e in sorted(policy.experiments, key=lambda e: e.offset)
         ]
         self._canary_salt = f"canary:{policy.canary.version}" if policy.canary is not None else ""
         self._flags = frozenset(policy.flags)
@@ -74,24 +90,26 @@ class ModelRouter:
         for segment in policy.segments:
             if self._matches(segment.kind, segment.key, segment.values, facts):
                 return Decision(segment.version, "segment", segment.id, None, shadows)
-        for exp_id, salt, arms in self._experiments:
-            point = bucket(salt, facts.unit) if facts.unit is not None else self._rng.random() * 100
-            version, name = _pick(arms, point)
-            return Decision(version, "experiment", name, exp_id, shadows)
-        if policy.bandit is not None:
+        unit = facts.unit
+        if policy.canary is not None and policy.canary.percent > 0:
+            if self._point(self._canary_salt, unit) < policy.canary.percent:
+                return Decision(policy.canary.version, "canary", "canary", None, shadows)
+        if self._experiments:
+            layer = self._point(EXPERIMENT_LAYER_SALT, unit)
+            for start, end, exp_id, salt, arms in self._experiments:
+                if start <= layer < end:
+                    version, name = _pick(arms, self._point(salt, unit))
+                    return Decision(version, "experiment", name, exp_id, shadows)
+        elif policy.bandit is not None:
             version = self._bandit_arm(policy.bandit)
             return Decision(version, "bandit", f"v{version}", policy.bandit.id, shadows)
-        if policy.canary is not None and policy.canary.percent > 0:
-            point = (
-                bucket(self._canary_salt, facts.unit)
-                if facts.unit is not None
-                else self._rng.random() * 100
-            )
-            if point < policy.canary.percent:
-                return Decision(policy.canary.version, "canary", "canary", None, shadows)
         if policy.production is None:
             raise LookupError("no production version")
         return Decision(policy.production, "production", "production", None, shadows)
+
+    def _point(self, salt: str, unit: str | None) -> float:
+        """The unit's sticky position in [0, 100) under ``salt``; random without a unit."""
+        return bucket(salt, unit) if unit is not None else self._rng.random() * 100
 
     def _shadows(self) -> tuple[int, ...]:
         if not self.policy.shadows:

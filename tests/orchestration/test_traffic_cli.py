@@ -60,7 +60,7 @@ def test_traffic_commands_change_validate_and_audit_the_policy(
     # a second canary (here on a version that is not even VALIDATED) is refused; nothing changes
     err = failed_cleanly(roost(home, "canary", "m", "3", "--percent", "10"))
     assert err == (
-        "error: version 2 of 'm' is the canary; promote or roll it back before starting another\n"
+        "error: canary: version 2 is the canary; promote or roll it back before starting another\n"
     )
     assert _stored(home) == (stored, states)
 
@@ -72,7 +72,7 @@ def test_traffic_commands_change_validate_and_audit_the_policy(
     assert policy["canary"] == {"version": 2, "percent": 10.0}
 
     policy = as_json(
-        roost(home, "experiment", "start", "m", "--id", "e1",
+        roost(home, "experiment", "start", "m", "--id", "e1", "--share", "60",
               "--variant", "control:1=50", "--variant", "3=50")
     )
     expected = {
@@ -82,6 +82,8 @@ def test_traffic_commands_change_validate_and_audit_the_policy(
             {
                 "id": "e1",
                 "salt": "e1",
+                "share": 60.0,  # of the units the canary leaves: [0, 60) of the layer
+                "offset": 0.0,
                 "variants": [
                     {"version": 1, "weight": 50.0, "name": "control"},
                     {"version": 3, "weight": 50.0, "name": "v3"},
@@ -112,6 +114,15 @@ def test_traffic_commands_change_validate_and_audit_the_policy(
               "9=50")
     )
     assert err == "error: model 'm' has no version 9\n"
+    # and one that does not fit in what e1 leaves of the experiment layer
+    err = failed_cleanly(
+        roost(home, "experiment", "start", "m", "--id", "e2", "--share", "50",
+              "--variant", "1=50", "--variant", "3=50")
+    )
+    assert err == (
+        "error: experiments[1].share: 50% does not fit; the largest free range is 40% "
+        "(taken: 'e1' 60%)\n"
+    )
     assert _stored(home) == (stored, states)
 
     policy = as_json(roost(home, "experiment", "stop", "m", "--id", "e1"))

@@ -130,7 +130,7 @@ def test_refused_canary_changes_nothing(setup: Registry) -> None:
         setup.start_canary("m", 2, 150)
     assert setup.get_version("m", 2).state is State.VALIDATED
     setup.start_canary("m", 2, 5)
-    with pytest.raises(Conflict, match="version 2 of 'm' is the canary"):
+    with pytest.raises(Conflict, match="canary: version 2 is the canary; promote or roll it back"):
         setup.start_canary("m", 3, 5)
     assert setup.get_version("m", 3).state is State.VALIDATED
     assert setup.start_canary("m", 2, 20).canary.percent == 20  # type: ignore[union-attr]

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Callable
 
 import pytest
 
+from registry import InvalidRequest
 from registry.traffic import parse_policy
-from serving.router import ModelRouter, RequestFacts
+from serving.router import Decision, ModelRouter, RequestFacts
 
 UNITS = [f"user-{i}" for i in range(10_000)]
 
@@ -83,7 +85,6 @@ def test_segments_flags_and_evaluation_order() -> None:
     flagged = RequestFacts(unit="u", flags=frozenset({"new-ui"}))
     assert r.decide(flagged).version == 6
     plain = r.decide(RequestFacts(unit="u"))
-    assert plain.route == "experiment" and plain.version in (2, 3)
     # pinned beats everything
     pinned = r.decide(beta, pinned=1)
     assert (pinned.version, pinned.route) == (1, "pinned")
@@ -91,10 +92,12 @@ def test_segments_flags_and_evaluation_order() -> None:
     on = router({"segments": [{"id": "f", "version": 6, "match": {"flag": "dark"}}],
                  "flags": ["dark"]})
     assert on.decide(RequestFacts()).version == 6
-    # experiment beats canary; without experiments the 100% canary answers
-    assert router({"canary": {"version": 7, "percent": 100}}).decide(RequestFacts()).route == (
-        "canary"
-    )
+    # the canary takes its percent of the units before the experiments: at 100 % it answers all
+    # the units no segment took
+    assert plain.route == "canary"
+    no_canary = router({"experiments": [{"id": "e", "variants": [
+        {"version": 2, "weight": 50}, {"version": 3, "weight": 50}]}]})
+    assert no_canary.decide(RequestFacts(unit="u")).route == "experiment"
 
 
 def test_shadow_percent() -> None:
@@ -120,3 +123,116 @@ def test_bandit_shifts_traffic_to_the_better_arm_and_keeps_a_floor(algorithm: st
     final = Counter(r.decide(RequestFacts()).version for _ in range(4000))
     assert final[2] / 4000 > 0.8, final
     assert final[1] / 4000 >= 0.04, "the floor keeps exploring the worse arm"
+
+
+def _experiment(exp_id: str, share: float, *variants: tuple[int, float, str]) -> dict[str, object]:
+    return {
+        "id": exp_id,
+        "share": share,
+        "variants": [{"version": v, "weight": w, "name": n} for v, w, n in variants],
+    }
+
+
+THREE_EXPERIMENTS = [
+    _experiment("colour", 20, (1, 50, "blue"), (2, 50, "red")),
+    _experiment("price", 30, (1, 70, "old-price"), (3, 30, "new-price")),
+    _experiment("ranking", 40, (1, 34, "bm25"), (2, 33, "dense"), (3, 33, "hybrid")),
+]
+MANY_UNITS = [f"unit-{i}" for i in range(20_000)]
+
+
+def _shares(decisions: list[Decision], key: Callable[[Decision], object]) -> dict[object, float]:
+    counts = Counter(key(d) for d in decisions)
+    return {k: 100 * n / len(decisions) for k, n in counts.items()}
+
+
+def _variant_shares_hold(decisions: list[Decision]) -> None:
+    """Inside each experiment every variant gets its weight (within 2.5 points)."""
+    for spec in THREE_EXPERIMENTS:
+        inside = [d for d in decisions if d.experiment == spec["id"]]
+        got = _shares(inside, lambda d: d.variant)
+        for variant in spec["variants"]:  # type: ignore[attr-defined]
+            assert abs(got.get(variant["name"], 0) - variant["weight"]) < 2.5, (spec["id"], got)
+
+
+def test_several_experiments_each_get_their_share_sticky_per_unit() -> None:
+    r = router({"experiments": THREE_EXPERIMENTS})
+    decisions = [r.decide(RequestFacts(unit=u)) for u in MANY_UNITS]
+    by_experiment = _shares(decisions, lambda d: d.experiment)
+    assert abs(by_experiment["colour"] - 20) < 2
+    assert abs(by_experiment["price"] - 30) < 2
+    assert abs(by_experiment["ranking"] - 40) < 2
+    assert abs(by_experiment[None] - 10) < 2  # the layer's free 10 % stays on production
+    assert {d.route for d in decisions if d.experiment is None} == {"production"}
+    _variant_shares_hold(decisions)
+    # sticky: a fresh router (other random state) decides every unit the same way
+    again = router({"experiments": THREE_EXPERIMENTS}, seed=42)
+    assert all(again.decide(RequestFacts(unit=u)) == d for u, d in zip(MANY_UNITS, decisions,
+                                                                        strict=True))
+    # stopping one experiment moves nobody else: its units go to production, the rest stay
+    stored = parse_policy({"production": 1, "experiments": THREE_EXPERIMENTS})
+    fewer = ModelRouter(stored.without_experiment("price"), rng=random.Random(1))
+    for u, d in zip(MANY_UNITS[:5000], decisions, strict=False):
+        after = fewer.decide(RequestFacts(unit=u))
+        assert after == d if d.experiment != "price" else after.route == "production"
+
+
+def test_requests_without_a_unit_follow_the_same_shares() -> None:
+    r = router({"experiments": THREE_EXPERIMENTS}, seed=5)
+    decisions = [r.decide(RequestFacts()) for _ in range(20_000)]
+    by_experiment = _shares(decisions, lambda d: d.experiment)
+    for spec in THREE_EXPERIMENTS:
+        assert abs(by_experiment[spec["id"]] - spec["share"]) < 2  # type: ignore[operator]
+
+
+def test_canary_and_experiments_coexist() -> None:
+    r = router({"canary": {"version": 7, "percent": 10}, "experiments": THREE_EXPERIMENTS})
+    decisions = [r.decide(RequestFacts(unit=u)) for u in MANY_UNITS]
+    routes = _shares(decisions, lambda d: d.route)
+    assert abs(routes["canary"] - 10) < 1.5, "the canary keeps its percent of ALL units"
+    by_experiment = _shares(decisions, lambda d: d.experiment)
+    for spec in THREE_EXPERIMENTS:  # experiments split the other 90 %
+        assert abs(by_experiment[spec["id"]] - 0.9 * spec["share"]) < 2  # type: ignore[operator]
+    assert abs(routes["production"] - 9) < 2
+    _variant_shares_hold(decisions)
+    # the canary's units are the same ones it gets without experiments (its own salt)
+    alone = router({"canary": {"version": 7, "percent": 10}})
+    assert all(
+        (alone.decide(RequestFacts(unit=u)).route == "canary") == (d.route == "canary")
+        for u, d in zip(MANY_UNITS, decisions, strict=True)
+    )
+
+
+def test_canary_and_bandit_coexist() -> None:
+    r = router({"canary": {"version": 7, "percent": 25},
+                "bandit": {"id": "b", "arms": [1, 2], "algorithm": "thompson"}}, seed=2)
+    decisions = [r.decide(RequestFacts(unit=u)) for u in MANY_UNITS[:8000]]
+    routes = _shares(decisions, lambda d: d.route)
+    assert abs(routes["canary"] - 25) < 2 and abs(routes["bandit"] - 75) < 2
+
+
+@pytest.mark.parametrize(
+    ("experiments", "message"),
+    [
+        ([THREE_EXPERIMENTS[0], THREE_EXPERIMENTS[1], {**THREE_EXPERIMENTS[2], "share": 60}],
+         r"shares must sum to at most 100, got 110 \('colour' 20%, 'price' 30%, 'ranking' 60%\)"),
+        ([{**THREE_EXPERIMENTS[0], "offset": 0}, {**THREE_EXPERIMENTS[1], "offset": 10}],
+         r"'price' \[10, 40\) overlaps 'colour' \[0, 20\)"),
+        ([{**THREE_EXPERIMENTS[0], "share": 100}, {**THREE_EXPERIMENTS[1], "share": None}],
+         "experiments\\[1\\].share: the experiments with a share take all the traffic"),
+        ([{**THREE_EXPERIMENTS[0], "share": 0}], r"experiments\[0\].share: expected a percentage"),
+    ],
+)
+def test_experiment_shares_are_checked(experiments: list[object], message: str) -> None:
+    with pytest.raises(InvalidRequest, match=message):
+        parse_policy({"production": 1, "experiments": experiments})
+
+
+def test_experiments_without_shares_split_the_layer() -> None:
+    bare = [{k: v for k, v in e.items() if k != "share"} for e in THREE_EXPERIMENTS]
+    policy = parse_policy({"production": 1, "experiments": bare})
+    assert [(e.share, e.offset) for e in policy.experiments] == [
+        (pytest.approx(100 / 3), 0.0),
+        (pytest.approx(100 / 3), pytest.approx(100 / 3)),
+        (pytest.approx(100 / 3), pytest.approx(200 / 3)),
+    ]
