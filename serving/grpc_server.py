@@ -14,23 +14,21 @@ their 4-byte little-endian length; FP16 only this way). Responses always carry
 from __future__ import annotations
 
 import logging
-import struct
 from typing import Any, NoReturn
 
 import grpc
 import numpy as np
-import numpy.typing as npt
 import orjson
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from registry import RoostError, RoostSettings
 from registry.errors import InvalidRequest, NotFound, ServiceUnavailable
-from registry.signature import OIP_TO_NUMPY, numpy_to_oip
 from serving import oip
 from serving.auth import KeyChecker
 from serving.batching import QueueFull
 from serving.dataplane import MAX_LOGGED_INPUT_CHARS, CallContext, DataPlane
+from serving.protocol.grpc_codec import decode_model_infer_request, encode_model_infer_response
 
 __all__ = ["GrpcBindError", "InferenceServicer", "grpc_address", "start_grpc_server"]
 
@@ -42,8 +40,6 @@ REQUEST_ID_METADATA = "x-request-id"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 STOP_GRACE_S = 5.0
 
-_DATATYPES = ", ".join(OIP_TO_NUMPY)
-
 _STATUS_TO_CODE: dict[int, grpc.StatusCode] = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
     401: grpc.StatusCode.UNAUTHENTICATED,
@@ -53,226 +49,12 @@ _STATUS_TO_CODE: dict[int, grpc.StatusCode] = {
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
-# Which ``InferTensorContents`` field carries each datatype (FP16 has none: raw only).
-_CONTENTS_FIELD: dict[str, str] = {
-    "BOOL": "bool_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-    "BYTES": "bytes_contents",
-}
-_CONTENTS_FIELDS = tuple(dict.fromkeys(_CONTENTS_FIELD.values()))
-# Datatypes narrower than their contents field: values must be range-checked.
-_NARROW_INT: dict[str, tuple[int, int]] = {
-    name: (int(np.iinfo(OIP_TO_NUMPY[name]).min), int(np.iinfo(OIP_TO_NUMPY[name]).max))
-    for name in ("INT8", "INT16", "UINT8", "UINT16")
-}
-_LENGTH = struct.Struct("<I")
-
-
 class GrpcBindError(RuntimeError):
     """The gRPC server could not listen on its address."""
 
 
 # --------------------------------------------------------------------------------------------
-# decoding ModelInferRequest
-
-
-def _shape_text(shape: tuple[int, ...]) -> str:
-    return str(list(shape))
-
-
-def _check_count(name: str, shape: tuple[int, ...], count: int, got: int) -> None:
-    if got != count:
-        raise InvalidRequest(
-            f"input '{name}': shape {_shape_text(shape)} needs {count} values, got {got}"
-        )
-
-
-def _parameter_value(parameter: Any) -> Any:
-    kind = parameter.WhichOneof("parameter_choice")
-    return None if kind is None else getattr(parameter, kind)
-
-
-def _parameters(parameters: Any) -> dict[str, Any]:
-    return {key: _parameter_value(value) for key, value in parameters.items()}
-
-
-def _typed_array(
-    name: str, datatype: str, shape: tuple[int, ...], count: int, contents: Any
-) -> npt.NDArray[Any]:
-    """The tensor from ``contents``: the datatype's field, with the right number of values."""
-    field = _CONTENTS_FIELD.get(datatype)
-    others = [f for f in _CONTENTS_FIELDS if f != field and len(getattr(contents, f))]
-    if others:
-        where = f"'{field}'" if field else "raw_input_contents"
-        raise InvalidRequest(
-            f"input '{name}': {datatype} data must be sent in {where}, got '{others[0]}'"
-        )
-    if field is None:  # FP16
-        if count:
-            raise InvalidRequest(
-                f"input '{name}': {datatype} data must be sent in raw_input_contents"
-            )
-        return np.empty(shape, dtype=OIP_TO_NUMPY[datatype])
-    values = getattr(contents, field)
-    _check_count(name, shape, count, len(values))
-    if datatype == "BYTES":
-        array = np.empty(count, dtype=np.object_)
-        array[:] = list(values)
-        return array.reshape(shape)
-    dtype = OIP_TO_NUMPY[datatype]
-    if datatype in _NARROW_INT:
-        wide = np.array(values, dtype=np.int64)
-        low, high = _NARROW_INT[datatype]
-        bad = np.flatnonzero((wide < low) | (wide > high))
-        if bad.size:
-            index = int(bad[0])
-            raise InvalidRequest(
-                f"input '{name}': value {int(wide[index])} out of range for {datatype} "
-                f"({low} to {high}) at index {index}"
-            )
-        return wide.astype(dtype).reshape(shape)
-    return np.array(values, dtype=dtype).reshape(shape)
-
-
-def _raw_bytes_array(
-    name: str, shape: tuple[int, ...], count: int, raw: bytes
-) -> npt.NDArray[Any]:
-    """BYTES raw format: per element a 4-byte little-endian length, then that many bytes."""
-    items: list[bytes] = []
-    offset, end = 0, len(raw)
-    while offset < end:
-        if len(items) == count:
-            break
-        if offset + 4 > end:
-            raise InvalidRequest(
-                f"input '{name}': raw BYTES data is truncated in the length prefix of "
-                f"element {len(items)}"
-            )
-        (length,) = _LENGTH.unpack_from(raw, offset)
-        offset += 4
-        if offset + length > end:
-            raise InvalidRequest(
-                f"input '{name}': raw BYTES element {len(items)} declares {length} bytes, "
-                f"only {end - offset} remain"
-            )
-        items.append(raw[offset : offset + length])
-        offset += length
-    if offset < end:
-        raise InvalidRequest(
-            f"input '{name}': shape {_shape_text(shape)} needs {count} values, "
-            f"raw BYTES data holds more"
-        )
-    _check_count(name, shape, count, len(items))
-    array = np.empty(count, dtype=np.object_)
-    array[:] = items
-    return array.reshape(shape)
-
-
-def _raw_array(
-    name: str, datatype: str, shape: tuple[int, ...], count: int, raw: bytes
-) -> npt.NDArray[Any]:
-    if datatype == "BYTES":
-        return _raw_bytes_array(name, shape, count, raw)
-    dtype = OIP_TO_NUMPY[datatype]
-    expected = count * dtype.itemsize
-    if len(raw) != expected:
-        raise InvalidRequest(
-            f"input '{name}': shape {_shape_text(shape)} needs {count} values "
-            f"({expected} bytes of raw {datatype} data), got {len(raw)} bytes"
-        )
-    if datatype == "BOOL":
-        octets = np.frombuffer(raw, dtype=np.uint8)
-        bad = np.flatnonzero(octets > 1)
-        if bad.size:
-            index = int(bad[0])
-            raise InvalidRequest(
-                f"input '{name}': raw BOOL data must be bytes 0 or 1, "
-                f"got {int(octets[index])} at index {index}"
-            )
-        return octets.view(np.bool_).reshape(shape)
-    little = np.frombuffer(raw, dtype=dtype.newbyteorder("<"))
-    return little.astype(dtype, copy=False).reshape(shape)
-
-
-def _decode_input(tensor: Any, raw: bytes | None) -> oip.RequestInput:
-    name = tensor.name
-    if not name:
-        raise InvalidRequest("every input needs a non-empty 'name'")
-    datatype = tensor.datatype
-    if datatype not in OIP_TO_NUMPY:
-        raise InvalidRequest(
-            f"input '{name}': 'datatype' must be one of {_DATATYPES}, got {datatype!r}"
-        )
-    shape = tuple(int(d) for d in tensor.shape)
-    if any(d < 0 for d in shape):
-        raise InvalidRequest(
-            f"input '{name}': 'shape' must be a list of non-negative integers, "
-            f"got {_shape_text(shape)}"
-        )
-    count = oip.check_shape(name, shape)  # max_tensor_elements, before anything is allocated
-    if raw is None:
-        data = _typed_array(name, datatype, shape, count, tensor.contents)
-    else:
-        data = _raw_array(name, datatype, shape, count, raw)
-    return oip.RequestInput(name, datatype, shape, data, _parameters(tensor.parameters))
-
-
-def decode_model_infer_request(message: Any) -> oip.InferRequest:
-    """A ``ModelInferRequest`` as an OIP request; raises InvalidRequest naming the problem."""
-    if not message.inputs:
-        raise InvalidRequest("'inputs' must be a non-empty list of tensors, got an empty list")
-    raw_contents = message.raw_input_contents
-    if raw_contents:
-        if len(raw_contents) != len(message.inputs):
-            raise InvalidRequest(
-                f"raw_input_contents has {len(raw_contents)} entries for "
-                f"{len(message.inputs)} inputs; send one per input, in input order"
-            )
-        for tensor in message.inputs:
-            if tensor.HasField("contents"):
-                raise InvalidRequest(
-                    f"input '{tensor.name}': 'contents' must be empty when "
-                    "raw_input_contents is used"
-                )
-        inputs = [
-            _decode_input(tensor, raw)
-            for tensor, raw in zip(message.inputs, raw_contents, strict=True)
-        ]
-    else:
-        inputs = [_decode_input(tensor, None) for tensor in message.inputs]
-    seen: set[str] = set()
-    for item in inputs:
-        if item.name in seen:
-            raise InvalidRequest(f"input '{item.name}' appears more than once")
-        seen.add(item.name)
-    outputs: list[oip.RequestedOutput] | None = None
-    if message.outputs:
-        outputs = []
-        wanted: set[str] = set()
-        for index, requested in enumerate(message.outputs):
-            if not requested.name:
-                raise InvalidRequest(f"outputs[{index}]: 'name' must be a non-empty string")
-            if requested.name in wanted:
-                raise InvalidRequest(f"output '{requested.name}' is requested more than once")
-            wanted.add(requested.name)
-            outputs.append(
-                oip.RequestedOutput(requested.name, _parameters(requested.parameters))
-            )
-    return oip.InferRequest(
-        id=message.id or None,
-        inputs=inputs,
-        outputs=outputs,
-        parameters=_parameters(message.parameters),
-    )
+# the prediction log's rendering (the codec is serving.protocol.grpc_codec)
 
 
 def render_inputs(request: oip.InferRequest) -> bytes:
@@ -312,52 +94,6 @@ def _describe_inputs(message: Any) -> bytes:
             ]
         }
     )
-
-
-# --------------------------------------------------------------------------------------------
-# encoding ModelInferResponse
-
-
-def _serialize_bytes(array: npt.NDArray[Any]) -> bytes:
-    parts: list[bytes] = []
-    for value in array.ravel().tolist():
-        item = value if isinstance(value, bytes) else str(value).encode("utf-8")
-        parts.append(_LENGTH.pack(len(item)))
-        parts.append(item)
-    return b"".join(parts)
-
-
-def _encode_output(name: str, value: npt.NDArray[Any]) -> tuple[str, list[int], bytes]:
-    """(datatype, shape, raw little-endian bytes) of one output tensor."""
-    array = np.asarray(value)
-    if array.dtype.kind in "OSU":
-        return "BYTES", list(array.shape), _serialize_bytes(array)
-    native = array.dtype.newbyteorder("=")
-    try:
-        datatype = numpy_to_oip(native)
-    except ValueError as exc:
-        raise RoostError(f"output '{name}': {exc}") from None
-    raw = np.ascontiguousarray(array, dtype=native.newbyteorder("<")).tobytes()
-    return datatype, list(array.shape), raw
-
-
-def encode_model_infer_response(
-    model: str,
-    version: int,
-    request_id: str,
-    outputs: list[tuple[str, npt.NDArray[Any]]],
-    parameters: dict[str, str] | None = None,
-) -> Any:
-    response = pb.ModelInferResponse(
-        model_name=model, model_version=str(version), id=request_id
-    )
-    for key, value in (parameters or {}).items():
-        response.parameters[key].string_param = value
-    for name, array in outputs:
-        datatype, shape, raw = _encode_output(name, array)
-        response.outputs.add(name=name, datatype=datatype, shape=shape)
-        response.raw_output_contents.append(raw)
-    return response
 
 
 # --------------------------------------------------------------------------------------------
@@ -489,7 +225,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         decoded: oip.InferRequest | None = None
         failure: InvalidRequest | None = None
         try:
-            decoded = decode_model_infer_request(message)
+            decoded = decode_model_infer_request(message, self.limits)
             payload = render_inputs(decoded)
         except InvalidRequest as exc:
             # Let the data plane resolve the model first and log the failure against it.

@@ -8,6 +8,7 @@ import orjson
 
 from registry import InvalidRequest
 from serving import oip
+from serving.protocol.kserve import instances_to_rows, rows_to_request
 
 if TYPE_CHECKING:
     from serving.dataplane import DataPlane
@@ -24,14 +25,15 @@ def decode_instances(
     :mod:`features.online`) and the values used are returned under the request parameter
     ``roost.features`` for the prediction log.
     """
+    limits = oip.current_limits()  # the entry point: the limits in force
     try:
         body = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
-        raise oip.json_error(payload, exc, "request body") from None
+        raise oip.json_error(payload, exc, "request body", limits) from None
     if not isinstance(body, dict) or "instances" not in body:
         raise InvalidRequest('request body must be an object with "instances": [...]')
     instances = body["instances"]
-    limit = oip.current_limits().max_json_depth
+    limit = limits.max_json_depth
     for key, value in body.items():  # the instances' values are checked as they are converted
         if key != "instances":
             oip.check_json_depth(value, limit, f"'{key}'", base=1)
@@ -64,39 +66,6 @@ def decode_instances(
         rows = lookup.rows
         parameters[LOG_PARAMETER] = lookup.to_log()
     else:  # records or rows, inline
-        for i, instance in enumerate(instances):
-            if isinstance(instance, dict):
-                if names is None:
-                    raise InvalidRequest(
-                        f"instances[{i}]: model '{model}' has no feature names; send rows "
-                        "(lists of values) instead of records"
-                    )
-                unknown = sorted(set(instance) - set(names))
-                if unknown:
-                    raise InvalidRequest(
-                        f"instances[{i}]: unknown feature '{unknown[0]}'; expected features: "
-                        + ", ".join(names)
-                    )
-                missing = [n for n in names if n not in instance]
-                if missing:
-                    raise InvalidRequest(f"instances[{i}]: missing feature '{missing[0]}'")
-                rows.append([instance[n] for n in names])
-            elif isinstance(instance, list):
-                rows.append(instance)
-            else:
-                raise InvalidRequest(f"instances[{i}]: expected an object or a list")
-    width = spec.shape[1]
-    for i, row in enumerate(rows):
-        if width >= 0 and len(row) != width:
-            raise InvalidRequest(
-                f"instances[{i}]: expected {width} values, got {len(row)}"
-            )
-    shape = (len(rows), width if width >= 0 else len(rows[0]))
-    # the rows stand where 'instances' is, one level below the body (limits: check_shape)
-    array = oip.json_data_to_array(spec.name, spec.datatype, shape, rows, base=1)
-    return oip.InferRequest(
-        id=body.get("id") if isinstance(body.get("id"), str) else None,
-        inputs=[oip.RequestInput(spec.name, spec.datatype, shape, array, {})],
-        outputs=None,
-        parameters=parameters,
-    )
+        rows = instances_to_rows(instances, names, model)
+    request_id = body.get("id") if isinstance(body.get("id"), str) else None
+    return rows_to_request(spec, rows, request_id, parameters, limits)

@@ -224,8 +224,10 @@ def test_raw_contents_of_the_wrong_size_are_refused(stub: Any) -> None:
     with pytest.raises(grpc.RpcError) as info:
         stub.ModelInfer(request, timeout=10)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # the binary extension's message, naming where the bytes came from (serving.protocol.raw)
     assert info.value.details() == (
-        "input 'input': shape [1, 4] needs 4 values (16 bytes of raw FP32 data), got 12 bytes"
+        "input 'input': raw_input_contents of 12 bytes does not match shape [1, 4] of FP32 "
+        "(4 elements x 4 bytes = 16 bytes)"
     )
 
 
@@ -397,7 +399,10 @@ def test_decode_raw_bytes_and_parameters() -> None:
     assert decoded.inputs[1].data.tolist() == [1.5, -2.0]
     assert [o.name for o in decoded.outputs or []] == ["o"]
     request.raw_input_contents[0] = struct.pack("<I", 9) + b"ab"
-    with pytest.raises(InvalidRequest, match="raw BYTES element 0 declares 9 bytes"):
+    with pytest.raises(
+        InvalidRequest,
+        match="BYTES element 0 declares 9 bytes but only 2 are left in raw_input_contents",
+    ):
         decode_model_infer_request(request)
 
 

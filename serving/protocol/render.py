@@ -1,0 +1,138 @@
+"""The one rendering of a request's inputs for the prediction log: compact, structured JSON.
+
+``{"inputs":[{"name":..,"datatype":..,"shape":[..],"data":[..]}],"features":{..}}``
+
+* ``data`` is flat (row-major), like v2 JSON ``data``; NaN and +/-Inf show as the strings
+  ``"NaN"``, ``"Infinity"`` and ``"-Infinity"`` (JSON has no such numbers).
+* BYTES show as UTF-8 text when every element is valid UTF-8; otherwise every element is
+  base64 and the tensor says so with ``"encoding":"base64"``.
+* A tensor of more than :data:`MAX_RENDERED_ELEMENTS` elements is summarized instead of
+  listed: ``"summary":{"elements":n,"sha256":..}`` (the SHA-256 of its raw little-endian
+  bytes, BYTES length-prefixed as on the wire), plus ``min``/``max``/``mean`` for numbers and
+  ``true`` (how many) for BOOL. When the whole text would still pass
+  :data:`MAX_RENDERED_CHARS`, the largest listed tensors are summarized too, so the result
+  stays whole JSON: it never has to be cut, least of all mid-value.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+
+from serving.protocol.raw import encode_bytes_elements
+from serving.protocol.types import InferRequest, RequestInput
+
+__all__ = ["MAX_RENDERED_CHARS", "MAX_RENDERED_ELEMENTS", "render_inputs", "summarize_tensor"]
+
+MAX_RENDERED_ELEMENTS = 4096
+"""Tensors with more elements are summarized (name, datatype, shape, sha256, statistics)."""
+MAX_RENDERED_CHARS = 65536
+"""Above this many characters the largest listed tensors are summarized as well."""
+
+_NUMPY = orjson.OPT_SERIALIZE_NUMPY
+_NON_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
+
+
+def _number(value: float) -> float | str:
+    if math.isfinite(value):
+        return value
+    return "NaN" if math.isnan(value) else _NON_FINITE[value]
+
+
+def _float_data(flat: npt.NDArray[Any]) -> Any:
+    """Float data for orjson: the array itself when finite (no per-element work)."""
+    if flat.dtype == np.float16:
+        flat = flat.astype(np.float32)  # orjson has float16 support, not every build does
+    if np.isfinite(flat).all():
+        return flat
+    return [_number(value) for value in flat.tolist()]
+
+
+def _bytes_data(flat: npt.NDArray[Any]) -> tuple[list[str], bool]:
+    """(elements as text, whether they are base64)."""
+    raw = [
+        value if isinstance(value, bytes) else str(value).encode("utf-8")
+        for value in flat.tolist()
+    ]
+    try:
+        return [value.decode("utf-8") for value in raw], False
+    except UnicodeDecodeError:
+        return [base64.b64encode(value).decode("ascii") for value in raw], True
+
+
+def _raw_bytes(tensor: RequestInput) -> bytes:
+    if tensor.datatype == "BYTES":
+        return encode_bytes_elements(tensor.data)
+    array = np.asarray(tensor.data)
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+
+
+def summarize_tensor(tensor: RequestInput) -> dict[str, Any]:
+    """What the log keeps of a tensor too large to list."""
+    flat = np.asarray(tensor.data).reshape(-1)
+    summary: dict[str, Any] = {
+        "elements": int(flat.size),
+        "sha256": hashlib.sha256(_raw_bytes(tensor)).hexdigest(),
+    }
+    if flat.size and flat.dtype.kind in "iuf":
+        wide = flat.astype(np.float64) if flat.dtype.kind == "f" else flat
+        summary["min"] = _number(float(wide.min())) if wide.dtype.kind == "f" else int(wide.min())
+        summary["max"] = _number(float(wide.max())) if wide.dtype.kind == "f" else int(wide.max())
+        summary["mean"] = _number(float(np.mean(wide, dtype=np.float64)))
+    elif flat.dtype.kind == "b":
+        summary["true"] = int(np.count_nonzero(flat))
+    return {
+        "name": tensor.name,
+        "datatype": tensor.datatype,
+        "shape": list(tensor.shape),
+        "summary": summary,
+    }
+
+
+def _listed(tensor: RequestInput) -> dict[str, Any]:
+    flat = np.asarray(tensor.data).reshape(-1)
+    entry: dict[str, Any] = {
+        "name": tensor.name,
+        "datatype": tensor.datatype,
+        "shape": list(tensor.shape),
+    }
+    if tensor.datatype == "BYTES" or flat.dtype.kind == "O":
+        entry["data"], encoded = _bytes_data(flat)
+        if encoded:
+            entry["encoding"] = "base64"
+    elif flat.dtype.kind == "f":
+        entry["data"] = _float_data(flat)
+    else:
+        entry["data"] = flat if flat.dtype.isnative else flat.astype(flat.dtype.newbyteorder("="))
+    return entry
+
+
+def _dumps(value: Any) -> bytes:
+    return orjson.dumps(value, option=_NUMPY | orjson.OPT_NON_STR_KEYS, default=str)
+
+
+def render_inputs(request: InferRequest, features: Mapping[str, Any] | None = None) -> str:
+    """``request``'s inputs (and the ``features`` used, when given) as compact JSON text."""
+    parts: list[bytes] = []
+    for tensor in request.inputs:
+        if tensor.data.size > MAX_RENDERED_ELEMENTS:
+            parts.append(_dumps(summarize_tensor(tensor)))
+        else:
+            parts.append(_dumps(_listed(tensor)))
+    tail = b"}" if features is None else b',"features":' + _dumps(dict(features)) + b"}"
+    total = sum(map(len, parts)) + len(tail) + 12
+    if total > MAX_RENDERED_CHARS:
+        for index in sorted(range(len(parts)), key=lambda i: len(parts[i]), reverse=True):
+            if total <= MAX_RENDERED_CHARS:
+                break
+            summary = _dumps(summarize_tensor(request.inputs[index]))
+            total += len(summary) - len(parts[index])
+            parts[index] = summary
+    return (b'{"inputs":[' + b",".join(parts) + b"]" + tail).decode()
