@@ -1,48 +1,70 @@
 """Admin API for traffic: policies, canaries, shadows and experiments (state-changing).
 
-Changes go to the registry (validated, audited, generation bumped) and this gateway applies them
-at once; other gateways pick them up on their next poll.
+Changes go to the registry (validated, audited under the caller's name, generation bumped) and
+this gateway applies them at once; other gateways pick them up on their next poll. Request
+bodies are pydantic models, so ``/openapi.json`` describes them.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
-import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
 
-from registry import InvalidRequest, Registry
+from registry import Registry
 from registry import traffic_ops as ops
 from registry.traffic import TrafficPolicy
+from serving.auth import PrincipalDep
 from serving.rest import DataPlaneDep, json_response
 
 admin = APIRouter(prefix="/admin/models/{model}", tags=["admin"])
 
-
-async def _body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if not raw:
-        return {}
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise InvalidRequest("request body: expected a JSON object")
-    return data
+Percent = Annotated[StrictInt | StrictFloat, Field(description="0 to 100")]
 
 
-def _field(data: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
-    value = data.get(name)
-    if value is None or isinstance(value, bool) or not isinstance(value, kind):
-        expected = (
-            kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        )
-        raise InvalidRequest(f"{name}: expected {expected}, got {value!r}")
-    return value
+class PolicyBody(BaseModel):
+    """A whole traffic policy (as ``GET .../traffic`` shows it); the registry checks it."""
+
+    model_config = ConfigDict(extra="allow")
+    canary: dict[str, Any] | None = None
+    experiments: list[dict[str, Any]] = []
+    shadows: list[dict[str, Any]] = []
+    segments: list[dict[str, Any]] = []
+    bandit: dict[str, Any] | None = None
+    flags: list[str] = []
+
+
+class CanaryBody(BaseModel):
+    version: StrictInt
+    percent: Percent
+
+
+class RollbackBody(BaseModel):
+    reason: str | None = None
+
+
+class ShadowBody(BaseModel):
+    version: StrictInt
+    percent: Percent = 100.0
+
+
+class VariantBody(BaseModel):
+    version: StrictInt
+    weight: StrictInt | StrictFloat
+    name: str | None = None
+
+
+class ExperimentBody(BaseModel):
+    id: str
+    variants: list[VariantBody] = Field(min_length=1)
+    salt: str | None = None
+    share: StrictInt | StrictFloat | None = Field(
+        default=None, description="% of the experiment layer (default: the largest free range)"
+    )
 
 
 async def _apply(
@@ -61,73 +83,86 @@ async def show(request: Request, model: str) -> Response:
 
 
 @admin.put("/traffic")
-async def replace(request: Request, plane: DataPlaneDep, model: str) -> Response:
-    data = await _body(request)
+async def replace(
+    request: Request, plane: DataPlaneDep, who: PrincipalDep, model: str, body: PolicyBody
+) -> Response:
+    data = body.model_dump(exclude_unset=True)
     return await _apply(
-        request, plane, lambda r: r.set_policy(model, data, reason="admin API", actor="admin-api")
+        request, plane, lambda r: r.set_policy(model, data, reason="admin API", actor=who.actor)
     )
 
 
 @admin.post("/canary")
-async def canary(request: Request, plane: DataPlaneDep, model: str) -> Response:
-    data = await _body(request)
-    version = _field(data, "version", int)
-    percent = float(_field(data, "percent", (int, float)))
+async def canary(
+    request: Request, plane: DataPlaneDep, who: PrincipalDep, model: str, body: CanaryBody
+) -> Response:
+    percent = float(body.percent)
     return await _apply(
-        request, plane, lambda r: r.start_canary(model, version, percent, actor="admin-api")
+        request, plane, lambda r: r.start_canary(model, body.version, percent, actor=who.actor)
     )
 
 
 @admin.post("/canary/promote")
-async def promote(request: Request, plane: DataPlaneDep, model: str) -> Response:
-    return await _apply(request, plane, lambda r: ops.promote_canary(r, model, actor="admin-api"))
+async def promote(
+    request: Request, plane: DataPlaneDep, who: PrincipalDep, model: str
+) -> Response:
+    return await _apply(request, plane, lambda r: ops.promote_canary(r, model, actor=who.actor))
 
 
 @admin.post("/canary/rollback")
-async def rollback(request: Request, plane: DataPlaneDep, model: str) -> Response:
-    data = await _body(request)
-    reason = str(data.get("reason") or "rolled back through the admin API")
+async def rollback(
+    request: Request,
+    plane: DataPlaneDep,
+    who: PrincipalDep,
+    model: str,
+    body: RollbackBody | None = None,
+) -> Response:
+    reason = (body.reason if body else None) or "rolled back through the admin API"
     return await _apply(
-        request, plane, lambda r: r.rollback_canary(model, reason=reason, actor="admin-api")
+        request, plane, lambda r: r.rollback_canary(model, reason=reason, actor=who.actor)
     )
 
 
 @admin.post("/shadows")
-async def add_shadow(request: Request, plane: DataPlaneDep, model: str) -> Response:
-    data = await _body(request)
-    version = _field(data, "version", int)
-    percent = float(_field(data, "percent", (int, float))) if "percent" in data else 100.0
+async def add_shadow(
+    request: Request, plane: DataPlaneDep, who: PrincipalDep, model: str, body: ShadowBody
+) -> Response:
+    percent = float(body.percent)
     return await _apply(
-        request, plane, lambda r: ops.set_shadow(r, model, version, percent, actor="admin-api")
+        request,
+        plane,
+        lambda r: ops.set_shadow(r, model, body.version, percent, actor=who.actor),
     )
 
 
 @admin.delete("/shadows/{version}")
 async def delete_shadow(
-    request: Request, plane: DataPlaneDep, model: str, version: int
+    request: Request, plane: DataPlaneDep, who: PrincipalDep, model: str, version: int
 ) -> Response:
     return await _apply(
-        request, plane, lambda r: ops.remove_shadow(r, model, version, actor="admin-api")
+        request, plane, lambda r: ops.remove_shadow(r, model, version, actor=who.actor)
     )
 
 
 @admin.post("/experiments")
-async def start_experiment(request: Request, plane: DataPlaneDep, model: str) -> Response:
-    data = await _body(request)
-    experiment_id = _field(data, "id", str)
-    variants = _field(data, "variants", list)
-    salt = data.get("salt")
+async def start_experiment(
+    request: Request, plane: DataPlaneDep, who: PrincipalDep, model: str, body: ExperimentBody
+) -> Response:
+    variants = [v.model_dump(exclude_none=True) for v in body.variants]
+    share = None if body.share is None else float(body.share)
     return await _apply(
         request,
         plane,
-        lambda r: ops.start_experiment(r, model, experiment_id, variants, salt, actor="admin-api"),
+        lambda r: ops.start_experiment(
+            r, model, body.id, variants, body.salt, actor=who.actor, share=share
+        ),
     )
 
 
 @admin.delete("/experiments/{experiment_id}")
 async def stop_experiment(
-    request: Request, plane: DataPlaneDep, model: str, experiment_id: str
+    request: Request, plane: DataPlaneDep, who: PrincipalDep, model: str, experiment_id: str
 ) -> Response:
     return await _apply(
-        request, plane, lambda r: ops.stop_experiment(r, model, experiment_id, actor="admin-api")
+        request, plane, lambda r: ops.stop_experiment(r, model, experiment_id, actor=who.actor)
     )

@@ -1,93 +1,74 @@
-"""Authentication, authorization and per-key rate limits, in front of every HTTP route.
+"""Who is calling: API keys, roles, model scope and per-key rate limits, for HTTP and gRPC.
 
-Each request needs a role by path: ``admin`` for anything that changes state (``/admin/...``,
-repository load/unload), ``predict`` for inference and feedback, ``read`` for the rest;
-health probes and the API docs are public. Admin always needs a key; predict and read need one
-when ``ROOST_AUTH_REQUIRED`` is set. Keys come as ``x-api-key`` or ``authorization: Bearer``;
-a model-scoped key only reaches its models. Lookups are cached for a few seconds, so a revoked
-key stops working within that time on every gateway.
+Which role a request needs is decided by the route: the HTTP edge's route table
+(:mod:`serving.edge`) and, for gRPC, the RPC. ``admin`` is needed for anything that changes
+state, ``predict`` for inference and feedback, ``read`` for the rest; health probes and the API
+docs are public. Admin always needs a key; predict and read need one when
+``ROOST_AUTH_REQUIRED`` is set. Keys come as ``x-api-key`` or ``authorization: Bearer``; a
+model-scoped key only reaches its models. Lookups are cached for a few seconds, so a revoked key
+stops working within that time on every gateway.
+
+The caller, once known, is a :class:`Principal`; FastAPI routes take it as
+:data:`PrincipalDep` and name it (``Principal.actor``) in every registry change they make, so
+the audit log says who.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from dataclasses import dataclass
-from urllib.parse import unquote
+from typing import Annotated
 
-import orjson
-from starlette.types import ASGIApp, Receive, Scope, Send
+from fastapi import Depends, Request
 
 from registry import Registry, RoostError, RoostSettings
-from registry.keys import ApiKey, authenticate
+from registry.errors import Forbidden, RateLimited, Unauthorized
+from registry.keys import DEV_API_KEY, ApiKey, authenticate
 
-PUBLIC = ("/v2/health/live", "/v2/health/ready", "/docs", "/openapi.json", "/docs/oauth2-redirect")
-MODEL_PATH = re.compile(r"^/v[12]/models/([^/:]+)")
 CACHE_S = 5.0
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The caller of one request: the API key it presented, or nobody (``key_id`` None)."""
+
+    key_id: str | None
+    name: str
+    roles: frozenset[str]
+    models: frozenset[str] | None  # None: every model
+
+    @property
+    def actor(self) -> str:
+        """How audit records name the caller: ``key:<name>``, ``dev`` or ``anonymous``."""
+        if self.key_id is None:
+            return "anonymous"
+        if self.key_id == DEV_API_KEY.id:
+            return "dev"
+        return f"key:{self.name}"
+
+    @classmethod
+    def of(cls, key: ApiKey) -> Principal:
+        return cls(key.id, key.name, key.roles, key.models)
+
+
+ANONYMOUS = Principal(None, "anonymous", frozenset(), None)
+"""The caller of a request that presented no key where none is required."""
+
+
+async def get_principal(request: Request) -> Principal:  # async: no thread-pool hop
+    state = request.scope.get("state")
+    principal = state.get("principal") if state else None
+    return principal if isinstance(principal, Principal) else ANONYMOUS
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
 @dataclass
 class _Bucket:
     tokens: float
     updated: float
-
-
-def required_role(method: str, path: str) -> str | None:
-    """The role a request needs, or None for public paths."""
-    if path in PUBLIC:
-        return None
-    if path.startswith("/admin/") or (
-        path.startswith("/v2/repository/models/") and path.endswith(("/load", "/unload"))
-    ):
-        return "admin"
-    if method == "POST" and (
-        path.endswith("/infer") or path.endswith(":predict") or path == "/v1/feedback"
-    ):
-        return "predict"
-    return "read"
-
-
-class AuthGate:
-    """ASGI middleware: answers 401/403/429 itself, passes allowed requests to ``app``."""
-
-    def __init__(self, app: ASGIApp, registry: Registry, settings: RoostSettings) -> None:
-        self.app = app
-        self.settings = settings
-        self.checker = KeyChecker(registry, settings)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        path: str = scope["path"]
-        role = required_role(scope["method"], path)
-        if role is None or (role != "admin" and not self.settings.auth_required):
-            await self.app(scope, receive, send)
-            return
-        presented = _presented_key(scope)
-        if presented is None:
-            await _deny(send, 401, f"an API key with role '{role}' is required (x-api-key)")
-            return
-        found = await self.checker.lookup(presented)
-        if isinstance(found, RoostError):
-            await _deny(send, found.status_code, found.message)
-            return
-        match = MODEL_PATH.match(path)
-        model = unquote(match.group(1)) if match else None
-        if not found.allows(role, model):
-            scope_note = f" for model '{model}'" if model else ""
-            await _deny(send, 403, f"key '{found.id}' lacks role '{role}'{scope_note}")
-            return
-        if not self.checker.take(found):
-            await _deny(
-                send,
-                429,
-                f"key '{found.id}' is over its rate limit of {found.rate_limit_rps:g} requests/s",
-                retry_after=1,
-            )
-            return
-        await self.app(scope, receive, send)
 
 
 class KeyChecker:
@@ -98,6 +79,34 @@ class KeyChecker:
         self.settings = settings
         self._cache: dict[str, tuple[float, ApiKey | RoostError]] = {}
         self._buckets: dict[str, _Bucket] = {}
+        self._principals: dict[str, tuple[ApiKey, Principal]] = {}  # by key id
+
+    async def authorize(
+        self, presented: str | None, role: str, model: str | None, *, how: str = "x-api-key"
+    ) -> Principal:
+        """The caller of a request needing ``role`` (on ``model``), or raise Unauthorized (401),
+        Forbidden (403) or RateLimited (429). ``how`` names where keys go, for the message."""
+        if role != "admin" and not self.settings.auth_required:
+            return ANONYMOUS
+        if presented is None:
+            raise Unauthorized(f"an API key with role '{role}' is required ({how})")
+        found = await self.lookup(presented)
+        if isinstance(found, RoostError):
+            raise found
+        if not found.allows(role, model):
+            scope_note = f" for model '{model}'" if model else ""
+            raise Forbidden(f"key '{found.id}' lacks role '{role}'{scope_note}")
+        if not self.take(found):
+            raise RateLimited(
+                f"key '{found.id}' is over its rate limit of {found.rate_limit_rps:g} requests/s",
+                retry_after_s=1,
+            )
+        known = self._principals.get(found.id)
+        if known is None or known[0] is not found:  # one Principal per cached key lookup
+            if len(self._principals) > 10_000:
+                self._principals.clear()
+            known = self._principals[found.id] = (found, Principal.of(found))
+        return known[1]
 
     async def lookup(self, presented: str) -> ApiKey | RoostError:
         now = time.monotonic()
@@ -132,8 +141,10 @@ class KeyChecker:
         return True
 
 
-def _presented_key(scope: Scope) -> str | None:
-    for name, value in scope["headers"]:
+def presented_key(headers: dict[bytes, bytes] | list[tuple[bytes, bytes]]) -> str | None:
+    """The key in ``x-api-key`` or ``authorization: Bearer``, if any (ASGI raw headers)."""
+    items = headers.items() if isinstance(headers, dict) else headers
+    for name, value in items:
         if name == b"x-api-key":
             return str(value.decode("latin-1")).strip()
         if name == b"authorization":
@@ -141,17 +152,3 @@ def _presented_key(scope: Scope) -> str | None:
             if text.lower().startswith("bearer "):
                 return str(text[7:]).strip()
     return None
-
-
-async def _deny(send: Send, status: int, message: str, retry_after: int | None = None) -> None:
-    body = orjson.dumps({"error": message})
-    headers: list[tuple[bytes, bytes]] = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-    ]
-    if status == 401:
-        headers.append((b"www-authenticate", b'Bearer realm="roost"'))
-    if retry_after is not None:
-        headers.append((b"retry-after", str(retry_after).encode()))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

@@ -65,11 +65,10 @@ class _Pending:
 
 
 class QueueFull(ServiceUnavailable):
-    """The version's queue is at ``max_queue_size``."""
+    """The version's queue is at ``max_queue_size`` (503 with Retry-After)."""
 
-    def __init__(self, message: str, retry_after_s: int) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message, retry_after_s=retry_after_s)
 
 
 class InstancesStuck(QueueFull):

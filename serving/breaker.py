@@ -29,8 +29,8 @@ import math
 import time
 from collections.abc import Callable
 
+from registry.errors import ServiceUnavailable
 from registry.serving_config import ServingConfig
-from serving.batching import QueueFull
 
 RATE_WINDOW_S = 10.0
 """The window the failure rate is measured over."""
@@ -44,12 +44,15 @@ class BreakerState(enum.Enum):
     HALF_OPEN = "half_open"
 
 
-class BreakerOpen(QueueFull):
+class BreakerOpen(ServiceUnavailable):
     """The version's circuit breaker is open: answered 503 at once, with Retry-After.
 
-    A :class:`QueueFull` so that every transport (REST, fast path, gRPC) adds the Retry-After
-    header (trailing metadata on gRPC) the way it does for a full queue.
+    Every transport adds the Retry-After header (trailing metadata on gRPC) from
+    ``retry_after_s`` (see :meth:`registry.errors.RoostError.to_http`).
     """
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message, retry_after_s=retry_after_s)
 
 
 class CircuitBreaker:

@@ -311,7 +311,7 @@ class DataPlane:
             return
         if (
             self.metrics is not None
-            and isinstance(exc, QueueFull | DeadlineExceeded)
+            and isinstance(exc, QueueFull | BreakerOpen | DeadlineExceeded)
             and not isinstance(exc, ExecutionTimeout)  # it ran: roost_execution_timeouts
         ):
             reason = (

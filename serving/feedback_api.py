@@ -11,11 +11,11 @@ import math
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import Response
+from pydantic import BaseModel, Field, model_validator
 
-from registry import InvalidRequest, NotFound
+from registry import NotFound
 from serving.dataplane import DataPlane
 from serving.rest import DataPlaneDep, json_response
 from warehouse import run_query
@@ -25,6 +25,39 @@ feedback = APIRouter(tags=["feedback"])
 MAX_ITEMS = 10_000
 
 
+class FeedbackItem(BaseModel):
+    """A label and/or a reward (numbers, or true/false) for one served prediction."""
+
+    request_id: str
+    label: float | None = None
+    reward: float | None = None
+
+
+class FeedbackBody(BaseModel):
+    """One item, or up to :data:`MAX_ITEMS` of them under ``feedback``."""
+
+    feedback: list[FeedbackItem] = Field(min_length=1, max_length=MAX_ITEMS)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check(cls, data: Any) -> Any:
+        """The checks with their field named as the client wrote it (``feedback[3].label``,
+        or ``feedback.label`` for a single item)."""
+        items = data.get("feedback") if isinstance(data, dict) and "feedback" in data else [data]
+        if not isinstance(items, list) or not items or len(items) > MAX_ITEMS:
+            raise ValueError(f"feedback: expected 1 to {MAX_ITEMS} items")
+        checked = []
+        for i, item in enumerate(items):
+            where = f"feedback[{i}]" if len(items) > 1 else "feedback"
+            if not isinstance(item, dict) or not isinstance(item.get("request_id"), str):
+                raise ValueError(f"{where}.request_id: expected the id of a served request")
+            label, reward = _number(item, "label", where), _number(item, "reward", where)
+            if label is None and reward is None:
+                raise ValueError(f"{where}: expected a label or a reward")
+            checked.append({"request_id": item["request_id"], "label": label, "reward": reward})
+        return {"feedback": checked}
+
+
 def _number(item: dict[str, Any], key: str, where: str) -> float | None:
     value = item.get(key)
     if value is None:
@@ -32,19 +65,8 @@ def _number(item: dict[str, Any], key: str, where: str) -> float | None:
     if isinstance(value, bool):
         return 1.0 if value else 0.0
     if not isinstance(value, int | float) or not math.isfinite(value):
-        raise InvalidRequest(f"{where}.{key}: expected a finite number or true/false")
+        raise ValueError(f"{where}.{key}: expected a finite number or true/false")
     return float(value)
-
-
-def _items(body: bytes) -> list[dict[str, Any]]:
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
-    items = data.get("feedback") if isinstance(data, dict) and "feedback" in data else [data]
-    if not isinstance(items, list) or not items or len(items) > MAX_ITEMS:
-        raise InvalidRequest(f"feedback: expected 1 to {MAX_ITEMS} items")
-    return items
 
 
 def _lookup_logged(plane: DataPlane, ids: list[str]) -> dict[str, tuple[str, int, str | None, str]]:
@@ -59,17 +81,8 @@ def _lookup_logged(plane: DataPlane, ids: list[str]) -> dict[str, tuple[str, int
 
 
 @feedback.post("/v1/feedback")
-async def post_feedback(request: Request, plane: DataPlaneDep) -> Response:
-    items = _items(await request.body())
-    parsed: list[tuple[str, float | None, float | None]] = []
-    for i, item in enumerate(items):
-        where = f"feedback[{i}]" if len(items) > 1 else "feedback"
-        if not isinstance(item, dict) or not isinstance(item.get("request_id"), str):
-            raise InvalidRequest(f"{where}.request_id: expected the id of a served request")
-        label, reward = _number(item, "label", where), _number(item, "reward", where)
-        if label is None and reward is None:
-            raise InvalidRequest(f"{where}: expected a label or a reward")
-        parsed.append((item["request_id"], label, reward))
+async def post_feedback(plane: DataPlaneDep, body: FeedbackBody) -> Response:
+    parsed = [(item.request_id, item.label, item.reward) for item in body.feedback]
     known = {rid: plane.recent[rid] for rid, _, _ in parsed if rid in plane.recent}
     missing = [rid for rid, _, _ in parsed if rid not in known]
     if missing:

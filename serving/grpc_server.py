@@ -26,7 +26,6 @@ from registry import RoostError, RoostSettings
 from registry.errors import InvalidRequest, NotFound, ServiceUnavailable
 from serving import oip
 from serving.auth import KeyChecker
-from serving.batching import QueueFull
 from serving.dataplane import MAX_LOGGED_INPUT_CHARS, CallContext, DataPlane
 from serving.protocol.grpc_codec import decode_model_infer_request, encode_model_infer_response
 
@@ -39,15 +38,6 @@ USER_METADATA = "roost-user"
 REQUEST_ID_METADATA = "x-request-id"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 STOP_GRACE_S = 5.0
-
-_STATUS_TO_CODE: dict[int, grpc.StatusCode] = {
-    400: grpc.StatusCode.INVALID_ARGUMENT,
-    401: grpc.StatusCode.UNAUTHENTICATED,
-    404: grpc.StatusCode.NOT_FOUND,
-    409: grpc.StatusCode.FAILED_PRECONDITION,
-    503: grpc.StatusCode.UNAVAILABLE,
-    504: grpc.StatusCode.DEADLINE_EXCEEDED,
-}
 
 class GrpcBindError(RuntimeError):
     """The gRPC server could not listen on its address."""
@@ -114,12 +104,12 @@ def _call_context(context: Any) -> CallContext:
 
 
 async def _abort(context: Any, exc: Exception, rpc: str) -> NoReturn:
-    """End the RPC with the status ``exc`` maps to (never a traceback)."""
+    """End the RPC with the status ``exc`` maps to (``RoostError.to_grpc``; never a traceback);
+    ``retry-after`` goes as trailing metadata, as the HTTP header does."""
     if isinstance(exc, RoostError):
-        code = _STATUS_TO_CODE.get(exc.status_code, grpc.StatusCode.INTERNAL)
-        trailing: tuple[tuple[str, str], ...] = ()
-        if isinstance(exc, QueueFull):
-            trailing = (("retry-after", str(exc.retry_after_s)),)
+        code = getattr(grpc.StatusCode, exc.to_grpc(), grpc.StatusCode.INTERNAL)
+        retry = exc.to_http()[1].get("Retry-After")
+        trailing = (("retry-after", retry),) if retry is not None else ()
         await context.abort(code, exc.message, trailing_metadata=trailing)
     else:
         log.exception("unhandled error in gRPC %s", rpc)

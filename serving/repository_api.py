@@ -1,7 +1,7 @@
 """Triton's model repository extension: index, load and unload.
 
-Load and unload act on the registry's deployment (audited, every gateway follows within a
-poll), not on one process: with several workers or replicas they all agree.
+Load and unload act on the registry's deployment (audited under the caller's name, every
+gateway follows within a poll), not on one process: with several workers or replicas they all agree.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from registry import Registry
+from serving.auth import Principal, PrincipalDep
 from serving.rest import DataPlaneDep, json_response
 
 repository = APIRouter(tags=["model-repository"])
@@ -65,25 +66,29 @@ async def index(request: Request, plane: DataPlaneDep) -> Response:
     return json_response(rows)
 
 
-async def _set_enabled(request: Request, plane: DataPlaneDep, model: str, enabled: bool) -> None:
+async def _set_enabled(
+    request: Request, plane: DataPlaneDep, who: Principal, model: str, enabled: bool
+) -> None:
     await asyncio.to_thread(
         _registry(request).set_serving_enabled,
         model,
         enabled,
         reason="repository API",
-        actor="repository-api",
+        actor=who.actor,
     )
     await plane.repository.sync()
 
 
 @repository.post("/v2/repository/models/{model}/load")
-async def load(request: Request, plane: DataPlaneDep, model: str) -> Response:
-    await _set_enabled(request, plane, model, True)
+async def load(request: Request, plane: DataPlaneDep, who: PrincipalDep, model: str) -> Response:
+    await _set_enabled(request, plane, who, model, True)
     plane.repository.resolve(model, None)  # raises 503 with the reason if it failed to load
     return json_response({})
 
 
 @repository.post("/v2/repository/models/{model}/unload")
-async def unload(request: Request, plane: DataPlaneDep, model: str) -> Response:
-    await _set_enabled(request, plane, model, False)
+async def unload(
+    request: Request, plane: DataPlaneDep, who: PrincipalDep, model: str
+) -> Response:
+    await _set_enabled(request, plane, who, model, False)
     return json_response({})

@@ -116,7 +116,8 @@ async def handle_v2_infer(
 ) -> tuple[bytes, str, dict[str, str]]:
     """One OIP v2 infer over HTTP: (response body, media type, extra headers).
 
-    Shared by the FastAPI route and the raw ASGI fast path (serving/fastpath.py).
+    Shared by the FastAPI route (kept for the OpenAPI document) and the HTTP edge, which
+    answers the route itself (serving/edge.py).
     """
     header = headers.get(binary.HEADER_LENGTH.lower())  # ASGI header names are lower-case
     decode: Callable[[bytes], oip.InferRequest]
