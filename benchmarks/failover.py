@@ -37,13 +37,10 @@ Figures (client view, each request = its final outcome after retries):
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import json
-import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -56,88 +53,32 @@ from typing import Any
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(REPO_ROOT / "tests" / "support"))
+
+from gateway_process import GatewayProcess  # noqa: E402  (tests/support: one way to start one)
 
 MODEL = "m"
 ROW = [0.5, -1.0, 2.0, 0.25]
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 # -- the gateways ------------------------------------------------------------------------------
 
 
-class Gateway:
+class Gateway(GatewayProcess):
     """A ``python -m orchestration serve`` process; can be killed and started again."""
 
     def __init__(self, name: str, home: Path, logs: Path, **env: str) -> None:
-        self.name = name
-        self.home = home
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = logs / f"failover-{name}.log"
-        self.env = {
-            **os.environ,
-            "ROOST_HOME": str(home),
-            "ROOST_HTTP_PORT": str(self.port),
-            "ROOST_GRPC_PORT": "0",
-            "ROOST_LOG_FLUSH_INTERVAL_S": "0.5",
-            **env,
-        }
-        self.env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
+        super().__init__(
+            home,
+            env={"ROOST_LOG_FLUSH_INTERVAL_S": "0.5", **env},
+            grpc=False,
+            log_path=logs / f"failover-{name}.log",
+            name=f"gateway {name}",
+        )
 
-    def start(self) -> None:
-        self.starts += 1
-        with self.log_path.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "orchestration", "serve"],
-                cwd=REPO_ROOT,
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def wait_ready(self, timeout_s: float = 120) -> None:
-        import httpx
-
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                break
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{self.url}/v2/health/ready", timeout=2).status_code == 200:
-                    return
-            time.sleep(0.1)
-        tail = self.log_path.read_text(errors="replace")[-3000:]
-        raise RuntimeError(f"gateway {self.name} did not become ready; its log ends:\n{tail}")
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self, timeout_s: float = 60) -> int | None:
+    def stop(self, timeout_s: float = 60, sig: int = signal.SIGTERM) -> int | None:
         """SIGTERM: drain, seal the prediction log, exit 0."""
-        proc = self.proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        return proc.returncode
+        return super().stop(timeout_s, sig)
 
 
 def deploy(home: Path) -> None:

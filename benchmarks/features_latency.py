@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -43,6 +41,9 @@ import pandas as pd
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(REPO_ROOT / "tests" / "support"))
+
+from gateway_process import free_port, gateway_process  # noqa: E402  (tests/support)
 
 from assets.demo_data import FRAUD_FEATURES, generate_fraud_transactions  # noqa: E402
 from assets.features import (  # noqa: E402
@@ -57,12 +58,6 @@ from features.store import FeatureSettings, apply_definitions, build_store  # no
 from registry import Registry, RoostSettings, State  # noqa: E402
 
 REQUEST_FIELDS = ["amount", "hour_of_day", "is_foreign", "merchant_risk"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextlib.contextmanager
@@ -115,36 +110,16 @@ def prepare_home(home: Path, redis_url: str | None, model: bytes, activity: pd.D
 
 @contextlib.contextmanager
 def gateway(home: Path, redis_url: str | None, logs: Path) -> Iterator[str]:
-    port = free_port()
-    env = {**os.environ, "ROOST_HOME": str(home), "ROOST_GRPC_PORT": "0"}
-    env.pop("ROOST_REDIS_URL", None)
-    if redis_url:
-        env["ROOST_REDIS_URL"] = redis_url
-    log = (logs / f"gateway-{port}.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "serving.app:create_app_from_env",
-         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-         "--no-access-log"],
-        cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    log.close()
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{base}/v2/health/ready", timeout=1).status_code == 200:
-                    break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"gateway on {port} did not start; see {logs}")
-            time.sleep(0.1)
-        yield base
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    """``roost serve``'s app under uvicorn (one worker, gRPC off), ready; stopped on the way out."""
+    with gateway_process(
+        home,
+        env={"ROOST_REDIS_URL": redis_url} if redis_url else {},
+        unset_env=() if redis_url else ("ROOST_REDIS_URL",),
+        launcher="uvicorn",
+        grpc=False,
+        log_path=logs / f"gateway-{home.name}.log",
+    ) as process:
+        yield process.url
 
 
 def bodies(transactions: pd.DataFrame, batch: int, n: int, seed: int) -> list[tuple[bytes, bytes]]:

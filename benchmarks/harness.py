@@ -24,7 +24,6 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,11 @@ from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
+sys.path.insert(0, str(REPO_ROOT / "tests" / "support"))
+
+# One free_port and one way to wait for / stop a server process, shared with the tests.
+from gateway_process import free_port, stop_process, wait_until_ready  # noqa: E402
+
 MODEL = "breast-cancer"
 INFER_PATH = f"/v2/models/{MODEL}/infer"
 READY_PATH = "/v2/health/ready"
@@ -397,12 +401,6 @@ def measure_in_process(home: Path, model: bytes, body: bytes, calls: int) -> dic
 # servers
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass
 class Target:
     """One server under test: how to start it and where it answers."""
@@ -514,28 +512,16 @@ def start(target: Target, logs: Path) -> None:
 
 def wait_ready(target: Target, timeout_s: float = 180) -> None:
     assert target.proc is not None
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if target.proc.poll() is not None:
-            break
-        with contextlib.suppress(OSError):
-            if http("GET", target.base + target.ready_path, timeout=2)[0] == 200:
-                return
-        time.sleep(0.1)
-    tail = target.log_path.read_text(errors="replace")[-3000:] if target.log_path else ""
-    raise RuntimeError(f"{target.label} did not become ready; its log ends:\n{tail}")
+    wait_until_ready(
+        target.base + target.ready_path, target.proc, log_path=target.log_path,
+        timeout_s=timeout_s, name=target.label,
+    )
 
 
 def stop(target: Target, timeout_s: float = 30) -> None:
-    proc = target.proc
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGINT)  # uvicorn shuts down gracefully: Roost flushes its log
-    try:
-        proc.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
+    """SIGINT: uvicorn shuts down gracefully, Roost flushes its log; SIGKILL past the time."""
+    if target.proc is not None:
+        stop_process(target.proc, signal.SIGINT, timeout_s)
 
 
 def scan_log(target: Target, out_dir: Path) -> dict[str, Any]:

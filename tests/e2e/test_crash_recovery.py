@@ -9,11 +9,7 @@ keep the compactor sealing while the load runs, so kills also land mid-seal.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from roost_testing import deploy_model, free_port, make_linear_onnx
+from roost_testing import GatewayProcess, deploy_model, free_port, make_linear_onnx
 
 from registry import Registry, RoostSettings
 from warehouse import WAL_DIR, run_query
@@ -32,54 +28,20 @@ ROW = [0.5, -1.0, 2.0, 0.25]
 CLIENTS = 12
 
 
-class Gateway:
-    """A ``python -m orchestration serve`` process on free ports."""
+class Gateway(GatewayProcess):
+    """A ``python -m orchestration serve`` process on free ports, started at once."""
 
     def __init__(self, home: Path, **env: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        full_env = {
-            **os.environ,
-            "ROOST_HOME": str(home),
-            "ROOST_HTTP_PORT": str(self.port),
-            "ROOST_GRPC_PORT": str(free_port()),
-            **env,
-        }
-        full_env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "orchestration", "serve"],
-            env=full_env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        super().__init__(home, env=env, log_path=home.parent / f"gateway-{free_port()}.log")
+        self.start()
 
-    def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                out = self.proc.stdout.read().decode() if self.proc.stdout else ""
-                raise AssertionError(f"gateway did not start:\n{out[-3000:]}")
-            time.sleep(0.1)
+    def wait_ready(self, timeout_s: float = 60, path: str = "/v2/health/ready") -> None:
+        super().wait_ready(timeout_s, path)
 
-    def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise
+    def stop(self, timeout_s: float = 30, sig: int = signal.SIGTERM) -> int:
+        code = super().stop(timeout_s, sig)
+        assert code is not None
+        return code
 
 
 @pytest.fixture
@@ -179,7 +141,6 @@ def test_sigkill_mid_load_loses_no_acknowledged_prediction(
         assert second.stop() == 0
         assert not list((home / "logs" / WAL_DIR).glob("*/seg-*.arrow"))
     finally:
-        if first.proc.poll() is None:
-            first.kill()
-        if second is not None and second.proc.poll() is None:
+        first.kill()
+        if second is not None:
             second.kill()

@@ -20,7 +20,7 @@ from types import ModuleType
 
 import httpx
 import pytest
-from roost_testing import deploy_model, free_port, make_linear_onnx
+from roost_testing import GatewayProcess, deploy_model, make_linear_onnx
 
 from registry import Registry, RoostSettings
 from warehouse import run_query
@@ -87,19 +87,12 @@ def test_multi_worker_supervisor_replaces_a_killed_worker(tmp_path: Path) -> Non
     registry = Registry.from_settings(RoostSettings(home=home))
     deploy_model(registry, "m", make_linear_onnx(seed=1))
     registry.close()
-    port = free_port()
-    env = {
-        **os.environ,
-        "ROOST_HOME": str(home),
-        "ROOST_HTTP_PORT": str(port),
-        "ROOST_GRPC_PORT": "0",
-    }
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestration", "serve", "--workers", "2"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
+    gateway = GatewayProcess(
+        home, workers=2, grpc=False, log_path=tmp_path / "gateway.log"
+    ).start()
+    assert gateway.proc is not None
+    proc = gateway.proc
+    url = gateway.url
     body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [1] * 4}]}
 
     def workers() -> list[int]:
@@ -145,5 +138,4 @@ def test_multi_worker_supervisor_replaces_a_killed_worker(tmp_path: Path) -> Non
             time.sleep(0.1)
         assert replacement in workers() and proc.poll() is None
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+        gateway.stop()

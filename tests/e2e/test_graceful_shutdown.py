@@ -3,11 +3,7 @@ every answered request logged, exit status 0."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -16,7 +12,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from roost_testing import deploy_model, free_port, make_mlp_onnx
+from roost_testing import GatewayProcess, deploy_model, make_mlp_onnx
 
 from registry import Registry, RoostSettings
 from warehouse import WAL_DIR, run_query
@@ -45,32 +41,15 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(tmp_path: Path) -> Non
         registry, "slow", make_mlp_onnx(hidden=768, layers=6), config={"max_batch_size": 0}
     )
     registry.close()
-    port, grpc_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "ROOST_HOME": str(home),
-        "ROOST_HTTP_PORT": str(port),
-        "ROOST_GRPC_PORT": str(grpc_port),
-        "ROOST_DRAIN_DELAY_S": "1.0",
-        "ROOST_DRAIN_GRACE_S": "30",
-    }
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestration", "serve"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
+    gateway = GatewayProcess(
+        home,
+        env={"ROOST_DRAIN_DELAY_S": "1.0", "ROOST_DRAIN_GRACE_S": "30"},
+        log_path=tmp_path / "gateway.log",
+    ).start()
+    url, grpc_address = gateway.url, gateway.grpc_address
+    assert grpc_address is not None
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
-                    break
-            assert proc.poll() is None and time.monotonic() < deadline, "gateway did not start"
-            time.sleep(0.1)
+        gateway.wait_ready(60)
         started = time.perf_counter()
         assert httpx.post(f"{url}/v2/models/slow/infer", json=_body("warm", SLOW_ROWS)).is_success
         one_request_s = time.perf_counter() - started
@@ -98,7 +77,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(tmp_path: Path) -> Non
         for thread in senders:
             thread.start()
         time.sleep(min(0.3, one_request_s))  # all sent; the first one running, the rest queued
-        proc.send_signal(signal.SIGTERM)
+        gateway.send_signal(signal.SIGTERM)
         sigterm_at = time.perf_counter()
 
         # during the drain delay: not ready (with the reason), new inference refused, still live
@@ -111,12 +90,12 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(tmp_path: Path) -> Non
         v1 = httpx.post(f"{url}/v1/models/slow:predict", json={"instances": [[1, 2, 3, 4]]})
         assert v1.status_code == 503
         assert httpx.get(f"{url}/v2/health/live", timeout=5).status_code == 200
-        _check_grpc_refused(f"127.0.0.1:{grpc_port}")
+        _check_grpc_refused(grpc_address)
 
         for thread in senders:
             thread.join(timeout=60)
-        exit_code = proc.wait(timeout=60)
-        output = proc.stdout.read().decode() if proc.stdout else ""
+        exit_code = gateway.wait(60)
+        output = gateway.output()
         assert exit_code == 0, output[-3000:]
         assert results == dict.fromkeys(ids, 200), results
         # the drain waited for them: some were answered after SIGTERM (and after the delay)
@@ -135,9 +114,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(tmp_path: Path) -> Non
         assert rows == sorted([(r, 1) for r in ids] + [("warm", 1)])
         assert not list((home / "logs" / WAL_DIR).glob("*/seg-*.arrow"))
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        gateway.kill()
 
 
 def _check_grpc_refused(address: str) -> None:

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
-from roost_testing import deploy_model, free_port, make_linear_onnx
+from roost_testing import GatewayProcess, deploy_model, make_linear_onnx
 
 from registry import Registry, RoostSettings
 from warehouse import run_query
@@ -26,33 +22,13 @@ def test_two_workers_share_the_port_and_log_every_request_once(tmp_path: Path) -
     registry = Registry.from_settings(RoostSettings(home=home))
     deploy_model(registry, "m", make_linear_onnx(seed=1))
     registry.close()
-    port = free_port()
-    env = {
-        **os.environ,
-        "ROOST_HOME": str(home),
-        "ROOST_HTTP_PORT": str(port),
-        "ROOST_GRPC_PORT": str(free_port()),
-        "ROOST_LOG_FLUSH_INTERVAL_S": "0.2",
-    }
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestration", "serve", "--workers", "2"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
+    gateway = GatewayProcess(
+        home, workers=2, env={"ROOST_LOG_FLUSH_INTERVAL_S": "0.2"},
+        log_path=tmp_path / "gateway.log",
+    ).start()
+    url = gateway.url
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "gateway did not start"
-            time.sleep(0.2)
+        gateway.wait_ready(90)
         ids = []
         for i in range(200):
             # a fresh connection each time lets the kernel hand it to either worker
@@ -85,5 +61,4 @@ def test_two_workers_share_the_port_and_log_every_request_once(tmp_path: Path) -
         )
         assert served == 200, "metrics must aggregate both workers"
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+        gateway.stop()

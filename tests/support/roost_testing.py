@@ -8,7 +8,10 @@ from typing import Any
 
 import numpy as np
 import onnx
+from gateway_process import GatewayProcess, free_port, gateway_process
 from onnx import TensorProto, helper, numpy_helper
+
+__all__ = ["GatewayProcess", "free_port", "gateway_process"]  # re-exported for the tests
 
 
 def make_linear_onnx(n_features: int = 4, seed: int = 0) -> bytes:
@@ -74,14 +77,6 @@ def make_echo_onnx() -> bytes:
     model.ir_version = 9
     onnx.checker.check_model(model)
     return model.SerializeToString()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class GatewayURL(str):
