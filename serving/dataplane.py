@@ -89,6 +89,7 @@ class DataPlane:
         )
         if metrics is not None:
             self.mirror.on_drop = metrics.record_shadow_drop
+            self.mirror.on_outcome = metrics.record_shadow_copy  # traffic: copies by outcome
         # Recent request ids -> (model, version, experiment, route), for feedback.
         self.recent: OrderedDict[str, tuple[str, int, str | None, str]] = OrderedDict()
         # Request ids: a random per-process prefix and a counter (uuid4 costs a system call).
@@ -288,11 +289,13 @@ class DataPlane:
                     self.metrics.record_request(
                         model, str(version), context.protocol, LogUnavailable.status_code,
                         time.perf_counter() - started,
+                        variant=decision.variant if decision else "",  # traffic: per-variant
                     )
                 raise
         if self.metrics is not None:
             self.metrics.record_request(
-                model, str(version), context.protocol, status, time.perf_counter() - started
+                model, str(version), context.protocol, status, time.perf_counter() - started,
+                variant=decision.variant if decision else "",  # traffic: per-variant metrics
             )
 
     async def _log_failure(

@@ -61,16 +61,18 @@ class GatewayMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         labels = ["model", "version"]
         reg = self.registry
+        # ``variant``: the router's answer (production, canary, an experiment's variant name,
+        # a segment id, v<N> when pinned); appended last so older label order still holds.
         self.requests = Counter(
             "roost_requests",
             "Inference requests by outcome.",
-            [*labels, "protocol", "status"],
+            [*labels, "protocol", "status", "variant"],
             registry=reg,
         )
         self.latency = Histogram(
             "roost_request_latency_seconds",
             "End-to-end latency inside the gateway.",
-            labels,
+            [*labels, "variant"],
             buckets=LATENCY_BUCKETS,
             registry=reg,
         )
@@ -108,10 +110,16 @@ class GatewayMetrics:
             [*labels, "reason"],
             registry=reg,
         )
-        self._children: dict[tuple[str, str, str, int], tuple[Counter, Histogram]] = {}
+        self._children: dict[tuple[str, str, str, int, str], tuple[Counter, Histogram]] = {}
         self.shadow_dropped = Counter(
             "roost_shadow_dropped", "Mirrored copies dropped because the shadow queue was full.",
             labels, registry=reg,
+        )
+        self.shadow_copies = Counter(
+            "roost_shadow_copies",
+            "Mirrored copies by outcome: mirrored (the shadow answered), failed, dropped.",
+            [*labels, "outcome"],
+            registry=reg,
         )
         self.load_seconds = Gauge(
             "roost_model_load_seconds",
@@ -158,15 +166,22 @@ class GatewayMetrics:
         )
 
     def record_request(
-        self, model: str, version: str, protocol: str, status: int, seconds: float
+        self,
+        model: str,
+        version: str,
+        protocol: str,
+        status: int,
+        seconds: float,
+        *,
+        variant: str = "",
     ) -> None:
         """Count one request and observe its latency (label children are cached)."""
-        key = (model, version, protocol, status)
+        key = (model, version, protocol, status, variant)
         children = self._children.get(key)
         if children is None:
             children = (
-                self.requests.labels(model, version, protocol, str(status)),
-                self.latency.labels(model, version),
+                self.requests.labels(model, version, protocol, str(status), variant),
+                self.latency.labels(model, version, variant),
             )
             self._children[key] = children
         children[0].inc()
@@ -175,6 +190,10 @@ class GatewayMetrics:
 
     def record_shadow_drop(self, model: str, version: int) -> None:
         self.shadow_dropped.labels(model, str(version)).inc()
+
+    def record_shadow_copy(self, model: str, version: int, outcome: str) -> None:
+        """One mirrored copy's fate: ``mirrored``, ``failed`` or ``dropped``."""
+        self.shadow_copies.labels(model, str(version), outcome).inc()
 
     def record_rejection(self, model: str, version: str, reason: str) -> None:
         self.rejected.labels(model, version, reason).inc()

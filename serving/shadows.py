@@ -1,10 +1,12 @@
 """Shadow traffic: mirrored copies of requests, answered by shadow versions off the request path.
 
 The primary's answer never waits for a shadow: ``offer`` only puts the request on a bounded
-queue (full: the copy is dropped and counted). Workers take copies from the queue, run them
-through the shadow version's own batcher and log the outputs with ``shadow = true`` under the
-primary's request id, so the two can be compared in SQL. A shadow that is slow, failing or
-missing changes nothing for callers.
+queue (full: the copy is dropped and counted). Every copy's fate is reported through
+``on_outcome(model, version, outcome)``: ``mirrored`` (the shadow answered), ``failed`` or
+``dropped`` (``roost_shadow_copies_total``); ``on_drop`` still reports drops alone. Workers
+take copies from the queue, run them through the shadow version's own batcher and log the
+outputs with ``shadow = true`` under the primary's request id, so the two can be compared in
+SQL. A shadow that is slow, failing or missing changes nothing for callers.
 """
 
 from __future__ import annotations
@@ -46,6 +48,11 @@ class ShadowMirror:
         self.failed = 0
         self.done = 0
         self.on_drop: Callable[[str, int], None] | None = None
+        self.on_outcome: Callable[[str, int, str], None] | None = None
+
+    def _report(self, copy: ShadowCopy, outcome: str) -> None:
+        if self.on_outcome is not None:
+            self.on_outcome(copy.model, copy.version, outcome)
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._work()) for _ in range(self._workers_n)]
@@ -69,6 +76,7 @@ class ShadowMirror:
             self.dropped += 1
             if self.on_drop is not None:
                 self.on_drop(copy.model, copy.version)
+            self._report(copy, "dropped")
             return False
         return True
 
@@ -78,10 +86,12 @@ class ShadowMirror:
             try:
                 await self._run(copy)
                 self.done += 1
+                self._report(copy, "mirrored")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a shadow's failure is recorded, never propagated
                 self.failed += 1
+                self._report(copy, "failed")
                 log.debug("shadow %s v%d failed: %s", copy.model, copy.version, exc)
             finally:
                 self._queue.task_done()

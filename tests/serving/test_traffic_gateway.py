@@ -25,6 +25,15 @@ ADMIN = {"x-api-key": "roost-dev-key"}  # dev mode's admin key
 BODY = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
 
 
+def metric(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples of ``name`` whose labels include ``labels``."""
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items())
+    )
+
+
 def add_validated(registry: Registry, model: str, data: bytes, **kw: object) -> int:
     info = registry.register_version(model, data, **kw)  # type: ignore[arg-type]
     registry.transition(model, info.version, State.VALIDATING, reason="t")
@@ -88,6 +97,14 @@ def test_experiment_split_is_sticky_and_logged(gateway: str, fast: RoostSettings
             assert seen.setdefault(user, variant) == variant, "assignment is not sticky"
     split = Counter(seen.values())
     assert 45 <= split["control"] <= 105 and split["control"] + split["treatment"] == 150
+    # per-variant request counts and latencies
+    text = httpx.get(f"{gateway}/metrics").text
+    served = Counter(variant for variant in seen.values())
+    for variant in ("control", "treatment"):
+        counted = metric(text, "roost_requests_total", model="m", variant=variant, status="200")
+        assert counted == 2 * served[variant]
+        timed = metric(text, "roost_request_latency_seconds_count", model="m", variant=variant)
+        assert timed == counted
     rows = query_until(
         fast,
         "select variant, experiment, route, count(*) from predictions "
@@ -199,6 +216,14 @@ def test_shadows_never_touch_the_primary(fast: RoostSettings, registry: Registry
         if line.startswith("roost_shadow_dropped_total{")
     )
     assert dropped > 0, "a slow shadow behind a queue of 8 must drop copies"
+    copies = {
+        outcome: metric(metrics, "roost_shadow_copies_total", model="m", outcome=outcome)
+        for outcome in ("mirrored", "failed", "dropped")
+    }
+    assert copies["dropped"] == dropped
+    assert metric(metrics, "roost_shadow_copies_total", version=str(good), outcome="mirrored") > 0
+    assert metric(metrics, "roost_shadow_copies_total", version=str(failing), outcome="failed") > 0
+    assert copies["mirrored"] + copies["failed"] + copies["dropped"] <= 3 * 240
     rows = query_until(
         fast,
         "select p.request_id, p.outputs = s.outputs, s.version from predictions p "
