@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import re
-import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -36,11 +35,23 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from registry import Registry, RoostError, RoostSettings, ServiceUnavailable
-from registry.errors import Draining, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from registry.errors import Draining, InvalidRequest
 from serving.auth import ANONYMOUS, KeyChecker, Principal, presented_key
+from serving.bodies import (
+    COMPRESS_MIN_BYTES,
+    ClientGone,
+    RawHeaders,
+    check_encoding,
+    compress,
+    compressing,
+    inflating,
+    limited,
+    read_body,
+    too_large,
+)
 from serving.oip import LIMITS, DecodeLimits
 from serving.rest import handle_v2_infer
 
@@ -48,11 +59,7 @@ log = logging.getLogger("roost.serving")
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
 """The body limit when the app carries no settings (``RoostSettings.max_request_bytes``)."""
-COMPRESS_MIN_BYTES = 1024
-"""Responses smaller than this are never compressed (it costs more than it saves)."""
-_WBITS = {b"gzip": 31, b"x-gzip": 31, b"deflate": 15}  # deflate: zlib-wrapped (RFC 9110)
 
-RawHeaders = list[tuple[bytes, bytes]]
 Handler = Callable[
     ["Edge", Scope, Receive, Send, "tuple[str | None, ...]", dict[bytes, bytes]], Awaitable[None]
 ]
@@ -154,7 +161,7 @@ async def _infer(
     model, version = groups[0] or "", groups[1]
     headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in raw.items()}
     try:
-        body = await _read_body(receive, edge.max_bytes, raw.get(b"content-encoding"))
+        body = await read_body(receive, edge.max_bytes, raw.get(b"content-encoding"))
         encoded, media_type, extra = await handle_v2_infer(
             plane, unquote(model), unquote(version) if version else None, body, headers
         )
@@ -166,7 +173,7 @@ async def _infer(
     out = [(k.lower().encode(), v.encode()) for k, v in extra.items()]
     accept = raw.get(b"accept-encoding")
     if accept is not None and len(encoded) >= COMPRESS_MIN_BYTES:
-        encoded = _compress(encoded, accept, out)
+        encoded = compress(encoded, accept, out)
     await _send(send, 200, encoded, out, media_type)
 
 
@@ -218,19 +225,6 @@ _DEFAULT = Route(None, "", "read")
 # the middleware
 
 
-class ClientGone(Exception):
-    """The client disconnected before its request body arrived."""
-
-
-class BodyRejected(StarletteHTTPException):
-    """A :class:`RoostError` raised while a FastAPI route reads the body: FastAPI passes an
-    HTTPException from body parsing on as it is (anything else would become a bare 400)."""
-
-    def __init__(self, error: RoostError) -> None:
-        status, headers = error.to_http()
-        super().__init__(status, error.message, headers or None)
-
-
 class Edge:
     """ASGI middleware in front of the FastAPI app; see the module docstring."""
 
@@ -272,7 +266,7 @@ class Edge:
                 )
             encoding = raw.get(b"content-encoding")
             if encoding is not None:
-                encoding = _check_encoding(encoding)
+                encoding = check_encoding(encoding)
                 if encoding is None:  # identity
                     del raw[b"content-encoding"]
                 else:
@@ -281,7 +275,7 @@ class Edge:
             if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
                 # Answered before the body is read; the server discards whatever of it still
                 # comes (closing instead could reset the connection before the client reads it).
-                raise _too_large(self.max_bytes, f" (Content-Length: {int(declared)})")
+                raise too_large(self.max_bytes, f" (Content-Length: {int(declared)})")
         except RoostError as exc:
             await send_error(send, exc)
             return
@@ -300,189 +294,13 @@ class Edge:
                     (k, v) for k, v in scope["headers"]
                     if k not in (b"content-encoding", b"content-length")
                 ]
-                receive = _inflating(receive, self.max_bytes, encoding)
+                receive = inflating(receive, self.max_bytes, encoding)
             else:
-                receive = _limited(receive, self.max_bytes)
+                receive = limited(receive, self.max_bytes)
             accept = raw.get(b"accept-encoding") if route.compress else None
-            await self.app(scope, receive, _compressing(send, accept) if accept else send)
+            await self.app(scope, receive, compressing(send, accept) if accept else send)
         finally:
             LIMITS.reset(token)
-
-
-# --------------------------------------------------------------------------------------------
-# request bodies
-
-
-def _too_large(limit: int, note: str = "") -> PayloadTooLarge:
-    return PayloadTooLarge(
-        f"request body exceeds the limit of {limit} bytes{note}; see max_request_bytes"
-    )
-
-
-def _check_encoding(value: bytes) -> bytes | None:
-    """The request's content coding (None for identity), or 415."""
-    coding = value.strip().lower()
-    if coding in _WBITS:
-        return coding
-    if coding in (b"", b"identity"):
-        return None
-    raise UnsupportedMediaType(
-        f"Content-Encoding '{value.decode('latin-1')}' is not supported; send gzip, deflate "
-        "or an uncompressed body"
-    )
-
-
-class _Inflater:
-    """Inflates a gzip/deflate body chunk by chunk, never past ``limit`` bytes out."""
-
-    __slots__ = ("coding", "left", "limit", "zobj")
-
-    def __init__(self, coding: bytes, limit: int) -> None:
-        self.coding = coding.decode()
-        self.zobj = zlib.decompressobj(_WBITS[coding])
-        self.limit = limit
-        self.left = limit
-
-    def feed(self, chunk: bytes) -> bytes:
-        try:
-            out = self.zobj.decompress(chunk, self.left + 1)  # at most one byte too many
-        except zlib.error as exc:
-            raise InvalidRequest(f"request body is not valid {self.coding} data: {exc}") from None
-        self.left -= len(out)
-        if self.left < 0 or self.zobj.unconsumed_tail:
-            raise _too_large(self.limit, " once decompressed")
-        return out
-
-    def finish(self) -> None:
-        if not self.zobj.eof:
-            raise InvalidRequest(f"request body: the {self.coding} data is truncated")
-
-
-async def _read_body(receive: Receive, max_bytes: int, coding: bytes | None = None) -> bytes:
-    """The whole body (inflated if ``coding`` says gzip or deflate), under ``max_bytes``."""
-    inflater = None if coding is None else _Inflater(coding, max_bytes)
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message: Message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone
-        chunk = message.get("body", b"")
-        if chunk:
-            size += len(chunk)
-            if size > max_bytes:
-                raise _too_large(max_bytes)
-            chunks.append(chunk if inflater is None else inflater.feed(chunk))
-        if not message.get("more_body", False):
-            break
-    if inflater is not None:
-        inflater.finish()
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-def _limited(receive: Receive, max_bytes: int) -> Receive:
-    """``receive`` that raises 413 (:class:`BodyRejected`, rendered by the app) once the body
-    passes ``max_bytes``: the limit for routes that read a body without ``Content-Length``."""
-    size = 0
-
-    async def limited() -> Message:
-        nonlocal size
-        message = await receive()
-        if message["type"] == "http.request":
-            size += len(message.get("body", b""))
-            if size > max_bytes:
-                raise BodyRejected(_too_large(max_bytes))
-        return message
-
-    return limited
-
-
-def _inflating(receive: Receive, max_bytes: int, coding: bytes) -> Receive:
-    """``receive`` that hands the app the inflated body, under the same limits."""
-    inflater = _Inflater(coding, max_bytes)
-    size = 0
-
-    async def inflating() -> Message:
-        nonlocal size
-        message = await receive()
-        if message["type"] != "http.request":
-            return message
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        more = message.get("more_body", False)
-        try:
-            if size > max_bytes:
-                raise _too_large(max_bytes)
-            body = inflater.feed(chunk) if chunk else b""
-            if not more:
-                inflater.finish()
-        except RoostError as exc:
-            raise BodyRejected(exc) from None
-        return {"type": "http.request", "body": body, "more_body": more}
-
-    return inflating
-
-
-# --------------------------------------------------------------------------------------------
-# responses
-
-
-def _accepted_coding(accept: bytes) -> bytes | None:
-    """gzip or deflate if ``Accept-Encoding`` takes them (gzip first), else None."""
-    taken: set[bytes] = set()
-    for part in accept.lower().split(b","):
-        name, _, params = part.partition(b";")
-        name = name.strip()
-        if params.strip().replace(b" ", b"") in (b"q=0", b"q=0.0", b"q=0.00", b"q=0.000"):
-            continue
-        if name == b"*":
-            taken.add(b"gzip")
-        elif name in (b"gzip", b"deflate"):
-            taken.add(name)
-    return b"gzip" if b"gzip" in taken else b"deflate" if b"deflate" in taken else None
-
-
-def _compress(body: bytes, accept: bytes, headers: RawHeaders) -> bytes:
-    """``body`` compressed as the client accepts (adding Content-Encoding to ``headers``)."""
-    coding = _accepted_coding(accept)
-    if coding is None:
-        return body
-    headers.append((b"content-encoding", coding))
-    headers.append((b"vary", b"accept-encoding"))
-    return zlib.compress(body, 1, _WBITS[coding])
-
-
-def _compressing(send: Send, accept: bytes) -> Send:
-    """``send`` that compresses a single-message response of :data:`COMPRESS_MIN_BYTES` or
-    more (a streamed one goes as it is)."""
-    start: Message | None = None
-
-    async def compressing(message: Message) -> None:
-        nonlocal start
-        if message["type"] == "http.response.start":
-            start = message
-            return
-        if start is not None and message["type"] == "http.response.body":
-            head, start = start, None
-            body = message.get("body", b"")
-            headers = list(head.get("headers", []))
-            if (
-                not message.get("more_body", False)
-                and len(body) >= COMPRESS_MIN_BYTES
-                and all(k != b"content-encoding" for k, _ in headers)
-            ):
-                extra: RawHeaders = []
-                packed = _compress(body, accept, extra)
-                if extra:
-                    headers = [(k, v) for k, v in headers if k != b"content-length"]
-                    headers += [(b"content-length", str(len(packed)).encode()), *extra]
-                    await send({**head, "headers": headers})
-                    await send({"type": "http.response.body", "body": packed})
-                    return
-            await send(head)
-        await send(message)
-
-    return compressing
 
 
 async def _send(
