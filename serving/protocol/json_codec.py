@@ -80,7 +80,9 @@ def decode_json_input(index: int, item: Any, limits: DecodeLimits) -> RequestInp
     """Request input ``index`` with its values in JSON ``data``."""
     if not isinstance(item, dict):
         raise InvalidRequest(f"inputs[{index}] must be an object, got {json_type(item)}")
-    name, datatype, shape, count = decode_tensor_header(index, item, limits)
+    name, datatype, shape, count = check_tensor_header(
+        index, item.get("name"), item.get("datatype"), item.get("shape"), limits
+    )
     if "data" not in item:
         raise InvalidRequest(
             f"input '{name}': 'data' is required (binary tensor data is not supported)"

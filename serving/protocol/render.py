@@ -36,7 +36,7 @@ MAX_RENDERED_ELEMENTS = 4096
 MAX_RENDERED_CHARS = 65536
 """Above this many characters the largest listed tensors are summarized as well."""
 
-_NUMPY = orjson.OPT_SERIALIZE_NUMPY
+_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 _NON_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
 
 
@@ -46,12 +46,8 @@ def _number(value: float) -> float | str:
     return "NaN" if math.isnan(value) else _NON_FINITE[value]
 
 
-def _float_data(flat: npt.NDArray[Any]) -> Any:
-    """Float data for orjson: the array itself when finite (no per-element work)."""
-    if flat.dtype == np.float16:
-        flat = flat.astype(np.float32)  # orjson has float16 support, not every build does
-    if np.isfinite(flat).all():
-        return flat
+def _finite_data(flat: npt.NDArray[Any]) -> list[float | str]:
+    """Float data with NaN and +/-Inf as strings (per element: only when there are some)."""
     return [_number(value) for value in flat.tolist()]
 
 
@@ -97,42 +93,70 @@ def summarize_tensor(tensor: RequestInput) -> dict[str, Any]:
 
 
 def _listed(tensor: RequestInput) -> dict[str, Any]:
-    flat = np.asarray(tensor.data).reshape(-1)
+    flat = tensor.data.reshape(-1)
     entry: dict[str, Any] = {
         "name": tensor.name,
         "datatype": tensor.datatype,
         "shape": list(tensor.shape),
     }
-    if tensor.datatype == "BYTES" or flat.dtype.kind == "O":
+    kind = flat.dtype.kind
+    if kind == "O" or tensor.datatype == "BYTES":
         entry["data"], encoded = _bytes_data(flat)
         if encoded:
             entry["encoding"] = "base64"
-    elif flat.dtype.kind == "f":
-        entry["data"] = _float_data(flat)
+    elif flat.dtype == np.float16:  # exact as float32, which orjson serializes
+        entry["data"] = flat.astype(np.float32)
+    elif not flat.dtype.isnative:
+        entry["data"] = flat.astype(flat.dtype.newbyteorder("="))
     else:
-        entry["data"] = flat if flat.dtype.isnative else flat.astype(flat.dtype.newbyteorder("="))
+        entry["data"] = flat  # serialized by orjson's numpy support, no per-element work
     return entry
 
 
 def _dumps(value: Any) -> bytes:
-    return orjson.dumps(value, option=_NUMPY | orjson.OPT_NON_STR_KEYS, default=str)
+    return orjson.dumps(value, option=_OPTIONS, default=str)
+
+
+def _spell_non_finite(entries: list[dict[str, Any]]) -> bool:
+    """Replace listed float data holding NaN or +/-Inf (which orjson writes as null)."""
+    changed = False
+    for entry in entries:
+        data = entry.get("data")
+        if isinstance(data, np.ndarray) and data.dtype.kind == "f" and not np.isfinite(data).all():
+            entry["data"] = _finite_data(data)
+            changed = True
+    return changed
+
+
+def _within_budget(
+    request: InferRequest, entries: list[dict[str, Any]], body: dict[str, Any]
+) -> bytes:
+    """Summarize the largest listed tensors until the text fits :data:`MAX_RENDERED_CHARS`."""
+    sizes = [len(_dumps(entry)) for entry in entries]
+    total = len(_dumps(body))
+    for index in sorted(range(len(entries)), key=sizes.__getitem__, reverse=True):
+        if total <= MAX_RENDERED_CHARS:
+            break
+        if "summary" in entries[index]:
+            continue
+        entries[index] = summarize_tensor(request.inputs[index])
+        total += len(_dumps(entries[index])) - sizes[index]
+    return _dumps(body)
 
 
 def render_inputs(request: InferRequest, features: Mapping[str, Any] | None = None) -> str:
     """``request``'s inputs (and the ``features`` used, when given) as compact JSON text."""
-    parts: list[bytes] = []
-    for tensor in request.inputs:
-        if tensor.data.size > MAX_RENDERED_ELEMENTS:
-            parts.append(_dumps(summarize_tensor(tensor)))
-        else:
-            parts.append(_dumps(_listed(tensor)))
-    tail = b"}" if features is None else b',"features":' + _dumps(dict(features)) + b"}"
-    total = sum(map(len, parts)) + len(tail) + 12
-    if total > MAX_RENDERED_CHARS:
-        for index in sorted(range(len(parts)), key=lambda i: len(parts[i]), reverse=True):
-            if total <= MAX_RENDERED_CHARS:
-                break
-            summary = _dumps(summarize_tensor(request.inputs[index]))
-            total += len(summary) - len(parts[index])
-            parts[index] = summary
-    return (b'{"inputs":[' + b",".join(parts) + b"]" + tail).decode()
+    entries = [
+        summarize_tensor(tensor) if tensor.data.size > MAX_RENDERED_ELEMENTS else _listed(tensor)
+        for tensor in request.inputs
+    ]
+    body: dict[str, Any] = {"inputs": entries}
+    if features is not None:
+        body["features"] = features if isinstance(features, dict) else dict(features)
+    text = _dumps(body)
+    # orjson writes non-finite floats as null: look again only when a null shows up
+    if b"null" in text and _spell_non_finite(entries):
+        text = _dumps(body)
+    if len(text) > MAX_RENDERED_CHARS:
+        text = _within_budget(request, entries, body)
+    return text.decode()

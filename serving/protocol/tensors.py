@@ -53,6 +53,7 @@ NARROW_FP = frozenset({"FP16", "FP32"})
 """Float datatypes a finite JSON (or FP64) number can overflow."""
 MAX_RANK = 32
 """Most dimensions an input's shape may have (numpy itself stops at 64)."""
+_SEQUENCES = (list, tuple)
 
 
 # --------------------------------------------------------------------------------------------
@@ -149,7 +150,7 @@ def check_tensor_header(
     """
     name = check_name(index, name)
     datatype = check_datatype(name, datatype)
-    if isinstance(shape, list | tuple) and all(type(d) is int and d >= 0 for d in shape):
+    if type(shape) in _SEQUENCES and all(type(d) is int and d >= 0 for d in shape):
         dims = tuple(shape)
         return name, datatype, dims, check_shape(name, dims, limits)
     raise InvalidRequest(

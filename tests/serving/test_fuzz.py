@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -25,6 +26,7 @@ from roost_testing import deploy_model, make_echo_onnx, make_linear_onnx, runnin
 from registry import InvalidRequest, Registry, RoostSettings
 from registry.signature import OIP_TO_NUMPY, Signature, TensorSpec
 from serving import binary, oip
+from serving.protocol.render import render_inputs
 
 DATATYPES = list(OIP_TO_NUMPY)
 FEATURES = ["a", "b", "c", "d"]
@@ -227,7 +229,9 @@ def use(request: oip.InferRequest) -> None:
                 oip.validate_against_signature(request, signature, nan_policy=policy)
             except InvalidRequest:
                 pass
-    binary.request_log_json(request)  # the prediction log's rendering of it
+    binary.request_log_json(request)  # the prediction log's renderings of it
+    text = render_inputs(request, {"id": request.id})
+    assert len(orjson.loads(text)["inputs"]) == len(request.inputs)  # whole JSON, never cut
     try:
         binary.binary_outputs(request, [(t.name, t.data) for t in request.inputs])
     except InvalidRequest:
@@ -391,18 +395,17 @@ def test_grpc_decoder_on_arbitrary_messages(body: bytes) -> None:
     service_pb2 = pytest.importorskip("tritonclient.grpc.service_pb2")
     from google.protobuf.message import DecodeError
 
-    from serving.grpc_server import decode_model_infer_request
+    from serving.protocol import decode_model_infer_request
 
     message = service_pb2.ModelInferRequest()
     try:
         message.ParseFromString(body)
     except DecodeError:
         return
-    with oip.using_limits(SMALL):
-        try:
-            request = decode_model_infer_request(message)
-        except InvalidRequest:
-            return
+    try:
+        request = decode_model_infer_request(message, SMALL)  # limits passed, not in context
+    except InvalidRequest:
+        return
     use(request)
 
 

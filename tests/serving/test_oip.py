@@ -625,3 +625,40 @@ def test_decode_validate_encode_pipeline() -> None:
     assert response["outputs"] == [
         {"name": "label", "datatype": "INT64", "shape": [2], "data": [10, 21]}
     ]
+
+
+# -- the protocol core: explicit limits, KServe v1 rows ------------------------------------------
+
+
+def test_explicit_limits_win_over_the_limits_in_force() -> None:
+    from serving.protocol import DecodeLimits, using_limits
+
+    payload = body(tensor("a", "FP32", [2, 3], [0.0] * 6))
+    tight = DecodeLimits(max_tensor_elements=4)
+    with using_limits(DecodeLimits()):
+        with pytest.raises(InvalidRequest, match="more than the limit of 4 per tensor"):
+            decode_infer_request(payload, tight)
+    with using_limits(tight):  # no limits given: the ones in force (transitional)
+        with pytest.raises(InvalidRequest, match="more than the limit of 4 per tensor"):
+            decode_infer_request(payload)
+        assert decode_infer_request(payload, DecodeLimits()).inputs[0].shape == (2, 3)
+
+
+def test_kserve_v1_records_and_rows_become_one_tensor() -> None:
+    from serving.protocol import DecodeLimits, instances_to_rows, rows_to_request
+
+    names = ["a", "b"]
+    rows = instances_to_rows([{"b": 2.0, "a": 1.0}, [3.0, 4.0]], names, "m")
+    assert rows == [[1.0, 2.0], [3.0, 4.0]]
+    spec = TensorSpec("x", "FP32", (-1, 2))
+    request = rows_to_request(spec, rows, "r", {"k": 1}, DecodeLimits())
+    assert request.id == "r" and request.parameters == {"k": 1} and request.outputs is None
+    (x,) = request.inputs
+    assert (x.name, x.datatype, x.shape) == ("x", "FP32", (2, 2))
+    np.testing.assert_array_equal(x.data, np.array([[1, 2], [3, 4]], dtype=np.float32))
+    with pytest.raises(InvalidRequest, match=r"instances\[0\]: missing feature 'b'"):
+        instances_to_rows([{"a": 1.0}], names, "m")
+    with pytest.raises(InvalidRequest, match=r"instances\[1\]: expected 2 values, got 1"):
+        rows_to_request(spec, [[1.0, 2.0], [3.0]], None, {}, DecodeLimits())
+    with pytest.raises(InvalidRequest, match="more than the limit of 3 per tensor"):
+        rows_to_request(spec, rows, None, {}, DecodeLimits(max_tensor_elements=3))
