@@ -8,6 +8,21 @@ customer_activity       Parquet under $ROOST_HOME/features; applies the feature 
 The synthetic history is shifted to end at ``as_of`` (default: today, 00:00 UTC) so the online
 store holds features young enough for their TTLs; the shift is whole days, so every feature,
 ``hour_of_day`` included, is unchanged and a day's runs give the same training data.
+
+Training reads and materialization never collide. Feast moves a feature view to
+``MATERIALIZING`` for the whole of a materialization and, in that state, refuses every read of
+the view, offline ones included ("Feature view ... is in state 'MATERIALIZING' and cannot serve
+features", raised by ``feast.utils._get_feature_views_to_use``). Two guards:
+
+- **a Dagster concurrency pool** (:data:`FEAST_POOL`): the three assets that touch the Feast
+  registry share a pool, and dagster.yaml limits every pool to one step at a time (op
+  granularity), so a pipeline run's training read waits for the scheduled materialization's step
+  to finish instead of failing; it costs nothing when nothing collides;
+- **a retry with exponential back-off** on the training read (:func:`retry_if_materializing`) for
+  the materializations Dagster does not see (``feast materialize`` from a shell, another
+  instance, an instance without pool limits such as an ephemeral one): only that error is
+  retried, after 15 s, 30 s, ... 8 min (about 16 minutes in all, longer than a 10-minute
+  materialization); any other error fails the step at once.
 """
 
 # Dagster reads these annotations at definition time: no `from __future__ import annotations`.
@@ -29,6 +44,7 @@ from dagster import (
     MaterializeResult,
     MetadataValue,
     Output,
+    RetryRequested,
     ScheduleDefinition,
     asset,
     define_asset_job,
@@ -44,6 +60,11 @@ ACTIVITY_FILE = "customer_activity.parquet"  # features.definitions reads it (re
 EVENTS_FILE = "fraud_transactions.parquet"  # labelled events: the point-in-time join's entities
 REQUEST_FEATURES = ["amount", "hour_of_day", "is_foreign", "merchant_risk"]
 MATERIALIZE_CRON = "*/10 * * * *"
+# The Dagster concurrency pool of the steps that touch the Feast registry (limit 1: dagster.yaml).
+FEAST_POOL = "feast"
+# Training reads that meet a MATERIALIZING feature view retry after 15 s, 30 s, ..., 480 s.
+READ_RETRIES = 6
+READ_BACKOFF_S = 15.0
 
 
 class FeatureDataConfig(Config):
@@ -146,10 +167,29 @@ def point_in_time_training_data(store: Any, events: pd.DataFrame, service: str) 
     )
 
 
+def is_materializing_conflict(exc: BaseException) -> bool:
+    """Whether ``exc`` is Feast refusing a read because a materialization is in progress."""
+    text = str(exc)
+    return isinstance(exc, ValueError) and "'MATERIALIZING'" in text and "cannot serve" in text
+
+
+def retry_if_materializing(context: AssetExecutionContext, exc: BaseException) -> None:
+    """Ask Dagster to run the step again later when ``exc`` is a materialization conflict
+    (exponential back-off from :data:`READ_BACKOFF_S`); return otherwise."""
+    if not is_materializing_conflict(exc):
+        return
+    wait = READ_BACKOFF_S * 2**context.retry_number
+    context.log.warning(
+        f"the feature store is materializing ({exc}); attempt {context.retry_number + 1} of "
+        f"{READ_RETRIES + 1} failed, retrying in {wait:g} s"
+    )
+    raise RetryRequested(max_retries=READ_RETRIES, seconds_to_wait=wait) from exc
+
+
 def fraud_feature_assets(spec: DemoModelSpec) -> list[AssetsDefinition]:
     """The customer-activity and online-features assets behind ``spec``'s FeatureService."""
 
-    @asset(name="customer_activity", group_name=GROUP, compute_kind="feast")
+    @asset(name="customer_activity", group_name=GROUP, compute_kind="feast", pool=FEAST_POOL)
     def customer_activity(
         config: FeatureDataConfig, features: FeatureStoreResource
     ) -> MaterializeResult[None]:
@@ -179,6 +219,7 @@ def fraud_feature_assets(spec: DemoModelSpec) -> list[AssetsDefinition]:
         group_name=GROUP,
         deps=[customer_activity],
         compute_kind="feast",
+        pool=FEAST_POOL,
         freshness_policy=FreshnessPolicy.time_window(
             fail_window=timedelta(minutes=30), warn_window=timedelta(minutes=15)
         ),
@@ -223,13 +264,18 @@ def fraud_training_data_asset(spec: DemoModelSpec) -> AssetsDefinition:
         group_name=spec.prefix,
         deps=["customer_activity"],
         compute_kind="feast",
+        pool=FEAST_POOL,  # waits for a materialization step holding the pool's slot
     )
     def training_data(
         context: AssetExecutionContext, features: FeatureStoreResource
     ) -> Output[Dataset]:
         """Labelled transactions joined point-in-time to the model's Feast FeatureService."""
         events = pd.read_parquet(features.settings().repo_path / EVENTS_FILE)
-        dataset = point_in_time_training_data(features.get_store(), events, service)
+        try:  # a fresh store per attempt: it reads the registry's current state
+            dataset = point_in_time_training_data(features.get_store(), events, service)
+        except ValueError as exc:
+            retry_if_materializing(context, exc)  # a materialization outside the pool
+            raise
         context.log.info(f"{len(dataset.frame)} rows from feature service {service!r}")
         return Output(dataset, metadata={**dataset_metadata(dataset), "feature_service": service})
 

@@ -2,20 +2,36 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
-from dagster import AssetKey, DagsterInstance, DefaultScheduleStatus, materialize
+import yaml
+from dagster import (
+    AssetKey,
+    DagsterEventType,
+    DagsterInstance,
+    DefaultScheduleStatus,
+    ExecuteInProcessResult,
+    materialize,
+)
+from dagster._core.test_utils import instance_for_test
+from feast.feature_view import FeatureViewState
+from feast.infra.passthrough_provider import PassthroughProvider
 from feature_testing import REQUEST
 
+import assets.features as feature_assets
 from assets.demo import DEMO_MODELS, FRAUD_FEATURE_SERVICE
 from assets.demo_data import FRAUD_FEATURES, Dataset, generate_fraud_transactions
 from assets.features import (
+    FEAST_POOL,
     fraud_feature_assets,
     fraud_training_data_asset,
     history_end,
@@ -25,7 +41,7 @@ from assets.pipeline import DemoModelSpec
 from assets.resources import FeatureStoreResource
 from features import definitions
 from features.online import OnlineFeatures
-from features.store import FeatureSettings
+from features.store import FeatureSettings, build_store
 
 SMALL_FRAUD = DemoModelSpec(
     served_name="fraud",
@@ -104,3 +120,140 @@ def test_the_online_store_is_materialized_every_10_minutes() -> None:
     assert online.group_names_by_key[AssetKey("online_features")] == "features"
     (spec,) = online.specs
     assert spec.freshness_policy is not None  # the UI shows the asset as fresh, warn or fail
+
+
+# -- training reads and materialization do not collide ---------------------------------------
+
+
+def all_fraud_assets() -> list[Any]:
+    return [*fraud_feature_assets(SMALL_FRAUD), fraud_training_data_asset(SMALL_FRAUD)]
+
+
+def run_assets(
+    instance: DagsterInstance, home: Path, *names: str, today: str = ""
+) -> ExecuteInProcessResult:
+    return materialize(
+        all_fraud_assets(),
+        selection=[AssetKey(n) for n in names],
+        resources={"features": FeatureStoreResource(home=str(home))},
+        instance=instance,
+        run_config=(
+            {"ops": {"customer_activity": {"config": {"as_of": today}}}}
+            if "customer_activity" in names
+            else None
+        ),
+    )
+
+
+class HeldMaterialization:
+    """A real Feast materialization that stops inside its first feature view, so the view stays
+    MATERIALIZING (committed to the registry) until :meth:`release`."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.inside = threading.Event()
+        self.released = threading.Event()
+        self.finished_at = 0.0
+        original: Callable[..., Any] = PassthroughProvider.materialize_single_feature_view
+
+        def held(provider: Any, *args: Any, **kwargs: Any) -> Any:
+            self.inside.set()
+            assert self.released.wait(60), "the test never released the materialization"
+            return original(provider, *args, **kwargs)
+
+        monkeypatch.setattr(PassthroughProvider, "materialize_single_feature_view", held)
+
+    def release(self) -> None:
+        self.released.set()
+
+
+def view_state(home: Path, name: str) -> FeatureViewState:
+    store = build_store(FeatureSettings(home=home, redis_url=None))
+    return store.get_feature_view(name).state  # type: ignore[no-any-return]
+
+
+def step_events(result: ExecuteInProcessResult, node: str, kind: DagsterEventType) -> list[Any]:
+    return [e for e in result.events_for_node(node) if e.event_type == kind]
+
+
+def test_a_training_read_during_a_materialization_retries_with_backoff_and_succeeds(
+    tmp_path: Path, instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A materialization Dagster's pool does not see (here: Feast called directly): the
+    training read meets the MATERIALIZING view, retries with back-off, then succeeds."""
+    home = tmp_path / "roost"
+    today = datetime.now(UTC).strftime("%Y-%m-%d")
+    assert run_assets(instance, home, "customer_activity", "online_features", today=today).success
+    held = HeldMaterialization(monkeypatch)
+    store = build_store(FeatureSettings(home=home, redis_url=None))
+    materializing = threading.Thread(
+        target=store.materialize_incremental, kwargs={"end_date": datetime.now(UTC)}
+    )
+    materializing.start()
+    try:
+        assert held.inside.wait(60)
+        assert view_state(home, "customer_profile") is FeatureViewState.MATERIALIZING
+        monkeypatch.setattr(feature_assets, "READ_BACKOFF_S", 0.3)
+        threading.Timer(1.5, held.release).start()
+        started = time.monotonic()
+        result = run_assets(instance, home, "fraud_training_data")
+    finally:
+        held.release()
+        materializing.join(60)
+    assert result.success
+    assert time.monotonic() - started >= 1.5  # it waited for the materialization to end
+    retries = step_events(result, "fraud_training_data", DagsterEventType.STEP_UP_FOR_RETRY)
+    assert retries, "the read never met the MATERIALIZING view"
+    assert result.output_for_node("fraud_training_data").frame.shape[0] == 3000
+    assert view_state(home, "customer_profile") is FeatureViewState.AVAILABLE_ONLINE
+
+
+def test_other_training_read_errors_are_not_retried(
+    tmp_path: Path, instance: DagsterInstance
+) -> None:
+    home = tmp_path / "roost"  # no customer activity: the read fails, once
+    result = materialize(
+        all_fraud_assets(),
+        selection=[AssetKey("fraud_training_data")],
+        resources={"features": FeatureStoreResource(home=str(home))},
+        instance=instance,
+        raise_on_error=False,
+    )
+    assert not result.success
+    assert not step_events(result, "fraud_training_data", DagsterEventType.STEP_UP_FOR_RETRY)
+
+
+def test_the_feast_pool_makes_a_training_read_wait_for_the_scheduled_materialization(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With dagster.yaml's pool limit, the training step waits for the materialization step's
+    slot: it never meets the MATERIALIZING view, so it does not retry."""
+    for asset_def in all_fraud_assets():
+        assert asset_def.op.pool == FEAST_POOL  # every step that touches the Feast registry
+    home = tmp_path / "roost"
+    today = datetime.now(UTC).strftime("%Y-%m-%d")
+    # the pool limits `roost up` runs with
+    dagster_yaml = Path(__file__).resolve().parents[2] / "dagster.yaml"
+    pools = {"concurrency": yaml.safe_load(dagster_yaml.read_text())["concurrency"]}
+    assert pools["concurrency"]["pools"]["default_limit"] == 1
+    (tmp_path / "dagster").mkdir()
+    with instance_for_test(temp_dir=str(tmp_path / "dagster"), overrides=pools) as instance:
+        assert run_assets(instance, home, "customer_activity", "online_features", today=today)
+        held = HeldMaterialization(monkeypatch)
+        scheduled: list[ExecuteInProcessResult] = []
+        run = threading.Thread(
+            target=lambda: scheduled.append(run_assets(instance, home, "online_features"))
+        )
+        run.start()
+        try:
+            assert held.inside.wait(60)
+            assert view_state(home, "customer_profile") is FeatureViewState.MATERIALIZING
+            threading.Timer(2.0, held.release).start()
+            started = time.monotonic()
+            result = run_assets(instance, home, "fraud_training_data")
+        finally:
+            held.release()
+            run.join(120)
+    assert scheduled and scheduled[0].success
+    assert result.success
+    assert time.monotonic() - started >= 2.0
+    assert not step_events(result, "fraud_training_data", DagsterEventType.STEP_UP_FOR_RETRY)
