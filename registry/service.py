@@ -21,10 +21,11 @@ from registry import audit
 from registry.artifacts import ArtifactStore, sha256_bytes
 from registry.errors import Conflict, InvalidRequest, NotFound
 from registry.lifecycle import DEPLOY_PATH, ROUTABLE, SERVABLE, State, check_transition
+from registry.onnx_rewrite import servable_signature
 from registry.policies import Change, PolicyStore, policy_of
 from registry.serving_config import ServingConfig
 from registry.settings import RoostSettings
-from registry.signature import Signature, signature_from_onnx
+from registry.signature import Signature
 from registry.tables import (
     AuditRow,
     Base,
@@ -101,6 +102,15 @@ class VersionInfo:
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
         }
+
+
+@dataclass(frozen=True)
+class RegistrationResult:
+    """What :meth:`Registry.register` did: ``created`` is False when the model already had a
+    version with these bytes (``version``, in whatever state it is now)."""
+
+    version: VersionInfo
+    created: bool
 
 
 @dataclass(frozen=True)
@@ -232,16 +242,51 @@ class Registry:
     ) -> VersionInfo:
         """Store an ONNX artifact and register it as the model's next version (REGISTERED).
 
-        Idempotent: registering the same bytes for the same model returns the existing version.
+        Idempotent: registering the same bytes for the same model returns the existing version,
+        whatever its state; :meth:`register` says which of the two happened.
+        """
+        return self.register(
+            model,
+            artifact,
+            feature_names=feature_names,
+            metrics=metrics,
+            lineage=lineage,
+            tags=tags,
+            config=config,
+            registered_by=registered_by,
+            description=description,
+        ).version
+
+    def register(
+        self,
+        model: str,
+        artifact: bytes | Path,
+        *,
+        feature_names: list[str] | None = None,
+        metrics: dict[str, Any] | None = None,
+        lineage: dict[str, Any] | None = None,
+        tags: dict[str, Any] | None = None,
+        config: dict[str, Any] | None = None,
+        registered_by: str | None = None,
+        description: str = "",
+    ) -> RegistrationResult:
+        """:meth:`register_version`, saying whether it created a version or found one.
+
+        A scikit-learn classifier exported with ZipMap (``seq(map(...))`` output) is rewritten
+        first (:mod:`registry.onnx_rewrite`): the stored file, whose sha256 the version carries,
+        has the probability tensor as that output, and the lineage records
+        ``rewritten_from_sha256`` and ``rewrite``.
         """
         check_model_name(model)
         data = artifact.read_bytes() if isinstance(artifact, Path) else artifact
         try:
-            signature = signature_from_onnx(data, feature_names)
+            data, signature, rewrite = servable_signature(data, feature_names)
         except ValueError as exc:
             raise InvalidRequest(f"artifact: {exc}") from None
         except Exception as exc:  # onnxruntime raises its own types for a non-ONNX file
             raise InvalidRequest(f"artifact is not a loadable ONNX model: {exc}") from None
+        if rewrite is not None:
+            lineage = {**(lineage or {}), **rewrite.lineage()}
         ServingConfig.from_config(config or {})
         digest = sha256_bytes(data)
         actor = registered_by or self.default_actor
@@ -250,7 +295,7 @@ class Registry:
                 select(VersionRow).where(VersionRow.model == model, VersionRow.sha256 == digest)
             ).scalar_one_or_none()
             if existing is not None:
-                return VersionInfo.from_row(existing)
+                return RegistrationResult(VersionInfo.from_row(existing), created=False)
             self.artifacts.put(data)
             if session.get(ModelRow, model) is None:
                 session.add(ModelRow(name=model, description=description))
@@ -286,7 +331,7 @@ class Registry:
                 version=number,
                 details={"sha256": digest, "size_bytes": len(data)},
             )
-            return VersionInfo.from_row(row)
+            return RegistrationResult(VersionInfo.from_row(row), created=True)
 
     def _version_row(self, session: Session, model: str, version: int) -> VersionRow:
         row = session.execute(

@@ -108,6 +108,28 @@ def _dims(shape: list[Any]) -> tuple[int, ...]:
     return tuple(d if isinstance(d, int) and d >= 0 else -1 for d in shape)
 
 
+ZIPMAP_HINT = (
+    'a scikit-learn classifier exported with ZipMap? export with skl2onnx.to_onnx(model, X[:1], '
+    'options={"zipmap": False}) (onnxmltools: zipmap=False)'
+)
+
+
+class UnsupportedType(ValueError):
+    """A model input or output whose ONNX type has no Open Inference Protocol datatype."""
+
+    def __init__(self, role: str, name: str, onnx_type: str) -> None:
+        self.role = role
+        self.name = name
+        self.onnx_type = onnx_type
+        message = (
+            f"{role} '{name}' has unsupported ONNX type {onnx_type} "
+            f"(expected a tensor of {', '.join(t[len('tensor('):-1] for t in ONNX_TO_OIP)})"
+        )
+        if onnx_type.startswith("seq(map("):
+            message += f"; {ZIPMAP_HINT}"
+        super().__init__(message)
+
+
 def signature_from_onnx(model_bytes: bytes, feature_names: list[str] | None = None) -> Signature:
     """Read the signature of an ONNX model from its graph's inputs and outputs."""
     import onnxruntime as ort
@@ -117,13 +139,13 @@ def signature_from_onnx(model_bytes: bytes, feature_names: list[str] | None = No
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
 
-    def spec(node: Any) -> TensorSpec:
+    def spec(node: Any, role: str) -> TensorSpec:
         if node.type not in ONNX_TO_OIP:
-            raise ValueError(f"tensor '{node.name}' has unsupported ONNX type {node.type}")
+            raise UnsupportedType(role, node.name, node.type)
         return TensorSpec(node.name, ONNX_TO_OIP[node.type], _dims(list(node.shape)))
 
-    inputs = tuple(spec(n) for n in session.get_inputs())
-    outputs = tuple(spec(n) for n in session.get_outputs())
+    inputs = tuple(spec(n, "input") for n in session.get_inputs())
+    outputs = tuple(spec(n, "output") for n in session.get_outputs())
     if feature_names is not None:
         if len(inputs) != 1 or len(inputs[0].shape) != 2:
             raise ValueError("feature_names need a model with exactly one 2-D input")
