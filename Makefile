@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.roost-installed
-PACKAGES := registry serving warehouse features assets orchestration
+PACKAGES := registry serving warehouse features assets orchestration analysis
 
 .PHONY: install install-gpu up test lint bench clean
 

@@ -7,6 +7,10 @@ restored as columns. The file list is read on every query, so new files show up 
 reconnecting; but if no file existed when the connection was opened, the view is an empty one
 with the same columns, so open a fresh connection to see data written since.
 
+The view ``experiment_results`` reads the experiment analyses written under
+``<logs_dir>/analysis/experiment_results`` (see :data:`EXPERIMENT_RESULTS_SCHEMA`); empty until
+one is written.
+
 Timestamps are returned in UTC (the connection's ``TimeZone`` is set to UTC).
 """
 
@@ -25,6 +29,28 @@ from warehouse.writer import PREDICTIONS_DIR
 
 VIEW = "predictions"
 FEEDBACK_VIEW = "feedback"
+EXPERIMENT_RESULTS_VIEW = "experiment_results"
+EXPERIMENT_RESULTS_DIR = "analysis/experiment_results"
+"""Under the logs root: Parquet files of experiment analyses (``analysis.experiments``)."""
+
+_INT, _FLOAT = pa.int64(), pa.float64()
+EXPERIMENT_RESULTS_SCHEMA: pa.Schema = pa.schema(
+    [("analysed_at", pa.timestamp("us", tz="UTC")), ("model", pa.string()),
+     ("experiment", pa.string()), ("window_start", pa.timestamp("us", tz="UTC")),
+     ("window_end", pa.timestamp("us", tz="UTC")), ("variant", pa.string()),
+     ("version", _INT), ("is_control", pa.bool_()), ("weight", _FLOAT)]
+    + [(n, _INT) for n in ("units", "anonymous", "requests", "server_errors", "labelled",
+                           "correct")]
+    + [(n, _FLOAT) for n in ("accuracy", "accuracy_ci_low", "accuracy_ci_high",
+                             "accuracy_diff", "accuracy_p_value")]
+    + [("rewards", _INT)]
+    + [(n, _FLOAT) for n in ("reward_mean", "reward_ci_low", "reward_ci_high", "reward_diff",
+                             "reward_p_value", "srm_chi2", "srm_p_value")]
+    + [("srm_detected", pa.bool_())]
+    + [(n, _INT) for n in ("labelled_needed_per_arm", "labelled_still_needed",
+                           "rewards_needed_per_arm", "rewards_still_needed")]
+)
+"""One row per (analysis run, experiment, variant): the view ``experiment_results``."""
 
 _DUCKDB_TYPES: dict[pa.DataType, str] = {
     pa.string(): "VARCHAR",
@@ -74,6 +100,17 @@ def _feedback_source(directory: Path) -> str:
     return f"SELECT {nulls} WHERE false"
 
 
+def _experiment_results_source(directory: Path) -> str:
+    """Every experiment analysis written, or an empty relation with the same columns."""
+    columns = [(f.name, _DUCKDB_TYPES[f.type]) for f in EXPERIMENT_RESULTS_SCHEMA]
+    if _has_files(directory):
+        names = ", ".join(f'"{n}"' for n, _ in columns)
+        glob = _sql_string(f"{directory.as_posix()}/*.parquet")
+        return f"SELECT {names} FROM read_parquet({glob}, union_by_name = true)"
+    nulls = ", ".join(f'CAST(NULL AS {t}) AS "{n}"' for n, t in columns)
+    return f"SELECT {nulls} WHERE false"
+
+
 def connect(logs_dir: Path, *, sandboxed: bool = True) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with the views ``predictions`` and ``feedback``.
 
@@ -102,9 +139,13 @@ def connect(logs_dir: Path, *, sandboxed: bool = True) -> duckdb.DuckDBPyConnect
         con.execute(f"CREATE VIEW {VIEW} AS SELECT {names} FROM {source}")
         feedback_dir = Path(logs_dir).absolute() / FEEDBACK_DIR
         con.execute(f"CREATE VIEW {FEEDBACK_VIEW} AS {_feedback_source(feedback_dir)}")
+        results_dir = Path(logs_dir).absolute() / EXPERIMENT_RESULTS_DIR
+        con.execute(
+            f"CREATE VIEW {EXPERIMENT_RESULTS_VIEW} AS {_experiment_results_source(results_dir)}"
+        )
         if sandboxed:
             allowed = ", ".join(
-                _sql_string(d.as_posix() + "/") for d in (directory, feedback_dir)
+                _sql_string(d.as_posix() + "/") for d in (directory, feedback_dir, results_dir)
             )
             con.execute(f"SET allowed_directories = [{allowed}]")
             con.execute("SET enable_external_access = false")
