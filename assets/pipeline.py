@@ -1,13 +1,10 @@
-"""The demo model pipeline as Dagster assets, one group per served model.
+"""The demo trainers' assets: training data -> trained model -> ONNX artifact (registered).
 
-training data -> trained model -> ONNX artifact (registered) -> validation -> production deployment
-
-A model whose spec names a Feast FeatureService (the fraud model) gets its training data asset
+A demo spec (``source: {kind: trainer}``) starts its lineage here; validation and the staged
+rollout that follow are the same for every model (see :mod:`assets.lineage`). A trainer whose
+:class:`DemoModelSpec` names a Feast FeatureService (the fraud model) gets its training data asset
 from ``assets/features.py`` (a point-in-time join) and the service's name in the registered
 version's tags and lineage (``feature_service``), which is how the gateway finds its features.
-
-Validation is four blocking asset checks on the ``validation`` asset: when one fails the version
-is moved to FAILED and the deployment asset does not run (the registry refuses it as well).
 """
 
 # Dagster reads these annotations at definition time: no `from __future__ import annotations`.
@@ -17,40 +14,26 @@ from dataclasses import dataclass
 from typing import Any
 
 from dagster import (
-    AssetCheckResult,
-    AssetChecksDefinition,
     AssetExecutionContext,
     AssetIn,
     AssetsDefinition,
     Config,
-    Failure,
-    MaterializeResult,
-    MetadataValue,
     Output,
     asset,
-    asset_check,
 )
 
 from assets.demo_data import Dataset
 from assets.resources import RegistryResource
 from assets.training import TrainedModel, train_classifier
-from assets.validation import ValidationReport, validate_model
-from registry import State
-
-CHECK_NAMES = ("signature", "accuracy", "parity", "latency")
 
 
 @dataclass(frozen=True)
 class DemoModelSpec:
-    """One demo model: where its data comes from and the bar its versions must clear."""
+    """One demo trainer: the model it serves, where its data comes from."""
 
     served_name: str  # the name clients use: /v2/models/<served_name>/infer
     prefix: str  # asset key prefix and group name
     load_data: Callable[[], Dataset]
-    accuracy_threshold: float
-    min_auc: float | None
-    parity_tolerance: float = 1e-4
-    latency_budget_ms: float = 5.0
     description: str = ""
     # A model whose training data comes from a Feast FeatureService: the service's name (stored
     # in the registered version's tags and lineage) and the factory of its training data asset.
@@ -74,8 +57,8 @@ def _code_version() -> str:
         return "roost (source)"
 
 
-def build_model_pipeline(spec: DemoModelSpec) -> tuple[list[AssetsDefinition], list[Any]]:
-    """The five assets and four checks of one demo model."""
+def trainer_assets(spec: DemoModelSpec) -> list[AssetsDefinition]:
+    """Training data, trained model and registered ONNX artifact of one demo trainer."""
     p = spec.prefix
 
     training_data = (spec.training_data_asset or _loaded_training_data)(spec)
@@ -150,79 +133,7 @@ def build_model_pipeline(spec: DemoModelSpec) -> tuple[list[AssetsDefinition], l
             },
         )
 
-    @asset(
-        name=f"{p}_validation",
-        group_name=p,
-        ins={"trained": AssetIn(f"{p}_trained_model"), "artifact": AssetIn(f"{p}_onnx_artifact")},
-        compute_kind="onnxruntime",
-    )
-    def validation(
-        registry: RegistryResource, trained: TrainedModel, artifact: dict[str, Any]
-    ) -> Output[dict[str, Any]]:
-        """The version validated on held-out data; it ends VALIDATED or FAILED."""
-        report = validate_model(
-            trained,
-            accuracy_threshold=spec.accuracy_threshold,
-            min_auc=spec.min_auc,
-            parity_tolerance=spec.parity_tolerance,
-            latency_budget_ms=spec.latency_budget_ms,
-        )
-        state = _record_validation(registry, artifact, report)
-        result = {
-            "model": artifact["model"],
-            "version": artifact["version"],
-            "passed": report.passed,
-            "state": state.value,
-            "outcomes": {
-                o.name: {"passed": o.passed, "description": o.description, "metadata": o.metadata}
-                for o in report.outcomes
-            },
-        }
-        return Output(
-            result,
-            metadata={
-                "version": artifact["version"],
-                "state": state.value,
-                "passed": report.passed,
-                "failed_checks": ", ".join(report.failed) or "none",
-            },
-        )
-
-    checks = [_make_check(p, name) for name in CHECK_NAMES]
-
-    @asset(
-        name=f"{p}_production_deployment",
-        group_name=p,
-        ins={"validated": AssetIn(f"{p}_validation")},
-        compute_kind="roost",
-    )
-    def production_deployment(
-        registry: RegistryResource, validated: dict[str, Any]
-    ) -> MaterializeResult[None]:
-        """The validated version serving production traffic."""
-        if not validated["passed"]:
-            raise Failure(
-                f"version {validated['version']} of {spec.served_name} failed validation; "
-                "not deploying"
-            )
-        reg = registry.get_registry()
-        try:
-            dep = reg.deploy(
-                spec.served_name, int(validated["version"]), reason="demo pipeline", actor="dagster"
-            )
-        finally:
-            reg.close()
-        return MaterializeResult(
-            metadata={
-                "model": spec.served_name,
-                "production_version": dep.production_version,
-                "generation": dep.generation,
-                "predict_url": MetadataValue.text(f"/v2/models/{spec.served_name}/infer"),
-            }
-        )
-
-    assets_ = [training_data, trained_model, onnx_artifact, validation, production_deployment]
-    return assets_, checks
+    return [training_data, trained_model, onnx_artifact]
 
 
 def _loaded_training_data(spec: DemoModelSpec) -> AssetsDefinition:
@@ -243,54 +154,3 @@ def dataset_metadata(dataset: Dataset) -> dict[str, Any]:
         "fingerprint": dataset.fingerprint(),
         "positive_rate": float(dataset.y.mean()),
     }
-
-
-def _record_validation(
-    registry: RegistryResource, artifact: dict[str, Any], report: ValidationReport
-) -> State:
-    """Walk the version through VALIDATING to VALIDATED or FAILED (audited) and store metrics."""
-    reg = registry.get_registry()
-    model, version = artifact["model"], int(artifact["version"])
-    try:
-        metrics = {
-            f"validation.{o.name}.{k}": v
-            for o in report.outcomes
-            for k, v in o.metadata.items()
-            if isinstance(v, int | float)
-        }
-        reg.update_metrics(model, version, metrics)
-        state = reg.get_version(model, version).state
-        if state is State.FAILED:
-            reg.transition(
-                model, version, State.REGISTERED, reason="re-validation", actor="dagster"
-            )
-            state = State.REGISTERED
-        if state is State.REGISTERED:
-            reg.transition(model, version, State.VALIDATING, reason="pipeline", actor="dagster")
-            state = State.VALIDATING
-        if state is State.VALIDATING:  # also a run that died between the two transitions
-            target = State.VALIDATED if report.passed else State.FAILED
-            why = "all checks passed" if report.passed else "failed: " + ", ".join(report.failed)
-            reg.transition(model, version, target, reason=why, actor="dagster")
-            state = target
-        return state
-    finally:
-        reg.close()
-
-
-def _make_check(prefix: str, name: str) -> AssetChecksDefinition:
-    @asset_check(
-        asset=f"{prefix}_validation",
-        name=f"{name}_check",
-        blocking=True,
-        description=f"Validation criterion '{name}' of the registered version.",
-    )
-    def check(validation: dict[str, Any]) -> AssetCheckResult:
-        outcome = validation["outcomes"][name]
-        return AssetCheckResult(
-            passed=bool(outcome["passed"]),
-            description=outcome["description"],
-            metadata={"version": validation["version"], **outcome["metadata"]},
-        )
-
-    return check

@@ -240,6 +240,8 @@ def check_latency(
     runs: int = 300,
     warmup: int = 20,
     seed: int = 0,
+    input_name: str = INPUT_NAME,
+    dtype: Any = np.float32,
 ) -> CheckOutcome:
     """Single-row latency of a one-thread CPU ONNX Runtime session: p99 must be within budget.
 
@@ -250,13 +252,13 @@ def check_latency(
         if runs < 1:
             raise ValueError(f"runs must be >= 1, got {runs}")
         session = _session(onnx_bytes)
-        rows = np.random.default_rng(seed).normal(size=(runs, 1, n_features)).astype(np.float32)
+        rows = np.random.default_rng(seed).normal(size=(runs, 1, n_features)).astype(dtype)
         for i in range(max(warmup, 0)):
-            session.run(None, {INPUT_NAME: rows[i % runs]})
+            session.run(None, {input_name: rows[i % runs]})
         timings = np.empty(runs, dtype=np.float64)
         for i in range(runs):
             started = time.perf_counter_ns()
-            session.run(None, {INPUT_NAME: rows[i]})
+            session.run(None, {input_name: rows[i]})
             timings[i] = (time.perf_counter_ns() - started) / 1e6
         p50, p99 = (float(v) for v in np.percentile(timings, [50, 99]))
         meta: Metadata = {

@@ -1,26 +1,46 @@
-"""The Dagster code location: demo pipelines, their checks, jobs, schedules and resources."""
+"""The Dagster code location: every model spec's lineage, jobs, the registry observer, resources.
+
+Specs are the two built-in demos plus ``$ROOST_HOME/models/*.yaml`` (see :mod:`assets.spec`).
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from dagster import AssetSelection, Definitions, define_asset_job
 
-from assets.demo import demo_assets, demo_schedules
+from assets.demo import DEMO_MODELS, DEMO_SPECS, demo_schedules
+from assets.features import fraud_feature_assets
+from assets.lineage import build_lineages
+from assets.observer import registry_observer, serving_assets
 from assets.resources import FeatureStoreResource, RegistryResource
+from assets.spec import ModelSpec, load_user_specs, merge_specs
+from registry import RoostSettings
 
 
-def build_definitions() -> Definitions:
-    assets, checks = demo_assets()
+def build_definitions(home: Path | None = None) -> Definitions:
+    """Definitions for the demos and every spec under ``home`` (default: ``$ROOST_HOME``)."""
+    home = home or RoostSettings().home
+    specs: list[ModelSpec] = merge_specs(DEMO_SPECS, load_user_specs(home))
+    lineages = build_lineages(specs)
+    assets: list[Any] = [a for lineage in lineages for a in lineage.assets]
+    assets += [a for t in DEMO_MODELS if t.feature_service for a in fraud_feature_assets(t)]
+    assets += serving_assets(specs)
+    demo_groups = [spec.prefix for spec in DEMO_SPECS] + ["features"]
     demo_job = define_asset_job(
         "demo_pipeline",
-        selection=AssetSelection.all(),
-        description="Train, export, register, validate and deploy every demo model.",
+        selection=AssetSelection.groups(*demo_groups) - AssetSelection.assets(
+            *(f"{spec.prefix}_serving" for spec in DEMO_SPECS)
+        ),
+        description="Train, export, register, validate and roll out every demo model.",
     )
-    schedules = demo_schedules()
     return Definitions(
         assets=assets,
-        asset_checks=checks,
-        jobs=[demo_job],
-        schedules=schedules,
+        asset_checks=[c for lineage in lineages for c in lineage.checks],
+        jobs=[demo_job, *(job for lineage in lineages for job in lineage.jobs())],
+        schedules=demo_schedules(),
+        sensors=[registry_observer(specs)],
         resources={"registry": RegistryResource(), "features": FeatureStoreResource()},
     )
 
