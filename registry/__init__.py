@@ -13,13 +13,30 @@ from registry.errors import (
     ServiceUnavailable,
     Unauthorized,
 )
-from registry.lifecycle import SERVABLE, TRANSITIONS, State, check_transition, parse_state
+from registry.lifecycle import (
+    ROLLBACK_TRANSITIONS,
+    SERVABLE,
+    TRANSITIONS,
+    State,
+    check_transition,
+    parse_state,
+)
+from registry.rollout import (
+    DEFAULT_SCHEDULE,
+    RolloutPhase,
+    RolloutStatus,
+    StaleRollout,
+    check_schedule,
+    parse_schedule,
+)
 from registry.service import DeploymentInfo, ModelInfo, Registry, VersionInfo
 from registry.serving_config import ServingConfig
 from registry.settings import RoostSettings
 from registry.signature import Signature, TensorSpec, signature_from_onnx
 
 __all__ = [
+    "DEFAULT_SCHEDULE",
+    "ROLLBACK_TRANSITIONS",
     "SERVABLE",
     "TRANSITIONS",
     "ArtifactIntegrityError",
@@ -35,15 +52,20 @@ __all__ = [
     "NotFound",
     "Registry",
     "RoostError",
+    "RolloutPhase",
+    "RolloutStatus",
     "RoostSettings",
     "ServiceUnavailable",
     "ServingConfig",
     "Signature",
+    "StaleRollout",
     "State",
     "TensorSpec",
     "Unauthorized",
     "VersionInfo",
+    "check_schedule",
     "check_transition",
+    "parse_schedule",
     "parse_state",
     "signature_from_onnx",
 ]

@@ -1,4 +1,14 @@
-"""The model-version lifecycle state machine, exactly as REQUIREMENTS.md defines it."""
+"""The model-version lifecycle state machine, as REQUIREMENTS.md defines it, plus ONE extension.
+
+:data:`TRANSITIONS` is the requirements' table verbatim. Roost adds exactly one move to it,
+kept apart in :data:`ROLLBACK_TRANSITIONS`: **DEPRECATED -> PRODUCTION, only as a rollback**
+(``check_transition(..., rollback=True)``), which is what ``Registry.rollback`` /
+``roost rollback MODEL [--to VERSION]`` does to bring the previous production version back in
+one transaction (the current one goes PRODUCTION -> DEPRECATED, as the table allows). Asked for
+by hand (``Registry.transition``, ``roost transition``) the move is refused with a message
+pointing at ``roost rollback``: a rollback must also swap the deployment's production version,
+cancel any rollout and be audited as one, which a bare state change would not do.
+"""
 
 from __future__ import annotations
 
@@ -35,6 +45,11 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     State.ROLLBACK: frozenset({State.VALIDATED}),
 }
 
+# Roost's one extension of the table: allowed only with ``rollback=True`` (Registry.rollback).
+ROLLBACK_TRANSITIONS: dict[State, frozenset[State]] = {
+    State.DEPRECATED: frozenset({State.PRODUCTION}),
+}
+
 # The path `deploy` walks from VALIDATED until staging and canary become real gates.
 DEPLOY_PATH: tuple[State, ...] = (
     State.STAGING,
@@ -61,11 +76,25 @@ def parse_state(value: str) -> State:
         raise InvalidRequest(f"unknown state '{value}'; states are: {names}") from None
 
 
-def check_transition(current: State, target: State) -> None:
-    """Raise InvalidTransition unless ``current -> target`` is in the table."""
+def check_transition(current: State, target: State, *, rollback: bool = False) -> None:
+    """Raise InvalidTransition unless ``current -> target`` is in the table.
+
+    ``rollback=True`` also allows :data:`ROLLBACK_TRANSITIONS` (only ``Registry.rollback``
+    passes it); without it, such a move is refused with a pointer to ``roost rollback``.
+    """
     allowed = TRANSITIONS[current]
     if target in allowed:
         return
+    extra = ROLLBACK_TRANSITIONS.get(current, frozenset())
+    if target in extra:
+        if rollback:
+            return
+        raise InvalidTransition(
+            f"transition {current.value} -> {target.value} is only allowed as a rollback: use "
+            "`roost rollback MODEL [--to VERSION]` (POST /admin/models/MODEL/rollback), which "
+            "also moves the current production version to DEPRECATED; allowed from "
+            f"{current.value}: " + ", ".join(sorted(s.value for s in allowed))
+        )
     if allowed:
         names = ", ".join(sorted(s.value for s in allowed))
         hint = f"allowed from {current.value}: {names}"

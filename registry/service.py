@@ -23,6 +23,9 @@ from registry.errors import Conflict, InvalidRequest, NotFound
 from registry.lifecycle import DEPLOY_PATH, ROUTABLE, SERVABLE, State, check_transition
 from registry.onnx_rewrite import servable_signature
 from registry.policies import Change, PolicyStore, policy_of
+from registry.rollback import rollback_in
+from registry.rollout import RolloutMethods
+from registry.rollout_store import RolloutStore
 from registry.serving_config import ServingConfig
 from registry.settings import RoostSettings
 from registry.signature import Signature
@@ -169,8 +172,12 @@ def _make_engine(url: str, *, immediate: bool) -> Engine:
     return engine
 
 
-class Registry:
+class Registry(RolloutMethods):
     """Models, versions, their lifecycle, deployments and the audit trail.
+
+    Staged rollouts live in ``self.rollouts`` (:mod:`registry.rollout_store`); the rollout
+    methods (``start_rollout``, ``advance_rollout`` ...) come from
+    :class:`~registry.rollout.RolloutMethods`.
 
     Traffic policies live in ``self.traffic`` (a :class:`~registry.policies.PolicyStore`, every
     change one transaction with a generation compare-and-set); the policy methods below are its
@@ -188,6 +195,7 @@ class Registry:
         self.artifacts = ArtifactStore(artifacts_dir)
         self.default_actor = actor
         self.traffic = PolicyStore(self)
+        self.rollouts = RolloutStore(self)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._read_sessions = sessionmaker(self._read_engine, expire_on_commit=False)
         Base.metadata.create_all(self.engine)
@@ -418,10 +426,17 @@ class Registry:
     # -- lifecycle ----------------------------------------------------------------------------
 
     def _transition(
-        self, session: Session, row: VersionRow, target: State, actor: str, reason: str
+        self,
+        session: Session,
+        row: VersionRow,
+        target: State,
+        actor: str,
+        reason: str,
+        *,
+        rollback: bool = False,
     ) -> None:
         current = State(row.state)
-        check_transition(current, target)
+        check_transition(current, target, rollback=rollback)
         row.state = target.value
         row.updated_at = utcnow()
         audit.append(
@@ -432,6 +447,7 @@ class Registry:
             version=row.version,
             details={"from": current.value, "to": target.value, "reason": reason},
         )
+        self.rollouts.note_transition(session, row, target, actor, reason)
         if session.get(DeploymentRow, row.model) is None:
             return
         if target not in ROUTABLE or target not in SERVABLE:
@@ -458,12 +474,35 @@ class Registry:
         *,
         reason: str,
         actor: str | None = None,
+        force: bool = False,
     ) -> VersionInfo:
-        """Move a version to ``target`` if the state machine allows it; audited."""
+        """Move a version to ``target`` if the state machine allows it; audited.
+
+        Moving a model's production version out of PRODUCTION would leave nothing to answer
+        its requests: refused (Conflict, pointing at ``roost rollback`` / ``roost promote``)
+        unless ``force``, which is audited with "forced" in the reason.
+        """
         if not reason.strip():
             raise InvalidRequest("reason: a non-empty reason is required for a transition")
         with self._write() as session:
             row = self._version_row(session, model, version)
+            check_transition(State(row.state), target)
+            deployment = session.get(DeploymentRow, model)
+            if (
+                row.state == State.PRODUCTION.value
+                and target is not State.PRODUCTION
+                and deployment is not None
+                and deployment.production_version == version
+            ):
+                if not force:
+                    raise Conflict(
+                        f"version {version} is the production version of '{model}' and no other "
+                        "version would serve it: every request would fail. Use `roost rollback "
+                        f"{model}` to bring back the previous version, or `roost promote {model} "
+                        "VERSION` to roll out another; pass --force (force=True) to take it "
+                        "offline anyway"
+                    )
+                reason = f"{reason} (forced: left '{model}' without a production version)"
             self._transition(session, row, target, actor or self.default_actor, reason)
             return VersionInfo.from_row(row)
 
@@ -491,6 +530,13 @@ class Registry:
             and row.state == State.PRODUCTION.value
         ):
             return self._deployment_info(deployment)
+        running = self.rollouts.active(session, model)
+        if running is not None and running.version != version:
+            raise Conflict(
+                f"model '{model}' has an active rollout of version {running.version} "
+                f"({running.phase}); let it finish or cancel it (`roost rollout cancel {model}`) "
+                f"before deploying version {version}"
+            )
         if row.state == State.CANARY.value:  # promoting the canary
             self._transition(session, row, State.PRODUCTION, actor, reason)
         elif row.state == State.VALIDATED.value:
@@ -526,6 +572,27 @@ class Registry:
         session.flush()
         session.refresh(deployment)
         return self._deployment_info(deployment)
+
+    def rollback(
+        self,
+        model: str,
+        *,
+        to_version: int | None = None,
+        reason: str,
+        actor: str | None = None,
+    ) -> VersionInfo:
+        """Bring a previous production version back, in ONE transaction; returns it.
+
+        ``to_version`` defaults to the version most recently moved PRODUCTION -> DEPRECATED
+        (a second rollback undoes the first). See :func:`registry.rollback.rollback_in`.
+        """
+        if not isinstance(reason, str) or not reason.strip():
+            raise InvalidRequest("reason: a non-empty reason is required for a rollback")
+        with self._write() as session:
+            row = rollback_in(
+                self, session, model, to_version, reason.strip(), actor or self.default_actor
+            )
+            return VersionInfo.from_row(row)
 
     # -- traffic policies (registry/policies.py) ----------------------------------------------
 

@@ -118,3 +118,31 @@ class ApiKeyRow(Base):
     rate_limit_rps: Mapped[float] = mapped_column(default=0.0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revoked: Mapped[bool] = mapped_column(default=False)
+
+
+class RolloutRow(Base):
+    """A staged rollout of one version (registry/rollout_store.py); the latest row per model
+    is its current rollout. ``revision`` is bumped by every change (compare-and-set)."""
+
+    __tablename__ = "rollouts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model: Mapped[str] = mapped_column(ForeignKey("models.name"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    phase: Mapped[str] = mapped_column(String(32))
+    schedule: Mapped[dict[str, Any]] = mapped_column(JSON)  # {"percent": [1, 5, ..., 100]}
+    step: Mapped[int] = mapped_column(Integer, default=-1)  # index into schedule; -1: no canary
+    percent: Mapped[float] = mapped_column(default=0.0)
+    paused: Mapped[bool] = mapped_column(default=False)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    step_started_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True
+    )
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_analysis: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    evidence: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    decision: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    revision: Mapped[int] = mapped_column(Integer, default=1)
+    actor: Mapped[str] = mapped_column(String(128))
+    replaced_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
