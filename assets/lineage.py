@@ -17,7 +17,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dagster import AssetChecksDefinition, AssetsDefinition, AssetSelection, define_asset_job
+from dagster import (
+    AssetChecksDefinition,
+    AssetKey,
+    AssetsDefinition,
+    AssetSelection,
+    define_asset_job,
+)
 
 from assets.pipeline import trainer_assets
 from assets.rollout_assets import rollout_assets
@@ -49,6 +55,11 @@ class Lineage:
 
     def rollout_selection(self) -> AssetSelection:
         return AssetSelection.assets(*(f"{self.spec.prefix}_{s}" for s in ROLLOUT_STAGES))
+
+    def checks_of(self, asset: str) -> list[AssetChecksDefinition]:
+        """The checks on the asset named ``asset``."""
+        key = AssetKey(asset)
+        return [c for c in self.checks if any(s.asset_key == key for s in c.check_specs)]
 
     def jobs(self) -> list[Any]:
         return [

@@ -58,7 +58,8 @@ def serving_state(reg: Registry, model: str) -> dict[str, Any]:
     deployment = reg.get_deployment(model)
     policy = deployment.policy if deployment else {}
     canary = reg.get_policy(model).canary if deployment else None
-    rollout = reg.get_rollout(model)
+    known = {m.name for m in reg.list_models()}
+    rollout = reg.get_rollout(model) if model in known else None
     return {
         "model": model,
         "production_version": deployment.production_version if deployment else None,

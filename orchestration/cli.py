@@ -3,26 +3,63 @@
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import sys
 from collections.abc import Callable
-from functools import wraps
+from functools import cache, wraps
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import click
 
-from registry import Registry, RoostError, RoostSettings, parse_state
+from registry import Conflict, NotFound, Registry, RoostError, RoostSettings, parse_state
+from registry.settings import REGISTRY_FILE, HomeLookup, find_home
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
+@cache
+def _home() -> HomeLookup:
+    """Where this command's home is and why (looked up once per process)."""
+    return find_home()
+
+
 def _settings() -> RoostSettings:
-    return RoostSettings()
+    """Settings with the home :func:`~registry.settings.find_home` finds (ROOST_HOME, else the
+    nearest ``.roost/`` holding a registry at or above the current directory, else ``./.roost``).
+
+    A found home is exported as ROOST_HOME, so the processes a command starts (``serve``'s
+    workers, ``up``'s Dagster) use the same one.
+    """
+    lookup = _home()
+    os.environ.setdefault("ROOST_HOME", str(lookup.path))
+    return RoostSettings(home=lookup.path)
 
 
 def _registry() -> Registry:
     return Registry.from_settings(_settings())
+
+
+def _require_registry(settings: RoostSettings) -> None:
+    """Refuse (exit 1) when the home has no registry: read-only commands never create one."""
+    if settings.database_url is not None or (settings.home / REGISTRY_FILE).is_file():
+        return
+    raise NotFound(
+        f"no Roost registry at {settings.home / REGISTRY_FILE} ({_home().describe()}); "
+        "point the CLI at one with `export ROOST_HOME=/path/to/.roost`, or run it in (or below) "
+        "the directory holding the project's .roost/ (`roost env` there prints the exports)"
+    )
+
+
+def _read_registry() -> Registry:
+    """The registry for a read-only command (models, versions, show, audit, traffic show, keys
+    list, config without changes, triton export): fails with where it looked, never creates one.
+    """
+    settings = _settings()
+    _require_registry(settings)
+    return Registry.from_settings(settings)
 
 
 def friendly_errors(func: Callable[P, R]) -> Callable[P, R]:
@@ -148,7 +185,7 @@ def config_command(
                 f"unknown knob {key!r}; knobs: {', '.join(sorted(known))}", param_hint="--set"
             )
     changes |= dict.fromkeys(unset)
-    registry = _registry()
+    registry = _registry() if changes else _read_registry()
     info = (
         registry.set_config(model, version, changes, reason=reason)
         if changes
@@ -163,7 +200,7 @@ def config_command(
 @friendly_errors
 def models(as_json: bool) -> None:
     """List models with their version count and production version."""
-    rows = [m.to_dict() for m in _registry().list_models()]
+    rows = [m.to_dict() for m in _read_registry().list_models()]
     _emit(rows, as_json, ["name", "versions", "production_version"])
 
 
@@ -173,7 +210,7 @@ def models(as_json: bool) -> None:
 @friendly_errors
 def versions(model: str, as_json: bool) -> None:
     """List the versions of MODEL."""
-    infos = _registry().list_versions(model)
+    infos = _read_registry().list_versions(model)
     if as_json:
         _emit([v.to_dict() for v in infos], True, [])
         return
@@ -196,7 +233,7 @@ def versions(model: str, as_json: bool) -> None:
 @friendly_errors
 def show(model: str, version: int) -> None:
     """Show everything known about one version (JSON)."""
-    click.echo(json.dumps(_registry().get_version(model, version).to_dict(), indent=2))
+    click.echo(json.dumps(_read_registry().get_version(model, version).to_dict(), indent=2))
 
 
 @main.command()
@@ -206,6 +243,11 @@ def show(model: str, version: int) -> None:
 @click.option("--metric", multiple=True, help="KEY=NUMBER, repeatable.")
 @click.option("--tag", multiple=True, help="KEY=VALUE, repeatable.")
 @click.option("--by", "registered_by", default=None, help="Who registers it.")
+@click.option(
+    "--reuse",
+    is_flag=True,
+    help="If MODEL already has a version with these bytes, use it (exit 0) instead of failing.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @friendly_errors
 def register(
@@ -215,10 +257,18 @@ def register(
     metric: tuple[str, ...],
     tag: tuple[str, ...],
     registered_by: str | None,
+    reuse: bool,
     as_json: bool,
 ) -> None:
-    """Register the ONNX file at PATH as the next version of a model."""
-    info = _registry().register_version(
+    """Register the ONNX file at PATH as the next version of a model.
+
+    Bytes MODEL already has as a version are refused (exit 1, naming that version and its
+    state) unless --reuse. A scikit-learn classifier exported with ZipMap is stored with its
+    probability tensor as the output (the lineage records the rewrite).
+    """
+    settings = _settings()
+    fresh = settings.database_url is None and not (settings.home / REGISTRY_FILE).is_file()
+    result = Registry.from_settings(settings).register(
         model,
         path,
         feature_names=feature_names.split(",") if feature_names else None,
@@ -227,10 +277,58 @@ def register(
         registered_by=registered_by,
         lineage={"source_path": str(path.resolve())},
     )
+    info = result.version
+    where = f"state {info.state.value}, sha256:{info.sha256[:12]}"
+    if not result.created and not reuse:
+        raise Conflict(
+            f"{path} is already {model} version {info.version} ({where}); nothing registered. "
+            "Pass --reuse to use that version, or register a different file"
+        )
     if as_json:
-        click.echo(json.dumps(info.to_dict(), indent=2))
+        click.echo(json.dumps({**info.to_dict(), "created": result.created}, indent=2))
+    elif not result.created:
+        click.echo(f"reusing {model} version {info.version} ({where})")
     else:
         click.echo(f"registered {model} version {info.version} (sha256:{info.sha256[:12]})")
+        rewrite = info.lineage.get("rewrite") if "rewritten_from_sha256" in info.lineage else None
+        if rewrite is not None:
+            labels = info.lineage.get("class_labels", {})
+            for name, classes in labels.items():
+                click.echo(
+                    f"  {rewrite}: output '{name}' is FP32 [N, {len(classes)}], one column per "
+                    f"class in this order: {', '.join(map(str, classes))} (the file as given, "
+                    f"sha256:{info.lineage['rewritten_from_sha256'][:12]}, is in the lineage)"
+                )
+    if fresh:
+        click.echo(
+            f"note: created a new registry in {settings.home}; other shells find it from this "
+            "directory or below, or with `export ROOST_HOME=...` (see `roost env`)",
+            err=True,
+        )
+
+
+@main.command("env")
+def env_command() -> None:
+    """Print shell exports for this home and its gateway: eval "$(roost env)".
+
+    ROOST_HOME, ROOST_HTTP (gateway base URL), ROOST_GRPC (gRPC host:port) and DAGSTER_UI,
+    from the settings (ROOST_HOST, ROOST_HTTP_PORT, ROOST_GRPC_PORT, ROOST_DAGSTER_PORT).
+    """
+    lookup = _home()
+    settings = RoostSettings(home=lookup.path)
+    host = "127.0.0.1" if settings.host in ("", "0.0.0.0") else settings.host
+    host = "[::1]" if host == "::" else (f"[{host}]" if ":" in host else host)
+    lines = [f"# roost home: {lookup.describe()}"]
+    if settings.database_url is None and not (settings.home / REGISTRY_FILE).is_file():
+        lines.append("# (no registry there yet: `make up` or `roost register` creates it)")
+    lines.append(f"export ROOST_HOME={shlex.quote(str(settings.home))}")
+    lines.append(f"export ROOST_HTTP={shlex.quote(f'http://{host}:{settings.http_port}')}")
+    if settings.grpc_port:
+        lines.append(f"export ROOST_GRPC={shlex.quote(f'{host}:{settings.grpc_port}')}")
+    else:
+        lines.append("# gRPC is off (ROOST_GRPC_PORT=0)")
+    lines.append(f"export DAGSTER_UI={shlex.quote(f'http://{host}:{settings.dagster_port}')}")
+    click.echo("\n".join(lines))
 
 
 @main.command()
@@ -239,10 +337,16 @@ def register(
 @click.argument("state")
 @click.option("--reason", required=True, help="Why (recorded in the audit trail).")
 @click.option("--actor", default=None, help="Who (default: ROOST_ACTOR).")
+@click.option("--force", is_flag=True,
+              help="Take the production version out even if nothing else would serve.")
 @friendly_errors
-def transition(model: str, version: int, state: str, reason: str, actor: str | None) -> None:
+def transition(
+    model: str, version: int, state: str, reason: str, actor: str | None, force: bool
+) -> None:
     """Move a version to STATE, if the lifecycle allows it."""
-    info = _registry().transition(model, version, parse_state(state), reason=reason, actor=actor)
+    info = _registry().transition(
+        model, version, parse_state(state), reason=reason, actor=actor, force=force
+    )
     click.echo(f"{model} version {version} is now {info.state.value}")
 
 
@@ -266,9 +370,18 @@ def sql(query: str, as_json: bool) -> None:
     """Run SQL over the prediction logs (table: predictions)."""
     from warehouse import run_query
 
-    columns, rows = run_query(_settings().logs_dir, query)
+    settings = _settings()
+    if not settings.logs_dir.is_dir():
+        _require_registry(settings)
+    columns, rows = run_query(settings.logs_dir, query)
     records = [dict(zip(columns, row, strict=True)) for row in rows]
     _emit(records, as_json, columns)
+    if not records and next(settings.logs_dir.rglob("*.parquet"), None) is None:
+        click.echo(
+            f"note: the prediction log in {settings.logs_dir} is empty (ROOST_HOME="
+            f"{settings.home}): no gateway on this home has logged a prediction yet",
+            err=True,
+        )
 
 
 @main.group()
@@ -280,7 +393,7 @@ def audit() -> None:
 @friendly_errors
 def audit_verify() -> None:
     """Check the hash chain; exit 1 and name the first tampered record if any."""
-    result = _registry().audit_verify()
+    result = _read_registry().audit_verify()
     if result.ok:
         click.echo(f"audit trail intact: {result.checked} records verified")
         return
@@ -304,7 +417,7 @@ def audit_log(model: str | None, as_json: bool) -> None:
             "version": r.version,
             "details": json.dumps(r.details),
         }
-        for r in _registry().audit_records(model)
+        for r in _read_registry().audit_records(model)
     ]
     _emit(rows, as_json, ["id", "ts", "actor", "action", "model", "version", "details"])
 
@@ -330,7 +443,7 @@ def triton_export(model: str, version: int | None, out: Path, gpu: bool) -> None
     """Write MODEL as a Triton model repository entry: config.pbtxt + <version>/model.onnx."""
     from orchestration.triton_export import export_triton_model
 
-    done = export_triton_model(_registry(), model, out, version=version, gpu=gpu)
+    done = export_triton_model(_read_registry(), model, out, version=version, gpu=gpu)
     click.echo(f"exported {model} version {done.version} to {done.model_dir}")
     click.echo(f"  {done.config_path}")
     click.echo(f"  {done.artifact_path}")
@@ -350,7 +463,7 @@ def traffic() -> None:
 @friendly_errors
 def traffic_show(model: str) -> None:
     """Print MODEL's policy (JSON)."""
-    _show_policy(_registry().get_policy(model))
+    _show_policy(_read_registry().get_policy(model))
 
 
 @traffic.command("set")
@@ -492,7 +605,7 @@ def keys_list(as_json: bool) -> None:
     """List keys (never their secrets)."""
     from registry.keys import list_keys
 
-    rows = [k.to_dict() for k in list_keys(_registry())]
+    rows = [k.to_dict() for k in list_keys(_read_registry())]
     _emit(rows, as_json, ["id", "name", "roles", "models", "rate_limit_rps", "revoked"])
 
 
@@ -505,3 +618,7 @@ def keys_revoke(key_id: str) -> None:
 
     revoke_key(_registry(), key_id)
     click.echo(f"key {key_id} revoked")
+
+
+__import__("orchestration.cli_models").cli_models.add_model_commands(main)  # model, validate
+__import__("orchestration.cli_rollout").cli_rollout.add_rollout_commands(main)  # promote, rollout
