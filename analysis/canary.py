@@ -157,8 +157,8 @@ class CanaryAnalysis:
             f"**Canary analysis, look {self.look}/{self.looks}: `{self.decision}`** — "
             f"{self.reason}",
             "",
-            f"Arms: production v{self.production['version']} "
-            f"({self.production['requests']} requests), canary v{self.canary['version']} "
+            f"Arms: production {_version(self.production)} "
+            f"({self.production['requests']} requests), canary {_version(self.canary)} "
             f"({self.canary['requests']} requests). Alpha this look "
             f"{_fmt(self.alpha_look)} (spent {_fmt(self.alpha_spent)} of {_fmt(self.alpha)}).",
             "",
@@ -376,6 +376,10 @@ def _clean(value: Any) -> Any:
     if isinstance(value, np.integer):
         return int(value)
     return value
+
+
+def _version(arm: dict[str, Any]) -> str:
+    return "(no requests)" if arm["version"] is None else f"v{arm['version']}"
 
 
 def _fmt(value: float | None) -> str:
