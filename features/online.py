@@ -23,12 +23,16 @@ Defined behaviour (every failure is a :class:`~registry.RoostError`, never a cra
 
 One bad instance fails the whole batch, as an invalid inline instance does.
 
-The lookup is synchronous: the gateway's v1 decoder that calls it is synchronous and runs on the
-event loop. A warm lookup takes about 0.25 ms for one row and 1.5-2 ms for 32 rows, on SQLite
-and on loopback Redis alike (``benchmarks/features_latency.py``): for one row, less than handing
-it to a thread and back would add. The Redis client fails fast (0.5 s connect and 1 s read
-timeouts, no retries): a refused connection answers 503 at once, but an unreachable host holds
-the event loop for up to the connect timeout per request.
+The lookup is synchronous; the gateway calls it off the event loop (``asyncio.to_thread``, in
+the data plane's enrich step, :mod:`serving.pipeline`), only for requests that name entities. A
+warm lookup takes about 0.25 ms for one row and 1.5-2 ms for 32 rows, on SQLite and on loopback
+Redis alike (``benchmarks/features_latency.py``). The Redis client fails fast (0.5 s connect and
+1 s read timeouts, no retries): a refused connection answers 503 at once, and an unreachable
+host holds a worker thread, not the event loop, for up to the connect timeout.
+
+Two request forms, one lookup: :meth:`OnlineFeatures.lookup` takes entity instances (KServe v1
+``instances``), :meth:`OnlineFeatures.lookup_columns` takes columns named after the entity keys
+and request-time values (OIP v2 entity inputs) and turns them into the same instances.
 The FeatureStore is created on first use (importing Feast takes seconds); one
 :class:`OnlineFeatures` per process and home comes from :func:`shared_online_features`.
 """
@@ -52,10 +56,7 @@ if TYPE_CHECKING:
     from feast import FeatureService, FeatureStore
     from feast.on_demand_feature_view import OnDemandFeatureView
 
-__all__ = ["LOG_PARAMETER", "FeatureLookup", "OnlineFeatures", "shared_online_features"]
-
-LOG_PARAMETER = "roost.features"
-"""Request parameter under which the gateway's decoder hands the looked-up features to the log."""
+__all__ = ["FeatureLookup", "OnlineFeatures", "shared_online_features"]
 
 PLAN_TTL_S = 60.0
 """How long a FeatureService's resolved plan is reused (the store's registry cache is as long)."""
@@ -112,11 +113,14 @@ class FeatureLookup:
     feature_names: tuple[str, ...]
     rows: list[list[Any]]
     defaulted: list[list[str]] = field(default_factory=list)  # per row: features defaulted
+    entities: list[dict[str, Any]] = field(default_factory=list)  # per row: the entity keys
 
     def to_log(self) -> dict[str, Any]:
-        """A JSON-ready record of the features each row was scored with."""
+        """A JSON-ready record of the entities and the features each row was scored with
+        (the prediction log's ``inputs.features``)."""
         return {
             "feature_service": self.feature_service,
+            "entities": self.entities,
             "features": [dict(zip(self.feature_names, row, strict=True)) for row in self.rows],
             "defaulted": self.defaulted,
         }
@@ -180,7 +184,33 @@ class OnlineFeatures:
             ]
             for r in range(len(entity_rows))
         ]
-        return FeatureLookup(service_name, tuple(feature_names), rows, defaulted)
+        return FeatureLookup(service_name, tuple(feature_names), rows, defaulted, entity_rows)
+
+    def lookup_columns(
+        self,
+        service_name: str,
+        feature_names: Sequence[str],
+        columns: Mapping[str, Sequence[Any]],
+        where: str = "rows",
+    ) -> FeatureLookup:
+        """As :meth:`lookup`, for columns (one value per row) named after the service's entity
+        keys and request-time values: the form of OIP v2 entity inputs."""
+        plan = self.plan(service_name)
+        missing = [key for key in plan.join_keys if key not in columns]
+        if missing:
+            raise InvalidRequest(
+                f"inputs: missing entity input '{missing[0]}'; feature service "
+                f"'{service_name}' looks features up by " + ", ".join(plan.join_keys)
+            )
+        n = len(next(iter(columns.values()))) if columns else 0
+        instances = [
+            {
+                "entities": {k: v[r] for k, v in columns.items() if k in plan.join_keys},
+                "features": {k: v[r] for k, v in columns.items() if k not in plan.join_keys},
+            }
+            for r in range(n)
+        ]
+        return self.lookup(service_name, feature_names, instances, where)
 
     def _read(self, plan: ServicePlan, entity_rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
         store = self.store

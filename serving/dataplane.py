@@ -1,73 +1,64 @@
-"""The data plane: one set of handlers that every transport (REST today, gRPC next) calls.
+"""The data plane: one request pipeline that every transport (REST, gRPC, KServe v1) calls.
 
-Transports decode their wire format into an :class:`~serving.oip.InferRequest`, call
-:meth:`DataPlane.infer`, and encode the :class:`InferResult`. Every inference, failed ones
-included, is recorded in the prediction log.
+Transports decode their wire format themselves, with the gateway's limits, and hand
+:meth:`DataPlane.infer` a decoded request (:class:`~serving.protocol.InferRequest`, or a
+:class:`~serving.pipeline.RecordsRequest` for KServe v1 instances); a payload that does not
+decode goes to :meth:`DataPlane.reject` instead. ``infer`` is the pipeline, one method per step:
+
+1. **route**: the router picks the version (unless the request pins one);
+2. **adapt**: the request as that version's input (v1 records in its feature order), or the
+   entity batch to look up (:mod:`serving.pipeline`);
+3. **enrich**: entity batches only: online features, off the event loop;
+4. **validate**: against the version's signature and ``nan_policy``;
+5. **batch**: the version's batcher and backend;
+6. **log**: the prediction log (durable before the answer); ``inputs`` is always
+   :func:`~serving.protocol.render.render_inputs` of the adapted request and the features used;
+7. **mirror**: copies for the decision's shadows, answered off the request path.
+
+Every inference, failed ones included, is recorded in the prediction log.
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import itertools
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
-import orjson
 
 from registry import InvalidRequest, RoostError
-from registry.errors import DeadlineExceeded
-from serving import oip
-from serving.batching import ExecutionTimeout, InstancesStuck, QueueFull
-from serving.breaker import BreakerOpen
-from serving.kserve_v1 import decode_instances
 from serving.metrics import GatewayMetrics
+from serving.pipeline import (
+    CallContext,
+    EntityBatch,
+    InferResult,
+    PipelineState,
+    RecordsRequest,
+    Rejected,
+    adapt,
+)
+from serving.protocol.render import render_inputs, render_rejected
+from serving.protocol.types import DEFAULT_LIMITS, DecodeLimits, InferRequest
+from serving.protocol.validation import select_outputs, validate_against_signature
+from serving.recorder import PredictionRecorder, outputs_json
 from serving.repository import LoadedVersion, ModelRepository
 from serving.router import Decision, RequestFacts
 from serving.shadows import ShadowCopy, ShadowMirror
-from warehouse import LogUnavailable, PredictionLogWriter, PredictionRecord
+from warehouse import PredictionLogWriter
+
+if TYPE_CHECKING:
+    from features.online import OnlineFeatures
+
+__all__ = ["CallContext", "DataPlane", "InferResult", "RecordsRequest", "Rejected"]
 
 SERVER_NAME = "roost"
 SERVER_VERSION = "0.1.0"
-MAX_LOGGED_INPUT_CHARS = 65536
 EXTENSIONS = ("binary_tensor_data", "model_repository")
 FLAGS_HEADER = "roost-flags"
 RECENT_REQUESTS = 100_000  # served request ids remembered in memory for feedback
-LOG_FEATURES_PARAMETER = "roost.features"  # features.online.LOG_PARAMETER
-
-
-@dataclass(frozen=True)
-class CallContext:
-    """What a transport knows about the caller, beyond the payload."""
-
-    protocol: str
-    user_id: str | None = None
-    request_id: str | None = None
-    headers: Mapping[str, str] = field(default_factory=dict)
-    """Request headers with lower-case names (segment rules and feature flags read them)."""
-    unit: str | None = None
-    """The experiment unit when it is not the user (e.g. an entity id); default: user_id."""
-
-
-@dataclass(frozen=True)
-class InferResult:
-    model: str
-    version: int
-    request_id: str
-    outputs: list[tuple[str, np.ndarray]]
-    decision: Decision
-
-    def response_parameters(self) -> dict[str, str]:
-        """The router's decision, as OIP response ``parameters``."""
-        params = {"roost_variant": self.decision.variant, "roost_route": self.decision.route}
-        if self.decision.experiment:
-            params["roost_experiment"] = self.decision.experiment
-        return params
 
 
 class DataPlane:
@@ -80,10 +71,19 @@ class DataPlane:
         metrics: GatewayMetrics | None = None,
         shadow_queue: int = 1000,
         shadow_concurrency: int = 64,
+        features: OnlineFeatures | None = None,
+        limits: DecodeLimits | None = None,
     ) -> None:
         self.repository = repository
+        self.features = features  # the online store's lookups (the enrich step)
+        settings = getattr(repository, "settings", None)
+        self.limits = limits or (
+            DecodeLimits.from_settings(settings) if settings is not None else DEFAULT_LIMITS
+        )
+        """The limits for what the pipeline builds itself (adapted records, looked-up rows)."""
         self.log_writer = log_writer
         self.metrics = metrics
+        self.recorder = PredictionRecorder(log_writer, metrics)
         self.mirror = ShadowMirror(
             self.run_shadow, max_queue=shadow_queue, workers=shadow_concurrency
         )
@@ -132,216 +132,177 @@ class DataPlane:
         self.repository.resolve(model, version)
         return True
 
-    # -- inference --------------------------------------------------------------------------
+    # -- inference: the pipeline ---------------------------------------------------------
 
     async def infer(
         self,
         model: str,
         version: str | None,
-        payload: bytes,
-        decode: Callable[[bytes], oip.InferRequest],
+        request: InferRequest | RecordsRequest,
         context: CallContext,
-        decode_for: Callable[[bytes, LoadedVersion], oip.InferRequest] | None = None,
-    ) -> tuple[oip.InferRequest, InferResult]:
-        """Decode, route, validate, queue for the batcher, log, and mirror one request.
+    ) -> InferResult:
+        """Answer one decoded request: route, adapt, enrich, validate, batch, log, mirror.
 
-        ``decode`` turns the transport's payload into an OIP request (``decode_for`` instead, when
-        decoding depends on the chosen version, as KServe v1 records do); a payload it rejects
-        is logged against the version that would have answered. The router (see
-        :mod:`serving.router`) picks the version unless ``version`` pins one;
-        shadow copies are offered to the mirror after the primary has its answer.
+        Every step is a method below; a step's :class:`RoostError` is logged against the version
+        that would have answered (when there is one) and raised to the transport.
         """
-        started = time.perf_counter()
-        request_id = context.request_id or ""
-        raw_inputs = payload[:MAX_LOGGED_INPUT_CHARS].decode("utf-8", "replace")
-        loaded: LoadedVersion | None = None
-        decision: Decision | None = None
+        request_id = request.id or context.request_id or self._new_id()
+        call = PipelineState(time.perf_counter(), request_id)
         try:
-            facts = _facts(context, None)
-            loaded, decision = self.repository.route(model, version, facts)
-            request = decode(payload) if decode_for is None else decode_for(payload, loaded)
-            if request.parameters and self.repository.routes_on_attributes(model):
-                loaded, decision = self.repository.route(
-                    model, version, _facts(context, request.parameters)
-                )
-            used = request.parameters.pop(LOG_FEATURES_PARAMETER, None)
-            if used is not None:  # features looked up in the online store, for the log
-                raw_inputs = orjson.dumps({"request": raw_inputs, "features": used}).decode()
-            request_id = request.id or request_id or self._new_id()
-            feeds = oip.validate_against_signature(
-                request, loaded.info.signature, loaded.config.nan_policy
+            loaded, decision = call.loaded, call.decision = self.route(
+                model, version, request, context
             )
-            outputs = await loaded.batcher.submit(feeds, _timeout_ms(request))
-            selected = oip.select_outputs(request, loaded.info.signature, outputs)
+            adapted = adapt(request, loaded, self.limits)
+            if isinstance(adapted, EntityBatch):
+                adapted, call.features = await self.enrich(adapted)
+            call.adapted = adapted
+            feeds = self.validate(adapted, loaded)
+            outputs = await self.batch(adapted, loaded, feeds)
         except RoostError as exc:
-            request_id = request_id or self._new_id()
-            await self._log_failure(
-                model, loaded, decision, request_id, context, raw_inputs, started, exc
-            )
+            inputs = self._failed_inputs(request, call)
+            await self.recorder.failure(model, call, context, inputs, exc)
             raise
-        result = InferResult(model, loaded.info.version, request_id, selected, decision)
-        self._remember(request_id, model, decision)
-        await self._log(
-            model, loaded.info.version, request_id, context, raw_inputs,
-            _outputs_json(selected), started, 200, None, decision,
+        result = InferResult(
+            model, loaded.info.version, call.request_id, outputs, decision, adapted
         )
+        self._remember(call.request_id, model, decision)
+        inputs = render_inputs(adapted, call.features)
+        await self.recorder.success(result, context, inputs, call.started)
         if decision.shadows:
-            for shadow in decision.shadows:
-                self.mirror.offer(
-                    ShadowCopy(
-                        model, shadow, request_id, request, raw_inputs, context.user_id,
-                        context.protocol,
-                    )
+            self.mirror_copies(result, request, inputs, context)
+        return result
+
+    def route(
+        self,
+        model: str,
+        version: str | None,
+        request: InferRequest | RecordsRequest,
+        context: CallContext,
+    ) -> tuple[LoadedVersion, Decision]:
+        """The version that answers (the router's choice unless ``version`` pins one)."""
+        return self.repository.route(model, version, _facts(context, request))
+
+    async def enrich(self, batch: EntityBatch) -> tuple[InferRequest, dict[str, Any]]:
+        """Look the batch's entities up in the online store, off the event loop (one
+        ``get_online_features`` call); the model input and the features used, for the log."""
+        online = self.online_features()
+        if batch.instances is not None:
+            instances = batch.instances
+            lookup = await asyncio.to_thread(
+                online.lookup, batch.service, batch.feature_names, instances, batch.where
+            )
+        else:
+            columns = batch.columns or {}
+            lookup = await asyncio.to_thread(
+                online.lookup_columns, batch.service, batch.feature_names, columns
+            )
+        return batch.to_request(lookup.rows, self.limits), lookup.to_log()
+
+    def online_features(self) -> OnlineFeatures:
+        """The online store's lookups (opened by the gateway at start when a version needs it)."""
+        if self.features is None:
+            from features.online import shared_online_features
+
+            self.features = shared_online_features(self.repository.settings.home)
+        return self.features
+
+    def validate(self, request: InferRequest, loaded: LoadedVersion) -> dict[str, np.ndarray]:
+        """The request against the version's signature (and its ``nan_policy``)."""
+        return validate_against_signature(
+            request, loaded.info.signature, loaded.config.nan_policy
+        )
+
+    async def batch(
+        self, request: InferRequest, loaded: LoadedVersion, feeds: dict[str, np.ndarray]
+    ) -> list[tuple[str, np.ndarray]]:
+        """Queue for the version's batcher; the outputs the request asked for."""
+        outputs = await loaded.batcher.submit(feeds, _timeout_ms(request))
+        return select_outputs(request, loaded.info.signature, outputs)
+
+    def mirror_copies(
+        self,
+        result: InferResult,
+        request: InferRequest | RecordsRequest,
+        inputs: str,
+        context: CallContext,
+    ) -> None:
+        """Offer a copy to each shadow of the decision (never waits)."""
+        for shadow in result.decision.shadows:
+            self.mirror.offer(
+                ShadowCopy(
+                    result.model, shadow, result.request_id, request, result.request, inputs,
+                    context.user_id, context.protocol,
                 )
-        return request, result
+            )
+
+    async def reject(
+        self,
+        model: str,
+        version: str | None,
+        context: CallContext,
+        error: RoostError,
+        preview: Rejected,
+    ) -> NoReturn:
+        """Log a payload the transport could not decode against the version that would have
+        answered it, then raise ``error`` (an unknown model raises NotFound, unlogged)."""
+        request_id = preview.request_id or context.request_id or self._new_id()
+        call = PipelineState(time.perf_counter(), request_id)
+        call.loaded, call.decision = self.repository.route(model, version, _facts(context, None))
+        await self.recorder.failure(model, call, context, preview.render(), error)
+        raise error
+
+    @staticmethod
+    def _failed_inputs(request: InferRequest | RecordsRequest, call: PipelineState) -> str:
+        """The log's inputs for a request that failed: as far as it got."""
+        if call.adapted is not None:
+            return render_inputs(call.adapted, call.features)
+        if isinstance(request, RecordsRequest):
+            return render_rejected(request.size)
+        return render_inputs(request)
 
     async def run_shadow(self, copy: ShadowCopy) -> None:
         """Answer one mirrored copy with its shadow version and log it (``shadow = true``).
 
-        Not durable-waited: nobody receives this answer.
+        The copy is adapted (and its entities looked up) for the shadow version itself; its
+        ``inputs`` are what that version saw. Not durable-waited: nobody receives this answer.
         """
         started = time.perf_counter()
         loaded = self.repository.resolve(copy.model, str(copy.version))
-        status, error, outputs = 200, None, ""
+        status, error, outputs, inputs = 200, None, "", copy.inputs
         try:
-            feeds = oip.validate_against_signature(
-                copy.request, loaded.info.signature, loaded.config.nan_policy
-            )
-            result = await loaded.batcher.submit(feeds, None)
-            outputs = _outputs_json(oip.select_outputs(copy.request, loaded.info.signature, result))
+            adapted = adapt(copy.request, loaded, self.limits)
+            if isinstance(adapted, EntityBatch):
+                request, features = await self.enrich(adapted)
+                inputs = render_inputs(request, features)
+            elif adapted is not copy.adapted:
+                request, inputs = adapted, render_inputs(adapted)
+            else:
+                request = adapted
+            feeds = self.validate(request, loaded)
+            outputs = outputs_json(await self.batch(request, loaded, feeds))
         except RoostError as exc:
             status, error = exc.status_code, exc.message
         except Exception as exc:  # the shadow's failure stays the shadow's
             status, error = 500, f"shadow failed: {exc}"
-        self.log_writer.append(
-            PredictionRecord(
-                request_id=copy.request_id,
-                ts=datetime.now(UTC),
-                model=copy.model,
-                version=copy.version,
-                inputs=copy.inputs_text,
-                outputs=outputs,
-                latency_ms=(time.perf_counter() - started) * 1000.0,
-                status=status,
-                user_id=copy.user_id,
-                protocol=copy.protocol,
-                error=error,
-                variant=f"shadow-v{copy.version}",
-                route="shadow",
-                shadow=True,
-            )
-        )
+        self.recorder.shadow(copy, inputs, outputs, started, status, error)
         if status != 200:
             raise RoostError(error or "shadow failed")
 
-    def instances_to_request(
-        self, model: str, version: str | None, payload: bytes
-    ) -> oip.InferRequest:
-        """Decode a KServe v1 body (see :func:`serving.kserve_v1.decode_instances`)."""
-        return decode_instances(self, model, version, payload)
-
-    def instances_for(self, payload: bytes, loaded: LoadedVersion) -> oip.InferRequest:
-        """Decode a KServe v1 body for the version the router chose."""
-        return decode_instances(self, loaded.info.model, str(loaded.info.version), payload)
-
-    # -- logging ----------------------------------------------------------------------------
-
-    async def _log(
-        self,
-        model: str,
-        version: int,
-        request_id: str,
-        context: CallContext,
-        inputs: str,
-        outputs: str,
-        started: float,
-        status: int,
-        error: str | None,
-        decision: Decision | None = None,
-    ) -> None:
-        """Record one prediction and wait until the record is durable (``log_durability:
-        fsync``), so the transport answers only then; raises ``LogUnavailable`` (503) if the log
-        cannot store it. The metric's latency includes that wait."""
-        latency_ms = (time.perf_counter() - started) * 1000.0
-        waiter = self.log_writer.append_durable(
-            PredictionRecord(
-                request_id=request_id,
-                ts=datetime.now(UTC),
-                model=model,
-                version=version,
-                inputs=inputs[:MAX_LOGGED_INPUT_CHARS],
-                outputs=outputs,
-                latency_ms=latency_ms,
-                status=status,
-                user_id=context.user_id,
-                protocol=context.protocol,
-                error=error,
-                variant=decision.variant if decision else None,
-                experiment=decision.experiment if decision else None,
-                route=decision.route if decision else None,
-            )
-        )
-        if waiter is not None:
-            try:
-                await waiter
-            except LogUnavailable:
-                if self.metrics is not None:
-                    self.metrics.record_request(
-                        model, str(version), context.protocol, LogUnavailable.status_code,
-                        time.perf_counter() - started,
-                        variant=decision.variant if decision else "",  # traffic: per-variant
-                    )
-                raise
-        if self.metrics is not None:
-            self.metrics.record_request(
-                model, str(version), context.protocol, status, time.perf_counter() - started,
-                variant=decision.variant if decision else "",  # traffic: per-variant metrics
-            )
-
-    async def _log_failure(
-        self,
-        model: str,
-        loaded: LoadedVersion | None,
-        decision: Decision | None,
-        request_id: str,
-        context: CallContext,
-        inputs: str,
-        started: float,
-        exc: RoostError,
-    ) -> None:
-        # Requests for models that do not exist are not predictions: nothing to record.
-        if loaded is None:
-            return
-        if (
-            self.metrics is not None
-            and isinstance(exc, QueueFull | BreakerOpen | DeadlineExceeded)
-            and not isinstance(exc, ExecutionTimeout)  # it ran: roost_execution_timeouts
-        ):
-            reason = (
-                "breaker_open" if isinstance(exc, BreakerOpen)
-                else "instances_stuck" if isinstance(exc, InstancesStuck)
-                else "queue_full" if isinstance(exc, QueueFull) else "deadline"
-            )
-            self.metrics.record_rejection(model, str(loaded.info.version), reason)
-        # The caller re-raises ``exc``: a log failure must not replace the request's own error.
-        with contextlib.suppress(LogUnavailable):
-            await self._log(
-                model, loaded.info.version, request_id, context, inputs, "", started,
-                exc.status_code, exc.message, decision,
-            )
-
-
-def _facts(context: CallContext, attributes: dict[str, Any] | None) -> RequestFacts:
+def _facts(context: CallContext, request: InferRequest | RecordsRequest | None) -> RequestFacts:
+    """What the router sees: the unit, headers, the request's parameters and feature flags."""
     headers = context.headers
     raw_flags = headers.get(FLAGS_HEADER)
     flags = frozenset(f.strip() for f in raw_flags.split(",") if f.strip()) if raw_flags else (
         frozenset()
     )
     unit = context.user_id if context.user_id is not None else context.unit
+    if unit is None and isinstance(request, RecordsRequest):
+        unit = request.entity_unit()
+    attributes = request.parameters if request is not None else None
     return RequestFacts(unit, headers, attributes or {}, flags)
 
 
-def _timeout_ms(request: oip.InferRequest) -> float | None:
+def _timeout_ms(request: InferRequest) -> float | None:
     """The request's queue deadline: Triton's ``parameters.timeout`` in microseconds."""
     raw = request.parameters.get("timeout")
     if raw is None:
@@ -349,7 +310,3 @@ def _timeout_ms(request: oip.InferRequest) -> float | None:
     if isinstance(raw, bool) or not isinstance(raw, int | float) or raw <= 0:
         raise InvalidRequest(f"parameters.timeout: expected microseconds > 0, got {raw!r}")
     return float(raw) / 1000.0
-
-
-def _outputs_json(outputs: list[tuple[str, np.ndarray]]) -> str:
-    return orjson.dumps([oip.tensor_to_json(name, array) for name, array in outputs]).decode()

@@ -21,9 +21,9 @@ class Drain:
     """Graceful shutdown on SIGTERM, on top of uvicorn's own.
 
     Installed by :meth:`serving.gateway.Gateway.start` (main thread only), in front of the
-    handler uvicorn installed. On SIGTERM: ``state.draining`` (the app's state, which the fast
-    path reads) turns true at once, so readiness answers 503
-    ``draining`` and new inference requests 503 (see :mod:`serving.fastpath`); gRPC stops taking
+    handler uvicorn installed. On SIGTERM: ``state.draining`` (the app's state, which the HTTP
+    edge reads) turns true at once, so readiness answers 503 ``draining`` and new inference
+    requests 503 (the route table of :mod:`serving.edge`); gRPC stops taking
     new calls (UNAVAILABLE) and gives in-flight ones the grace period. After
     ``settings.drain_delay_s`` it asks uvicorn to exit, with its graceful-shutdown timeout set to
     ``settings.drain_grace_s`` unless configured: uvicorn closes the listeners, waits for

@@ -11,8 +11,9 @@ with one regex match and one pass over the headers:
   ``PrincipalDep``);
 * **the body**: ``Content-Encoding: gzip``/``deflate`` bodies are inflated incrementally, and the
   body limit ``max_request_bytes`` applies to the wire bytes and to the inflated bytes (413; a
-  zip bomb is refused without being inflated); other encodings get 415; the decoders see the
-  gateway's ``max_tensor_elements`` and ``max_json_depth`` (:func:`serving.oip.using_limits`);
+  zip bomb is refused without being inflated); other encodings get 415; the infer decoders get
+  the gateway's ``max_tensor_elements`` and ``max_json_depth`` as :class:`DecodeLimits`
+  (``Edge.limits``, passed to :func:`serving.rest.handle_v2_infer`);
 * **the hot route**: OIP v2 infer is answered here (FastAPI's routing and dependency solving
   cost several times the model call for a tabular model); everything else goes to FastAPI.
   Infer responses of :data:`COMPRESS_MIN_BYTES` or more honour ``Accept-Encoding``.
@@ -52,7 +53,7 @@ from serving.bodies import (
     read_body,
     too_large,
 )
-from serving.oip import LIMITS, DecodeLimits
+from serving.protocol.types import DecodeLimits
 from serving.rest import handle_v2_infer
 
 log = logging.getLogger("roost.serving")
@@ -163,7 +164,8 @@ async def _infer(
     try:
         body = await read_body(receive, edge.max_bytes, raw.get(b"content-encoding"))
         encoded, media_type, extra = await handle_v2_infer(
-            plane, unquote(model), unquote(version) if version else None, body, headers
+            plane, unquote(model), unquote(version) if version else None, body, headers,
+            edge.limits, scope["state"]["principal"],
         )
     except ClientGone:
         return  # nobody to answer; nothing was run
@@ -283,24 +285,20 @@ class Edge:
         if state is None:
             state = scope["state"] = {}
         state["principal"] = principal
-        token = LIMITS.set(self.limits)  # what the decoders read (serving.oip.using_limits)
-        try:
-            if route.handler is not None:
-                await route.handler(self, scope, receive, send, groups, raw)
-                return
-            if encoding is not None:
-                scope = dict(scope)
-                scope["headers"] = [
-                    (k, v) for k, v in scope["headers"]
-                    if k not in (b"content-encoding", b"content-length")
-                ]
-                receive = inflating(receive, self.max_bytes, encoding)
-            else:
-                receive = limited(receive, self.max_bytes)
-            accept = raw.get(b"accept-encoding") if route.compress else None
-            await self.app(scope, receive, compressing(send, accept) if accept else send)
-        finally:
-            LIMITS.reset(token)
+        if route.handler is not None:
+            await route.handler(self, scope, receive, send, groups, raw)
+            return
+        if encoding is not None:
+            scope = dict(scope)
+            scope["headers"] = [
+                (k, v) for k, v in scope["headers"]
+                if k not in (b"content-encoding", b"content-length")
+            ]
+            receive = inflating(receive, self.max_bytes, encoding)
+        else:
+            receive = limited(receive, self.max_bytes)
+        accept = raw.get(b"accept-encoding") if route.compress else None
+        await self.app(scope, receive, compressing(send, accept) if accept else send)
 
 
 async def _send(

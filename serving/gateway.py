@@ -12,7 +12,7 @@ gateway (or builds one from the settings) and its lifespan only calls :meth:`Gat
     app = create_app(settings, gateway)
 
 The gateway's ``state`` is the app's ``app.state`` once bound (:meth:`bind`): ``dataplane``,
-``draining`` and ``grpc_server`` live there, where the raw-ASGI fast path reads them.
+``draining`` and ``grpc_server`` live there, where the HTTP edge (:mod:`serving.edge`) reads them.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ class Gateway:
         self.drain: Drain | None = None
 
     def bind(self, app: Any) -> None:
-        """Keep the serving state on ``app.state`` (where the fast path and handlers find it)."""
+        """Keep the serving state on ``app.state`` (where the HTTP edge and handlers find it)."""
         app.state.draining = self.state.draining
         app.state.gateway = self
         self.state = app.state
@@ -138,8 +138,7 @@ class Gateway:
         features = shared_online_features(self.settings.home)
         with contextlib.suppress(RoostError):  # an unavailable store answers 503 later
             await asyncio.to_thread(lambda: features.store)
-        holder: Any = plane  # read by serving.kserve_v1 (getattr), not a DataPlane field
-        holder.features = features
+        plane.features = features  # the data plane's enrich step
 
     async def stop(self) -> None:
         """Drain and stop, in order: gRPC before the log closes, then the poller, the mirror,

@@ -17,17 +17,16 @@ import logging
 from typing import Any, NoReturn
 
 import grpc
-import numpy as np
-import orjson
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from registry import RoostError, RoostSettings
 from registry.errors import InvalidRequest, NotFound, ServiceUnavailable
-from serving import oip
-from serving.auth import KeyChecker
-from serving.dataplane import MAX_LOGGED_INPUT_CHARS, CallContext, DataPlane
+from serving.auth import ANONYMOUS, KeyChecker, Principal
+from serving.dataplane import CallContext, DataPlane, Rejected
 from serving.protocol.grpc_codec import decode_model_infer_request, encode_model_infer_response
+from serving.protocol.render import MAX_PREVIEW_TENSORS
+from serving.protocol.types import DEFAULT_LIMITS, DecodeLimits
 
 __all__ = ["GrpcBindError", "InferenceServicer", "grpc_address", "start_grpc_server"]
 
@@ -39,68 +38,52 @@ REQUEST_ID_METADATA = "x-request-id"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 STOP_GRACE_S = 5.0
 
+
 class GrpcBindError(RuntimeError):
     """The gRPC server could not listen on its address."""
-
-
-# --------------------------------------------------------------------------------------------
-# the prediction log's rendering (the codec is serving.protocol.grpc_codec)
-
-
-def render_inputs(request: oip.InferRequest) -> bytes:
-    """The inputs as compact v2 JSON for the prediction log.
-
-    At most :data:`MAX_LOGGED_INPUT_CHARS` elements per input are rendered: the log keeps that
-    many characters, so a longer rendering would be cut at the same place anyway.
-    """
-    tensors = []
-    for tensor in request.inputs:
-        flat = tensor.data.reshape(-1)[:MAX_LOGGED_INPUT_CHARS]
-        data: Any
-        if tensor.datatype == "BYTES":
-            data = [
-                v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in flat
-            ]
-        else:
-            data = np.ascontiguousarray(flat)
-        tensors.append(
-            {
-                "name": tensor.name,
-                "datatype": tensor.datatype,
-                "shape": list(tensor.shape),
-                "data": data,
-            }
-        )
-    return orjson.dumps({"inputs": tensors}, option=orjson.OPT_SERIALIZE_NUMPY)
-
-
-def _describe_inputs(message: Any) -> bytes:
-    """What can be logged of a request that did not decode: the inputs without their data."""
-    return orjson.dumps(
-        {
-            "inputs": [
-                {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
-                for t in message.inputs
-            ]
-        }
-    )
 
 
 # --------------------------------------------------------------------------------------------
 # the service
 
 
-def _call_context(context: Any) -> CallContext:
+def _metadata(context: Any) -> dict[str, str]:
+    """The call's text metadata, with lower-case keys."""
     metadata: dict[str, str] = {}
     for key, value in context.invocation_metadata() or ():
         if isinstance(value, str):
             metadata[key.lower()] = value
+    return metadata
+
+
+def _presented_key(metadata: dict[str, str]) -> str | None:
+    """The key in ``x-api-key`` or ``authorization: Bearer`` metadata, if any."""
+    key = metadata.get("x-api-key")
+    if key is not None:
+        return key.strip()
+    bearer = metadata.get("authorization")
+    if bearer is not None and bearer.lower().startswith("bearer "):
+        return bearer[7:].strip()
+    return None
+
+
+def _call_context(metadata: dict[str, str], principal: Principal) -> CallContext:
     return CallContext(
         protocol=PROTOCOL,
         user_id=metadata.get(USER_METADATA),
         request_id=metadata.get(REQUEST_ID_METADATA),
         headers=metadata,
+        principal=principal,
     )
+
+
+def _rejected(message: Any) -> Rejected:
+    """A request that did not decode, for the log: its tensor headers and its size."""
+    tensors = tuple(
+        {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
+        for t in message.inputs[:MAX_PREVIEW_TENSORS]
+    )
+    return Rejected(message.ByteSize(), tensors, message.id or None)
 
 
 async def _abort(context: Any, exc: Exception, rpc: str) -> NoReturn:
@@ -128,9 +111,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             if settings is None
             else KeyChecker(plane.repository.registry, settings)
         )
-        self.limits = (
-            oip.DecodeLimits() if settings is None else oip.DecodeLimits.from_settings(settings)
-        )
+        self.limits = DEFAULT_LIMITS if settings is None else DecodeLimits.from_settings(settings)
+        """The decoder's limits (the gateway's ``max_tensor_elements``, ``max_json_depth``)."""
 
     async def ServerLive(self, request: Any, context: Any) -> Any:  # noqa: N802
         return pb.ServerLiveResponse(live=True)
@@ -139,35 +121,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         ok, _reasons = self.plane.repository.readiness()
         return pb.ServerReadyResponse(ready=ok)
 
-    async def _authorize(self, context: Any, role: str, model: str | None) -> None:
-        """With ROOST_AUTH_REQUIRED, the call's ``x-api-key`` (or ``authorization: Bearer``)
-        metadata must name a key with ``role`` for ``model``; aborts the RPC otherwise."""
-        if self.keys is None or not self.keys.settings.auth_required:
-            return
-        presented = None
-        for key, value in context.invocation_metadata() or ():
-            if key.lower() == "x-api-key":
-                presented = str(value)
-            elif key.lower() == "authorization" and str(value).lower().startswith("bearer "):
-                presented = str(value)[7:]
-        if presented is None:
-            await context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
-                f"an API key with role '{role}' is required (x-api-key metadata)",
+    async def _authorize(self, context: Any, role: str, model: str | None) -> Principal:
+        """The caller, when its ``x-api-key`` (or ``authorization: Bearer``) metadata names a key
+        with ``role`` for ``model`` (:meth:`KeyChecker.authorize`, as HTTP); aborts the RPC with
+        the error's status otherwise (UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED)."""
+        if self.keys is None:
+            return ANONYMOUS
+        try:
+            return await self.keys.authorize(
+                _presented_key(_metadata(context)), role, model, how="x-api-key metadata"
             )
-        found = await self.keys.lookup(str(presented))
-        if isinstance(found, RoostError):
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, found.message)
-            return
-        if not found.allows(role, model):
-            scope = f" for model '{model}'" if model else ""
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED, f"key '{found.id}' lacks role '{role}'{scope}"
-            )
-        if not self.keys.take(found):
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED, f"key '{found.id}' is over its rate limit"
-            )
+        except RoostError as exc:
+            await _abort(context, exc, "authorization")
 
     async def ServerMetadata(self, request: Any, context: Any) -> Any:  # noqa: N802
         await self._authorize(context, "read", None)
@@ -204,37 +169,21 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         return response
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:  # noqa: N802
-        await self._authorize(context, "predict", request.model_name)
+        principal = await self._authorize(context, "predict", request.model_name)
         try:
-            with oip.using_limits(self.limits):
-                return await self._infer(request, context)
+            return await self._infer(request, _call_context(_metadata(context), principal))
         except Exception as exc:
             await _abort(context, exc, "ModelInfer")
 
-    async def _infer(self, message: Any, context: Any) -> Any:
-        decoded: oip.InferRequest | None = None
-        failure: InvalidRequest | None = None
+    async def _infer(self, message: Any, call: CallContext) -> Any:
+        """Decode with the gateway's limits; a request that does not decode is logged against
+        the version that would have answered (:meth:`DataPlane.reject`)."""
+        model, version = message.model_name, message.model_version or None
         try:
             decoded = decode_model_infer_request(message, self.limits)
-            payload = render_inputs(decoded)
         except InvalidRequest as exc:
-            # Let the data plane resolve the model first and log the failure against it.
-            failure = exc
-            payload = _describe_inputs(message)
-
-        def decode(_payload: bytes) -> oip.InferRequest:
-            if decoded is None:
-                assert failure is not None
-                raise failure
-            return decoded
-
-        _, result = await self.plane.infer(
-            message.model_name,
-            message.model_version or None,
-            payload,
-            decode,
-            _call_context(context),
-        )
+            await self.plane.reject(model, version, call, exc, _rejected(message))
+        result = await self.plane.infer(model, version, decoded, call)
         return encode_model_infer_response(
             result.model, result.version, result.request_id, result.outputs,
             result.response_parameters(),

@@ -2,7 +2,7 @@
 
 The codec lives in the protocol core (``serving/protocol/``); this module keeps the names
 other modules and tests import from ``serving.oip``. New code should import from
-:mod:`serving.protocol` and pass its :class:`DecodeLimits` explicitly.
+:mod:`serving.protocol` and pass a :class:`DecodeLimits` explicitly.
 """
 
 from __future__ import annotations
@@ -20,20 +20,15 @@ from serving.protocol.json_values import json_data_to_array
 from serving.protocol.tensors import MAX_RANK
 from serving.protocol.types import (
     DEFAULT_LIMITS,
-    LIMITS,
     DecodeLimits,
     InferRequest,
     RequestedOutput,
     RequestInput,
-    current_limits,
-    resolve_limits,
-    using_limits,
 )
 from serving.protocol.validation import select_outputs, validate_against_signature
 
 __all__ = [
     "DEFAULT_LIMITS",
-    "LIMITS",
     "MAX_RANK",
     "DecodeLimits",
     "InferRequest",
@@ -41,7 +36,6 @@ __all__ = [
     "RequestedOutput",
     "check_json_depth",
     "check_shape",
-    "current_limits",
     "decode_infer_request",
     "decode_tensor_header",
     "encode_infer_response",
@@ -49,21 +43,22 @@ __all__ = [
     "json_error",
     "select_outputs",
     "tensor_to_json",
-    "using_limits",
     "validate_against_signature",
 ]
 
 
-def check_shape(name: str, shape: tuple[int, ...], limits: DecodeLimits | None = None) -> int:
+def check_shape(
+    name: str, shape: tuple[int, ...], limits: DecodeLimits = DEFAULT_LIMITS
+) -> int:
     """Check a request's shape against the limits before anything is allocated; its count."""
-    return tensors.check_shape(name, shape, resolve_limits(limits))
+    return tensors.check_shape(name, shape, limits)
 
 
 def decode_tensor_header(
-    index: int, item: dict[str, Any], limits: DecodeLimits | None = None
+    index: int, item: dict[str, Any], limits: DecodeLimits = DEFAULT_LIMITS
 ) -> tuple[str, str, tuple[int, ...]]:
     """The checked ``name``, ``datatype`` and ``shape`` of request input object ``index``."""
     name, datatype, shape, _count = tensors.check_tensor_header(
-        index, item.get("name"), item.get("datatype"), item.get("shape"), resolve_limits(limits)
+        index, item.get("name"), item.get("datatype"), item.get("shape"), limits
     )
     return name, datatype, shape

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Annotated, Any
 
@@ -10,14 +10,28 @@ import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from registry import Registry
-from serving import binary, oip
+from registry import InvalidRequest, Registry
+from serving.auth import ANONYMOUS, Principal, PrincipalDep
 from serving.dataplane import CallContext, DataPlane
 from serving.gateway import Gateway
+from serving.kserve_v1 import decode_records, predictions
+from serving.pipeline import Rejected
+from serving.protocol.binary_codec import (
+    HEADER_LENGTH,
+    binary_outputs,
+    decode_binary_request,
+    decode_json_request,
+    encode_binary_response,
+    parse_header_length,
+)
+from serving.protocol.json_codec import encode_infer_response
+from serving.protocol.render import json_preview
+from serving.protocol.types import DecodeLimits
 
 USER_HEADER = "roost-user"
 REQUEST_ID_HEADER = "x-request-id"
 VARIANT_HEADER = "roost-variant"
+_HEADER_LENGTH = HEADER_LENGTH.lower()
 
 
 def json_response(content: Any, status_code: int = 200) -> Response:
@@ -113,72 +127,81 @@ async def handle_v2_infer(
     version: str | None,
     body: bytes,
     headers: Mapping[str, str],
+    limits: DecodeLimits,
+    principal: Principal = ANONYMOUS,
 ) -> tuple[bytes, str, dict[str, str]]:
     """One OIP v2 infer over HTTP: (response body, media type, extra headers).
 
-    Shared by the FastAPI route (kept for the OpenAPI document) and the HTTP edge, which
-    answers the route itself (serving/edge.py).
+    Decodes the body (v2 JSON, or Triton's binary tensor extension when
+    ``Inference-Header-Content-Length`` is set) with ``limits``; a body that does not decode is
+    logged through :meth:`DataPlane.reject`. Shared by the FastAPI route (kept for the OpenAPI
+    document) and the HTTP edge, which answers the route itself (serving/edge.py).
     """
-    header = headers.get(binary.HEADER_LENGTH.lower())  # ASGI header names are lower-case
-    decode: Callable[[bytes], oip.InferRequest]
-    if header is None:
-        payload, decode = body, binary.decode_json_request
-    else:  # Triton's binary tensor data extension
-        payload, decode = binary.prepare_binary_request(body, header)
     context = CallContext(
-        "v2-rest", headers.get(USER_HEADER), headers.get(REQUEST_ID_HEADER), headers
+        "v2-rest", headers.get(USER_HEADER), headers.get(REQUEST_ID_HEADER), headers,
+        principal=principal,
     )
-    parsed, result = await plane.infer(model, version, payload, decode, context)
-    flags = binary.binary_outputs(parsed, result.outputs)
+    header = headers.get(_HEADER_LENGTH)  # ASGI header names are lower-case
+    try:
+        if header is None:
+            request = decode_json_request(body, limits)
+        else:  # Triton's binary tensor data extension
+            request = decode_binary_request(body, parse_header_length(header, len(body)), limits)
+    except InvalidRequest as exc:
+        await plane.reject(model, version, context, exc, _rejected(body, header))
+    result = await plane.infer(model, version, request, context)
+    flags = binary_outputs(request, result.outputs)
     variant = {VARIANT_HEADER: result.decision.variant}
     if flags is None:
-        encoded = oip.encode_infer_response(
+        encoded = encode_infer_response(
             result.model, str(result.version), result.request_id, result.outputs,
             result.response_parameters(),
         )
         return encoded, "application/json", variant
-    encoded, json_length = binary.encode_binary_response(
+    encoded, json_length = encode_binary_response(
         result.model, str(result.version), result.request_id, result.outputs, flags
     )
     return (
         encoded,
         "application/octet-stream",
-        {binary.HEADER_LENGTH: str(json_length), **variant},
+        {HEADER_LENGTH: str(json_length), **variant},
     )
+
+
+def _rejected(body: bytes, header: str | None) -> Rejected:
+    """A body that did not decode, for the log: its tensor headers (of the JSON part of a
+    binary request) and its size."""
+    json_part: bytes | memoryview = body
+    if header is not None:
+        text = header.strip()
+        length = int(text) if text.isascii() and text.isdigit() else 0
+        json_part = memoryview(body)[: min(length, len(body))]
+    request_id, tensors = json_preview(json_part)
+    return Rejected(len(body), tuple(tensors), request_id)
+
+
+def _limits(gateway: Gateway) -> DecodeLimits:
+    return DecodeLimits.from_settings(gateway.settings)
 
 
 @v2.post("/v2/models/{model}/infer")
 @v2.post("/v2/models/{model}/versions/{version}/infer")
 async def infer(
-    request: Request, plane: DataPlaneDep, model: str, version: str | None = None
+    request: Request,
+    gateway: GatewayDep,
+    principal: PrincipalDep,
+    model: str,
+    version: str | None = None,
 ) -> Response:
+    plane = gateway.plane
     body = await request.body()
-    encoded, media_type, extra = await handle_v2_infer(plane, model, version, body, request.headers)
+    encoded, media_type, extra = await handle_v2_infer(
+        plane, model, version, body, request.headers, _limits(gateway), principal
+    )
     return Response(encoded, media_type=media_type, headers=extra)
 
 
 v1 = APIRouter(tags=["kserve-v1"])
-
-
-def _no_decoder(_payload: bytes) -> oip.InferRequest:
-    raise AssertionError("v1 bodies are decoded for the routed version")
-
-
-def entity_unit(body: bytes) -> str | None:
-    """The first instance's entity id (``customer_id=42``), the experiment unit of entity
-    requests without a ``roost-user`` header."""
-    if b'"entities"' not in body:
-        return None
-    try:
-        data = orjson.loads(body)
-        entities = data["instances"][0]["entities"]
-        key = sorted(entities)[0]
-        value = entities[key]
-        if not isinstance(value, str | int | float):
-            return None
-        return f"{key}={value}"
-    except (orjson.JSONDecodeError, LookupError, TypeError, AttributeError, RecursionError):
-        return None  # the decoder reports what is wrong with the body
 
 
 @v1.get("/v1/models/{model}")
@@ -188,21 +211,21 @@ async def v1_model(plane: DataPlaneDep, model: str) -> Response:
 
 
 @v1.post("/v1/models/{model}:predict")
-async def v1_predict(request: Request, plane: DataPlaneDep, model: str) -> Response:
+async def v1_predict(
+    request: Request, gateway: GatewayDep, principal: PrincipalDep, model: str
+) -> Response:
+    plane = gateway.plane
     body = await request.body()
-    context = _context(request, "v1-rest")
-    unit = entity_unit(body)
-    if unit is not None:
-        context = replace(context, unit=unit)
-    parsed, result = await plane.infer(
-        model, None, body, _no_decoder, context, decode_for=plane.instances_for
-    )
-    columns = {name: array.tolist() for name, array in result.outputs}
-    rows = len(parsed.inputs[0].data)
-    predictions = [{name: values[i] for name, values in columns.items()} for i in range(rows)]
+    context = replace(_context(request, "v1-rest"), principal=principal)
+    try:
+        records = decode_records(body, _limits(gateway))
+    except InvalidRequest as exc:
+        await plane.reject(model, None, context, exc, Rejected(len(body)))
+    result = await plane.infer(model, None, records, context)
+    rows = result.request.inputs[0].shape[0]
     response = json_response(
         {
-            "predictions": predictions,
+            "predictions": predictions(result.outputs, rows),
             "model_name": model,
             "model_version": str(result.version),
             "id": result.request_id,

@@ -16,19 +16,28 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from serving.oip import InferRequest
+from serving.protocol.types import InferRequest
+
+if TYPE_CHECKING:
+    from serving.pipeline import RecordsRequest
 
 log = logging.getLogger("roost.serving")
 
 
 @dataclass(frozen=True, slots=True)
 class ShadowCopy:
+    """A mirrored request: as the transport decoded it (``request``, adapted again for the
+    shadow version) and as the primary saw it (``adapted``, rendered as ``inputs``; the shadow's
+    record reuses that rendering when the shadow sees the same request)."""
+
     model: str
     version: int
     request_id: str
-    request: InferRequest
-    inputs_text: str
+    request: InferRequest | RecordsRequest
+    adapted: InferRequest
+    inputs: str
     user_id: str | None
     protocol: str
 

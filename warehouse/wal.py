@@ -95,7 +95,10 @@ class Durability(StrEnum):
 
 
 class LogUnavailable(ServiceUnavailable):
-    """The prediction log could not make a record durable; the request is not acknowledged."""
+    """The prediction log could not make a record durable; the request is not acknowledged
+    (503 with ``Retry-After: 1``)."""
+
+    retry_after_s = 1.0
 
 
 class SegmentSchemaError(Exception):

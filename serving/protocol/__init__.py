@@ -3,7 +3,7 @@
 Module map:
 
 * :mod:`~serving.protocol.types`: :class:`DecodeLimits`, :class:`InferRequest`,
-  :class:`RequestInput`, :class:`RequestedOutput` (and the transitional ``LIMITS`` ContextVar).
+  :class:`RequestInput`, :class:`RequestedOutput`.
 * :mod:`~serving.protocol.tensors`: the datatype table, the tensor header check (name,
   datatype, shape, element-count limits), the element-count and duplicate-input checks.
 * :mod:`~serving.protocol.raw`: raw little-endian values, BOOL octets, length-prefixed BYTES.
@@ -16,8 +16,8 @@ Module map:
 * :mod:`~serving.protocol.validation`: a request against a version's signature.
 * :mod:`~serving.protocol.render`: the prediction log's rendering of a request's inputs.
 
-Every decoder takes ``limits: DecodeLimits``; the public entry points accept ``None`` for
-"the limits in force" while the transports move to passing them.
+Every decoder takes ``limits: DecodeLimits``, passed explicitly by the transports; callers
+without a gateway get :data:`DEFAULT_LIMITS`.
 """
 
 from __future__ import annotations
@@ -42,27 +42,22 @@ from serving.protocol.kserve import instances_to_rows, rows_to_request
 from serving.protocol.render import render_inputs
 from serving.protocol.types import (
     DEFAULT_LIMITS,
-    LIMITS,
     DecodeLimits,
     InferRequest,
     RequestedOutput,
     RequestInput,
-    current_limits,
-    using_limits,
 )
 from serving.protocol.validation import select_outputs, validate_against_signature
 
 __all__ = [
     "DEFAULT_LIMITS",
     "HEADER_LENGTH",
-    "LIMITS",
     "DecodeLimits",
     "InferRequest",
     "RequestInput",
     "RequestedOutput",
     "binary_outputs",
     "check_json_depth",
-    "current_limits",
     "decode_binary_request",
     "decode_infer_request",
     "decode_json_request",
@@ -78,6 +73,5 @@ __all__ = [
     "rows_to_request",
     "select_outputs",
     "tensor_to_json",
-    "using_limits",
     "validate_against_signature",
 ]

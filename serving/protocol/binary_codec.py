@@ -32,7 +32,7 @@ from serving.protocol.json_codec import (
 from serving.protocol.json_depth import parse_json_object
 from serving.protocol.raw import check_raw_size, encode_raw, raw_to_array
 from serving.protocol.tensors import check_unique_inputs, show
-from serving.protocol.types import DecodeLimits, InferRequest, RequestInput, resolve_limits
+from serving.protocol.types import DEFAULT_LIMITS, DecodeLimits, InferRequest, RequestInput
 
 __all__ = [
     "HEADER_LENGTH",
@@ -113,15 +113,13 @@ def _check_sizes(binary: list[_BinaryInput], data: memoryview, header_length: in
 
 
 def decode_binary_request(
-    body: bytes, header_length: int, limits: DecodeLimits | None = None
+    body: bytes, header_length: int, limits: DecodeLimits = DEFAULT_LIMITS
 ) -> InferRequest:
     """Parse a request whose first ``header_length`` bytes are JSON and the rest tensor data.
 
     Inputs without ``parameters.binary_data_size`` are decoded from their JSON ``data`` as
-    usual. Raises InvalidRequest naming the input and what is wrong. ``limits=None``: the
-    limits in force (transitional; pass them).
+    usual. Raises InvalidRequest naming the input and what is wrong.
     """
-    limits = resolve_limits(limits)
     if not 0 <= header_length <= len(body):
         raise InvalidRequest(
             f"{HEADER_LENGTH} is {header_length} but the request body has {len(body)} bytes"
@@ -174,9 +172,9 @@ def decode_binary_request(
     return result
 
 
-def decode_json_request(body: bytes, limits: DecodeLimits | None = None) -> InferRequest:
+def decode_json_request(body: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> InferRequest:
     """:func:`decode_infer_request`, plus a check of the binary-output parameters."""
-    request = decode_infer_request(body, resolve_limits(limits))
+    request = decode_infer_request(body, limits)
     if request.parameters or request.outputs is not None:
         output_choice(request)
     return request

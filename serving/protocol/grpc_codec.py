@@ -26,11 +26,11 @@ from serving.protocol.tensors import (
     check_unique_inputs,
 )
 from serving.protocol.types import (
+    DEFAULT_LIMITS,
     DecodeLimits,
     InferRequest,
     RequestedOutput,
     RequestInput,
-    resolve_limits,
 )
 
 __all__ = ["decode_model_infer_request", "encode_model_infer_response", "grpc_parameters"]
@@ -117,13 +117,9 @@ def _decode_input(
 
 
 def decode_model_infer_request(
-    message: Any, limits: DecodeLimits | None = None
+    message: Any, limits: DecodeLimits = DEFAULT_LIMITS
 ) -> InferRequest:
-    """A ``ModelInferRequest`` as an OIP request; raises InvalidRequest naming the problem.
-
-    ``limits=None``: the limits in force (transitional; pass them).
-    """
-    limits = resolve_limits(limits)
+    """A ``ModelInferRequest`` as an OIP request; raises InvalidRequest naming the problem."""
     if not message.inputs:
         raise InvalidRequest("'inputs' must be a non-empty list of tensors, got an empty list")
     raw_contents = message.raw_input_contents

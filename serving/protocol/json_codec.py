@@ -19,11 +19,11 @@ from serving.protocol.tensors import (
     output_datatype,
 )
 from serving.protocol.types import (
+    DEFAULT_LIMITS,
     DecodeLimits,
     InferRequest,
     RequestedOutput,
     RequestInput,
-    resolve_limits,
 )
 
 __all__ = [
@@ -115,12 +115,8 @@ def decode_outputs(value: Any) -> list[RequestedOutput] | None:
     return outputs
 
 
-def decode_infer_request(body: bytes, limits: DecodeLimits | None = None) -> InferRequest:
-    """Parse a v2 inference request body; raises InvalidRequest naming what is wrong.
-
-    ``limits=None``: the limits in force (transitional; pass them).
-    """
-    limits = resolve_limits(limits)
+def decode_infer_request(body: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> InferRequest:
+    """Parse a v2 inference request body; raises InvalidRequest naming what is wrong."""
     request = parse_json_object(body, "request body", "request body", limits)
     request_id = decode_request_id(request)
     inputs = [

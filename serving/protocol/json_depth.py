@@ -8,7 +8,7 @@ import orjson
 
 from registry.errors import InvalidRequest
 from serving.protocol.tensors import json_type
-from serving.protocol.types import DecodeLimits, resolve_limits
+from serving.protocol.types import DEFAULT_LIMITS, DecodeLimits
 
 __all__ = [
     "check_json_depth",
@@ -101,7 +101,7 @@ def json_error(
     raw: bytes | memoryview,
     exc: orjson.JSONDecodeError,
     what: str,
-    limits: DecodeLimits | None = None,
+    limits: DecodeLimits = DEFAULT_LIMITS,
 ) -> InvalidRequest:
     """A clear 400 for JSON that orjson refused: not UTF-8, too deep, or malformed."""
     data = bytes(raw)
@@ -112,7 +112,7 @@ def json_error(
             f"{what} is not valid UTF-8 (byte 0x{data[bad.start]:02x} at offset {bad.start}); "
             "JSON must be UTF-8 encoded"
         )
-    limit = resolve_limits(limits).max_json_depth
+    limit = limits.max_json_depth
     # orjson stops at 1024 levels ("depth limit exceeded"); a document cut short inside deep
     # nesting gets other messages, so look at the text up to where it stopped (a prefix).
     if "depth" in exc.msg or _nesting_at(data[: min(max(0, exc.pos) + 16, 4096)]) > limit:

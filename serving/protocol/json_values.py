@@ -24,7 +24,7 @@ from serving.protocol.tensors import (
     json_type,
     show,
 )
-from serving.protocol.types import DecodeLimits, resolve_limits
+from serving.protocol.types import DEFAULT_LIMITS, DecodeLimits
 
 __all__ = ["decode_json_data", "json_data_to_array"]
 
@@ -186,16 +186,15 @@ def json_data_to_array(
     shape: tuple[int, ...],
     data: Any,
     base: int = 0,
-    limits: DecodeLimits | None = None,
+    limits: DecodeLimits = DEFAULT_LIMITS,
 ) -> npt.NDArray[Any]:
     """Convert the JSON ``data`` of input ``name`` into an array of ``shape``.
 
     ``data`` may be flat or nested (rectangular, row-major); its element count must equal the
     product of ``shape``, which must be within the limits. BYTES data become a numpy object
     array of ``bytes``. ``base``: how deep ``data`` sits in the request JSON, for
-    ``max_json_depth``. ``limits=None``: the limits in force (transitional).
+    ``max_json_depth``.
     """
-    limits = resolve_limits(limits)
     check_datatype(name, datatype)
     count = check_shape(name, shape, limits)
     return decode_json_data(name, datatype, shape, count, data, base, limits)

@@ -12,6 +12,11 @@
   ``true`` (how many) for BOOL. When the whole text would still pass
   :data:`MAX_RENDERED_CHARS`, the largest listed tensors are summarized too, so the result
   stays whole JSON: it never has to be cut, least of all mid-value.
+
+A payload that did not decode is recorded by :func:`render_rejected` as
+``{"inputs":[{"name":..,"datatype":..,"shape":[..]}],"rejected":{"bytes":n}}``: the tensor
+headers that could be read (never data; see :func:`json_preview`) and the payload's size;
+the record's ``error`` column says what was wrong.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -29,12 +34,24 @@ import orjson
 from serving.protocol.raw import encode_bytes_elements
 from serving.protocol.types import InferRequest, RequestInput
 
-__all__ = ["MAX_RENDERED_CHARS", "MAX_RENDERED_ELEMENTS", "render_inputs", "summarize_tensor"]
+__all__ = [
+    "MAX_RENDERED_CHARS",
+    "MAX_RENDERED_ELEMENTS",
+    "json_preview",
+    "render_inputs",
+    "render_rejected",
+    "summarize_tensor",
+]
 
 MAX_RENDERED_ELEMENTS = 4096
 """Tensors with more elements are summarized (name, datatype, shape, sha256, statistics)."""
 MAX_RENDERED_CHARS = 65536
 """Above this many characters the largest listed tensors are summarized as well."""
+
+MAX_PREVIEW_TENSORS = 16
+"""A rejected payload's record lists at most this many tensor headers."""
+MAX_PREVIEW_BYTES = 1024 * 1024
+"""A rejected JSON body longer than this is not parsed again for its tensor headers."""
 
 _OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 _NON_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
@@ -160,3 +177,50 @@ def render_inputs(request: InferRequest, features: Mapping[str, Any] | None = No
     if len(text) > MAX_RENDERED_CHARS:
         text = _within_budget(request, entries, body)
     return text.decode()
+
+
+def render_rejected(size: int, tensors: Sequence[Mapping[str, Any]] = ()) -> str:
+    """The log's record of a payload that did not decode: tensor headers and its size."""
+    headers = [
+        {"name": t["name"], "datatype": t["datatype"], "shape": list(t["shape"])}
+        for t in tensors[:MAX_PREVIEW_TENSORS]
+    ]
+    return _dumps({"inputs": headers, "rejected": {"bytes": size}}).decode()
+
+
+def _header(item: Any) -> dict[str, Any] | None:
+    if not isinstance(item, dict):
+        return None
+    name, datatype, shape = item.get("name"), item.get("datatype"), item.get("shape")
+    if not (isinstance(name, str) and len(name) <= 256):
+        return None
+    if not (isinstance(datatype, str) and len(datatype) <= 16):
+        return None
+    if not (
+        isinstance(shape, list)
+        and len(shape) <= 16
+        and all(type(d) is int for d in shape)
+    ):
+        return None
+    return {"name": name, "datatype": datatype, "shape": shape}
+
+
+def json_preview(body: bytes | memoryview) -> tuple[str | None, list[dict[str, Any]]]:
+    """The ``id`` and the well-formed tensor headers of a v2 JSON request (or a binary
+    request's JSON part), for the record of a request that did not decode; (None, []) when the
+    JSON does not parse."""
+    if len(body) > MAX_PREVIEW_BYTES:
+        return None, []
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None, []
+    if not isinstance(parsed, dict):
+        return None, []
+    request_id = parsed.get("id")
+    request_id = request_id if isinstance(request_id, str) and len(request_id) <= 256 else None
+    inputs = parsed.get("inputs")
+    if not isinstance(inputs, list):
+        return request_id, []
+    headers = [_header(item) for item in inputs[:MAX_PREVIEW_TENSORS]]
+    return request_id, [h for h in headers if h is not None]

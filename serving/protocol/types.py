@@ -1,16 +1,12 @@
 """The protocol core's data types: decode limits and the decoded request.
 
-Every decoder takes its :class:`DecodeLimits` as a parameter. The public entry points also
-accept ``limits=None``, meaning "the limits in force" (:data:`LIMITS`, set per request by the
-transports); that fallback is transitional, and only the entry points read it
-(:func:`resolve_limits`).
+Every decoder takes its :class:`DecodeLimits` as a parameter: the transports (the HTTP edge, the
+gRPC servicer, the KServe v1 route) pass the gateway's limits explicitly; callers without a
+gateway (tests, tools) get :data:`DEFAULT_LIMITS`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,14 +14,10 @@ import numpy.typing as npt
 
 __all__ = [
     "DEFAULT_LIMITS",
-    "LIMITS",
     "DecodeLimits",
     "InferRequest",
     "RequestInput",
     "RequestedOutput",
-    "current_limits",
-    "resolve_limits",
-    "using_limits",
 ]
 
 
@@ -47,31 +39,8 @@ class DecodeLimits:
 
 
 DEFAULT_LIMITS = DecodeLimits()
-LIMITS: ContextVar[DecodeLimits] = ContextVar("roost_decode_limits", default=DEFAULT_LIMITS)
-"""The limits in force (set per request by the transports; :func:`using_limits`).
-
-Transitional: the entry points fall back to it when called without ``limits``.
-"""
-
-
-def current_limits() -> DecodeLimits:
-    """The limits in force for the request being decoded."""
-    return LIMITS.get()
-
-
-def resolve_limits(limits: DecodeLimits | None) -> DecodeLimits:
-    """``limits``, or the limits in force when None (for the public entry points only)."""
-    return LIMITS.get() if limits is None else limits
-
-
-@contextmanager
-def using_limits(limits: DecodeLimits) -> Iterator[DecodeLimits]:
-    """Decode with ``limits`` inside the block (in this task and the tasks it starts)."""
-    token = LIMITS.set(limits)
-    try:
-        yield limits
-    finally:
-        LIMITS.reset(token)
+"""The limits when a caller passes none (the settings' defaults); the transports pass the
+gateway's own (``DecodeLimits.from_settings``)."""
 
 
 @dataclass

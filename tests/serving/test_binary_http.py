@@ -28,8 +28,8 @@ from tritonclient.utils import InferenceServerException
 from registry import Registry, RoostSettings
 from registry.errors import InvalidRequest
 from registry.signature import OIP_TO_NUMPY
-from serving import binary, oip
-from serving.dataplane import MAX_LOGGED_INPUT_CHARS
+from serving import binary
+from serving.protocol.render import render_inputs
 from warehouse import run_query
 
 FEATURES = ["a", "b", "c", "d"]
@@ -391,11 +391,13 @@ def test_binary_prediction_logged_as_readable_json(
     (tensor,) = logged["inputs"]
     assert tensor == {"name": "input", "datatype": "FP32", "shape": [1, 4],
                       "data": x.ravel().tolist()}
-    assert logged["id"] == "logged-1"
-    assert logged["parameters"] == {"binary_data_output": True}
+    assert logged == {"inputs": [tensor]}  # the one rendering: as JSON and gRPC requests
     assert {o["name"] for o in json.loads(outputs)} == {"label", "probabilities"}
-    # a rejected binary request logs its JSON header, not raw bytes
-    assert failed[0] == 400 and json.loads(failed[1]) == linear_header(12)
+    # a rejected binary request logs its tensor headers and size, not raw bytes
+    assert failed[0] == 400 and json.loads(failed[1]) == {
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4]}],
+        "rejected": {"bytes": len(body)},
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -418,19 +420,14 @@ def test_codec_round_trip_and_log_rendering_is_bounded() -> None:
     np.testing.assert_array_equal(request.inputs[0].data, big)
     assert request.inputs[1].data.tolist() == list(words)
     assert request.inputs[2].data.tolist() == [1.5, 2.5]
-    # the logged text renders a bounded prefix of big tensors, identical to rendering it all
-    rendered = binary.request_log_json(request)
-    full = orjson.dumps({"id": "c-1", "inputs": [
-        {"name": "big", "datatype": "INT32", "shape": [100_000, 2],
-         "data": big.ravel().tolist()}]})
-    assert rendered[:MAX_LOGGED_INPUT_CHARS] == full[:MAX_LOGGED_INPUT_CHARS]
-    assert len(rendered) < len(full)
-    small = binary.request_log_json(
-        oip.InferRequest(None, request.inputs[1:], None, {})
-    )
-    assert json.loads(small)["inputs"][0] == {"name": "words", "datatype": "BYTES",
-                                              "shape": [3], "data": ["a", "é", ""],
-                                              "parameters": {"note": "kept"}}
+    # the log's rendering summarizes the big tensor and lists the small ones whole
+    rendered = json.loads(render_inputs(request))
+    big_entry, words_entry, plain_entry = rendered["inputs"]
+    assert big_entry["summary"]["elements"] == 200_000 and "data" not in big_entry
+    assert big_entry["summary"]["max"] == 199_999
+    assert words_entry == {"name": "words", "datatype": "BYTES", "shape": [3],
+                           "data": ["a", "é", ""]}
+    assert plain_entry["data"] == [1.5, 2.5]
     # responses: binary and JSON outputs side by side, BYTES from str or bytes
     outputs = [("s", np.array(["x", "yz"], dtype=np.object_)),
                ("f", np.array([[1.0, 2.0]], dtype=">f8")), ("j", np.array([7]))]

@@ -26,7 +26,7 @@ from roost_testing import deploy_model, make_echo_onnx, make_linear_onnx, runnin
 from registry import InvalidRequest, Registry, RoostSettings
 from registry.signature import OIP_TO_NUMPY, Signature, TensorSpec
 from serving import binary, oip
-from serving.protocol.render import render_inputs
+from serving.protocol.render import json_preview, render_inputs
 
 DATATYPES = list(OIP_TO_NUMPY)
 FEATURES = ["a", "b", "c", "d"]
@@ -229,8 +229,7 @@ def use(request: oip.InferRequest) -> None:
                 oip.validate_against_signature(request, signature, nan_policy=policy)
             except InvalidRequest:
                 pass
-    binary.request_log_json(request)  # the prediction log's renderings of it
-    text = render_inputs(request, {"id": request.id})
+    text = render_inputs(request, {"id": request.id})  # the prediction log's rendering
     assert len(orjson.loads(text)["inputs"]) == len(request.inputs)  # whole JSON, never cut
     try:
         binary.binary_outputs(request, [(t.name, t.data) for t in request.inputs])
@@ -243,7 +242,7 @@ def use(request: oip.InferRequest) -> None:
 
 def decode_json(body: bytes) -> None:
     try:
-        request = binary.decode_json_request(body)
+        request = binary.decode_json_request(body, SMALL)
     except InvalidRequest:
         return
     use(request)
@@ -251,7 +250,7 @@ def decode_json(body: bytes) -> None:
 
 def decode_binary(body: bytes, header_length: int) -> None:
     try:
-        request = binary.decode_binary_request(body, header_length)
+        request = binary.decode_binary_request(body, header_length, SMALL)
     except InvalidRequest:
         return
     use(request)
@@ -264,15 +263,13 @@ def decode_binary(body: bytes, header_length: int) -> None:
 @FUZZ
 @given(body=st.binary(max_size=256))
 def test_json_decoder_on_arbitrary_bytes(body: bytes) -> None:
-    with oip.using_limits(SMALL):
-        decode_json(body)
+    decode_json(body)
 
 
 @FUZZ
 @given(request=requests_json())
 def test_json_decoder_on_almost_valid_requests(request: Any) -> None:
-    with oip.using_limits(SMALL):
-        decode_json(encode(request))
+    decode_json(encode(request))
 
 
 @FUZZ
@@ -281,8 +278,7 @@ def test_json_decoder_on_damaged_requests(request: Any, cut: int, flip: int) -> 
     body = bytearray(encode(request))
     if body:
         body[flip % len(body)] ^= 0x80  # not UTF-8 any more, or another character
-    with oip.using_limits(SMALL):
-        decode_json(bytes(body[: max(1, len(body) - cut % 8)]))
+    decode_json(bytes(body[: max(1, len(body) - cut % 8)]))
 
 
 @FUZZ
@@ -298,10 +294,9 @@ def test_json_decoder_on_valid_tensors_with_arbitrary_parameters(
     """Parameters travel into the prediction log and the router: any JSON, any depth."""
     tensor = {**tensor, "parameters": tensor_parameters}
     request = {"id": request_id, "inputs": [tensor], "parameters": parameters}
-    with oip.using_limits(SMALL):
-        decode_json(encode(request))
-        header = encode(request)
-        decode_binary(header, len(header))
+    decode_json(encode(request))
+    header = encode(request)
+    decode_binary(header, len(header))
 
 
 @st.composite
@@ -353,24 +348,23 @@ def binary_requests(draw: st.DrawFn) -> tuple[bytes, int]:
 @given(request=binary_requests())
 def test_binary_decoder_on_hostile_requests(request: tuple[bytes, int]) -> None:
     body, length = request
-    with oip.using_limits(SMALL):
-        decode_binary(body, length)
-        try:  # the HTTP header's text, as the transport hands it over
-            binary.parse_header_length(str(length), len(body))
-        except InvalidRequest:
-            pass
+    decode_binary(body, length)
+    try:  # the HTTP header's text, as the transport hands it over
+        binary.parse_header_length(str(length), len(body))
+    except InvalidRequest:
+        pass
 
 
 @FUZZ
 @given(body=st.binary(max_size=128), header=st.text(max_size=6))
 def test_binary_decoder_on_arbitrary_bytes(body: bytes, header: str) -> None:
-    with oip.using_limits(SMALL):
-        payload, decoder = binary.prepare_binary_request(body, header)
-        assert isinstance(payload, bytes)
-        try:
-            decoder(payload)
-        except InvalidRequest:
-            pass
+    try:  # as the REST transport does: the header's length, then the body
+        decode_binary(body, binary.parse_header_length(header, len(body)))
+    except InvalidRequest:
+        pass
+    request_id, headers = json_preview(body)  # what a rejected body's log record keeps
+    assert request_id is None or isinstance(request_id, str)
+    assert all(set(h) == {"name", "datatype", "shape"} for h in headers)
 
 
 @FUZZ
@@ -380,11 +374,10 @@ def test_binary_decoder_on_arbitrary_bytes(body: bytes, header: str) -> None:
     data=tensor_data(),
 )
 def test_json_data_to_array(datatype: str, shape: list[int], data: Any) -> None:
-    with oip.using_limits(SMALL):
-        try:
-            array = oip.json_data_to_array("x", datatype, tuple(shape), data)
-        except InvalidRequest:
-            return
+    try:
+        array = oip.json_data_to_array("x", datatype, tuple(shape), data, limits=SMALL)
+    except InvalidRequest:
+        return
     assert array.shape == tuple(shape)
     assert array.dtype == (np.dtype(object) if datatype == "BYTES" else OIP_TO_NUMPY[datatype])
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import struct
 import time
@@ -281,12 +282,20 @@ def test_timeout_parameter_reaches_the_data_plane(client: Any) -> None:
 # -- prediction log --------------------------------------------------------------------------
 
 
-def test_grpc_predictions_are_logged(client: Any, module_settings: RoostSettings) -> None:
+def test_grpc_predictions_are_logged(
+    client: Any, stub: Any, module_settings: RoostSettings
+) -> None:
     x = np.arange(8, dtype=np.float32).reshape(2, 4)
     client.infer(
         "linear", [linear_input(x)], headers={"roost-user": "alice", "x-request-id": "log-1"}
     )
     grpc_error(lambda: client.infer("linear", [linear_input(np.ones((1, 3), np.float32))]))
+    # a request that does not decode is logged too: its tensor headers and size, no data
+    undecodable = service_pb2.ModelInferRequest(model_name="linear", id="log-undecodable")
+    undecodable.inputs.add(name="input", datatype="FP32", shape=[1, 4])
+    undecodable.raw_input_contents.append(b"\x00" * 12)
+    with pytest.raises(grpc.RpcError):
+        stub.ModelInfer(undecodable, timeout=10)
     query = (
         "select request_id, user_id, status, inputs, error from predictions "
         "where protocol = 'v2-grpc' and model = 'linear' order by ts"
@@ -298,8 +307,9 @@ def test_grpc_predictions_are_logged(client: Any, module_settings: RoostSettings
         except Exception:  # no log file written yet
             rows = []
         ok = [r for r in rows if r[0] == "log-1"]
-        failed = [r for r in rows if r[2] == 400]
-        if ok and failed:
+        failed = [r for r in rows if r[2] == 400 and "expected shape" in (r[4] or "")]
+        rejected = [r for r in rows if r[0] == "log-undecodable"]
+        if ok and failed and rejected:
             break
         assert time.monotonic() < deadline, rows
         time.sleep(0.1)
@@ -308,7 +318,12 @@ def test_grpc_predictions_are_logged(client: Any, module_settings: RoostSettings
         '{"inputs":[{"name":"input","datatype":"FP32","shape":[2,4],'
         '"data":[0.0,1.0,2.0,3.0,4.0,5.0,6.0,7.0]}]}'
     )
-    assert "expected shape" in failed[-1][4]
+    assert json.loads(failed[-1][3])["inputs"][0]["shape"] == [1, 3]
+    assert rejected[0][2] == 400 and "raw_input_contents of 12 bytes" in rejected[0][4]
+    assert json.loads(rejected[0][3]) == {
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4]}],
+        "rejected": {"bytes": undecodable.ByteSize()},
+    }
 
 
 # -- decoding (pure) -------------------------------------------------------------------------

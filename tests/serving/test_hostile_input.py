@@ -397,7 +397,7 @@ def test_wrong_json_types_are_400(client: httpx.Client) -> None:
 # NaN / Inf
 
 
-NAN_WIRED = "nan_policy" in inspect.getsource(DataPlane.infer)
+NAN_WIRED = "nan_policy" in inspect.getsource(DataPlane.validate)
 
 
 def test_nan_policy_knob_is_checked() -> None:
@@ -558,26 +558,29 @@ def test_registering_a_traversal_name_is_refused(module_settings: RoostSettings)
 def test_default_limits_match_the_settings() -> None:
     settings = RoostSettings()
     limits = oip.DecodeLimits.from_settings(settings)
-    assert limits == oip.DecodeLimits() == oip.current_limits()
+    assert limits == oip.DecodeLimits() == oip.DEFAULT_LIMITS
     assert settings.max_request_bytes == 64 * 1024 * 1024
     assert limits.max_tensor_elements == 16 * 1024 * 1024 and limits.max_json_depth == 64
 
 
 def test_codec_limits_without_a_gateway() -> None:
-    """The codec functions hold the limits in force (contextvar) and raise only 400s."""
+    """The codec functions take their limits explicitly (the defaults when given none) and
+    raise only 400s; nothing is held per task."""
     body = orjson.dumps(infer_body([], [0, 2**62]))
     with pytest.raises(InvalidRequest, match="exceeds the limit of 16777216 elements"):
         oip.decode_infer_request(body)
-    with oip.using_limits(oip.DecodeLimits(max_tensor_elements=4, max_json_depth=8)):
-        with pytest.raises(InvalidRequest, match="has 6 elements, more than the limit of 4"):
-            oip.decode_infer_request(orjson.dumps(infer_body([1.0] * 6, [2, 3])))
-        with pytest.raises(InvalidRequest, match="nests deeper than 8 levels"):
-            oip.decode_infer_request(orjson.dumps(infer_body([1.0], [1], parameters=nested(8))))
-        header = orjson.dumps(
-            {"inputs": [{"name": "s", "datatype": "BYTES", "shape": [3],
-                         "parameters": {"binary_data_size": 0}}]}
+    tight = oip.DecodeLimits(max_tensor_elements=4, max_json_depth=8)
+    with pytest.raises(InvalidRequest, match="has 6 elements, more than the limit of 4"):
+        oip.decode_infer_request(orjson.dumps(infer_body([1.0] * 6, [2, 3])), tight)
+    with pytest.raises(InvalidRequest, match="nests deeper than 8 levels"):
+        oip.decode_infer_request(
+            orjson.dumps(infer_body([1.0], [1], parameters=nested(8))), tight
         )
-        with pytest.raises(InvalidRequest, match="truncated length prefix"):
-            binary.decode_binary_request(header, len(header))
-    assert oip.current_limits() == oip.DecodeLimits()
+    header = orjson.dumps(
+        {"inputs": [{"name": "s", "datatype": "BYTES", "shape": [3],
+                     "parameters": {"binary_data_size": 0}}]}
+    )
+    with pytest.raises(InvalidRequest, match="truncated length prefix"):
+        binary.decode_binary_request(header, len(header), tight)
+    assert not hasattr(oip, "using_limits") and not hasattr(oip, "LIMITS")
     assert math.prod([2**40, 2**40]) > oip.DecodeLimits().max_tensor_elements

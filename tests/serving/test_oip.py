@@ -630,18 +630,18 @@ def test_decode_validate_encode_pipeline() -> None:
 # -- the protocol core: explicit limits, KServe v1 rows ------------------------------------------
 
 
-def test_explicit_limits_win_over_the_limits_in_force() -> None:
-    from serving.protocol import DecodeLimits, using_limits
+def test_limits_are_explicit() -> None:
+    import serving.protocol
+    from serving.protocol import DEFAULT_LIMITS, DecodeLimits
 
     payload = body(tensor("a", "FP32", [2, 3], [0.0] * 6))
     tight = DecodeLimits(max_tensor_elements=4)
-    with using_limits(DecodeLimits()):
-        with pytest.raises(InvalidRequest, match="more than the limit of 4 per tensor"):
-            decode_infer_request(payload, tight)
-    with using_limits(tight):  # no limits given: the ones in force (transitional)
-        with pytest.raises(InvalidRequest, match="more than the limit of 4 per tensor"):
-            decode_infer_request(payload)
-        assert decode_infer_request(payload, DecodeLimits()).inputs[0].shape == (2, 3)
+    with pytest.raises(InvalidRequest, match="more than the limit of 4 per tensor"):
+        decode_infer_request(payload, tight)
+    # no limits given: the defaults, never limits set elsewhere (there is no ContextVar)
+    assert decode_infer_request(payload).inputs[0].shape == (2, 3)
+    assert DEFAULT_LIMITS == DecodeLimits()
+    assert not hasattr(serving.protocol, "using_limits")
 
 
 def test_kserve_v1_records_and_rows_become_one_tensor() -> None:

@@ -1,0 +1,153 @@
+"""The data plane's log step: one prediction record per answer (and per failure), with metrics.
+
+The ``inputs`` column is always the pipeline's rendering (:mod:`serving.protocol.render`):
+``render_inputs`` of the request the version saw and the online features used, or
+``render_rejected`` for a payload that did not decode; ``outputs`` is the v2 JSON of the outputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import numpy as np
+import orjson
+
+from registry import RoostError
+from registry.errors import DeadlineExceeded
+from serving.batching import ExecutionTimeout, InstancesStuck, QueueFull
+from serving.breaker import BreakerOpen
+from serving.metrics import GatewayMetrics
+from serving.protocol.json_codec import tensor_to_json
+from serving.router import Decision
+from serving.shadows import ShadowCopy
+from warehouse import LogUnavailable, PredictionLogWriter, PredictionRecord
+
+if TYPE_CHECKING:
+    from serving.pipeline import CallContext, InferResult, PipelineState
+
+__all__ = ["PredictionRecorder", "outputs_json"]
+
+
+def outputs_json(outputs: list[tuple[str, np.ndarray]]) -> str:
+    return orjson.dumps([tensor_to_json(name, array) for name, array in outputs]).decode()
+
+
+class PredictionRecorder:
+    """Writes prediction records and counts requests (``roost_requests``, rejections)."""
+
+    def __init__(self, writer: PredictionLogWriter, metrics: GatewayMetrics | None) -> None:
+        self.writer = writer
+        self.metrics = metrics
+
+    async def success(
+        self, result: InferResult, context: CallContext, inputs: str, started: float
+    ) -> None:
+        await self._record(
+            result.model, result.version, result.request_id, context, inputs,
+            outputs_json(result.outputs), started, 200, None, result.decision,
+        )
+
+    async def failure(
+        self, model: str, call: PipelineState, context: CallContext, inputs: str,
+        exc: RoostError,
+    ) -> None:
+        """Record a failed request against the version that would have answered; never
+        raises (the caller re-raises ``exc``: a log failure must not replace it)."""
+        loaded = call.loaded
+        if loaded is None:  # requests for models that do not exist are not predictions
+            return
+        if (
+            self.metrics is not None
+            and isinstance(exc, QueueFull | BreakerOpen | DeadlineExceeded)
+            and not isinstance(exc, ExecutionTimeout)  # it ran: roost_execution_timeouts
+        ):
+            reason = (
+                "breaker_open" if isinstance(exc, BreakerOpen)
+                else "instances_stuck" if isinstance(exc, InstancesStuck)
+                else "queue_full" if isinstance(exc, QueueFull) else "deadline"
+            )
+            self.metrics.record_rejection(model, str(loaded.info.version), reason)
+        with contextlib.suppress(LogUnavailable):
+            await self._record(
+                model, loaded.info.version, call.request_id, context, inputs, "", call.started,
+                exc.status_code, exc.message, call.decision,
+            )
+
+    def shadow(
+        self, copy: ShadowCopy, inputs: str, outputs: str, started: float, status: int,
+        error: str | None,
+    ) -> None:
+        """A shadow's answer (``shadow = true``, under the primary's request id); not
+        durable-waited: nobody receives this answer."""
+        self.writer.append(
+            PredictionRecord(
+                request_id=copy.request_id,
+                ts=datetime.now(UTC),
+                model=copy.model,
+                version=copy.version,
+                inputs=inputs,
+                outputs=outputs,
+                latency_ms=(time.perf_counter() - started) * 1000.0,
+                status=status,
+                user_id=copy.user_id,
+                protocol=copy.protocol,
+                error=error,
+                variant=f"shadow-v{copy.version}",
+                route="shadow",
+                shadow=True,
+            )
+        )
+
+    async def _record(
+        self,
+        model: str,
+        version: int,
+        request_id: str,
+        context: CallContext,
+        inputs: str,
+        outputs: str,
+        started: float,
+        status: int,
+        error: str | None,
+        decision: Decision | None,
+    ) -> None:
+        """Record one prediction and wait until the record is durable (``log_durability:
+        fsync``), so the transport answers only then; raises ``LogUnavailable`` (503) if the log
+        cannot store it. The metric's latency includes that wait."""
+        variant = decision.variant if decision else ""
+        waiter = self.writer.append_durable(
+            PredictionRecord(
+                request_id=request_id,
+                ts=datetime.now(UTC),
+                model=model,
+                version=version,
+                inputs=inputs,
+                outputs=outputs,
+                latency_ms=(time.perf_counter() - started) * 1000.0,
+                status=status,
+                user_id=context.user_id,
+                protocol=context.protocol,
+                error=error,
+                variant=decision.variant if decision else None,
+                experiment=decision.experiment if decision else None,
+                route=decision.route if decision else None,
+            )
+        )
+        if waiter is not None:
+            try:
+                await waiter
+            except LogUnavailable:
+                if self.metrics is not None:
+                    self.metrics.record_request(
+                        model, str(version), context.protocol, LogUnavailable.status_code,
+                        time.perf_counter() - started, variant=variant,
+                    )
+                raise
+        if self.metrics is not None:
+            self.metrics.record_request(
+                model, str(version), context.protocol, status, time.perf_counter() - started,
+                variant=variant,
+            )
