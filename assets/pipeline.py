@@ -110,7 +110,7 @@ def trainer_assets(spec: DemoModelSpec) -> list[AssetsDefinition]:
                     "code_version": _code_version(),
                     "parameters": trained.params,
                     "python": platform.python_version(),
-                    "dagster_run_id": context.run_id,
+                    "dagster_run_id": context.run.run_id,
                     **feature_tags,
                 },
                 tags={

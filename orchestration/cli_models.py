@@ -105,8 +105,6 @@ def validate(model: str, version: int | None) -> None:
         _fail(f"no spec for model {model!r}; write one with `roost model add {model} ...`")
     spec = specs[model]
     lineage = build_lineage(spec)
-    selected = lineage.validate_selection().resolve(lineage.assets)
-    assets = [a for a in lineage.assets if a.key in selected]
     run_config: dict[str, Any] = {}
     if version is not None:
         if not spec.is_onnx:
@@ -115,7 +113,7 @@ def validate(model: str, version: int | None) -> None:
     try:
         with _dagster_instance(settings) as instance:
             result = materialize(
-                [*assets, *lineage.checks_of(f"{spec.prefix}_validation")],
+                [*lineage.assets, *lineage.checks], selection=lineage.validate_selection(),
                 instance=instance, run_config=run_config, raise_on_error=False,
                 resources={"registry": RegistryResource(home=str(settings.home)),
                            "features": FeatureStoreResource(home=str(settings.home))},

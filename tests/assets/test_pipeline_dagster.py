@@ -20,25 +20,27 @@ from dagster import (
     AssetKey,
     DagsterInstance,
     ExecuteInProcessResult,
-    Failure,
-    MaterializeResult,
-    Output,
-    build_asset_context,
     materialize,
 )
 
-from assets.demo import DEMO_MODELS, demo_assets
+from assets.demo import DEMO_SPECS, demo_assets
 from assets.demo_data import generate_fraud_transactions, load_breast_cancer_dataset
-from assets.pipeline import CHECK_NAMES, DemoModelSpec, TrainingConfig, build_model_pipeline
+from assets.lineage import build_lineage
 from assets.resources import FeatureStoreResource, RegistryResource
-from assets.training import TrainedModel
+from assets.spec import ModelSpec
+from assets.validation_assets import TRAINER_CHECKS
 from registry import Registry, RoostSettings, State
 
 BROKEN = {"ops": {"breast_cancer_trained_model": {"config": {"shuffle_labels": True}}}}
 # The fraud history ends on a fixed day for the whole module: two runs give the same data.
 AS_OF = datetime.now(UTC).strftime("%Y-%m-%d")
 PINNED = {"ops": {"customer_activity": {"config": {"as_of": AS_OF}}}}
-SPECS = {spec.served_name: spec for spec in DEMO_MODELS}
+SPECS = {spec.name: spec for spec in DEMO_SPECS}
+DEMO_MODELS = DEMO_SPECS
+CHECK_NAMES = TRAINER_CHECKS
+STAGING = ("staging_error_rate", "staging_latency", "staging_agreement")
+STAGES = ("training_data", "trained_model", "onnx_artifact", "validation",
+          "staging_deployment", "staging_tests", "canary_deployment", "production_deployment")
 BREAST_CANCER = SPECS["breast-cancer"]
 # The fraud model's training data is joined by Feast from generate_fraud_transactions(): the
 # same features and labels, with timestamps moved to end on AS_OF.
@@ -51,9 +53,9 @@ def _everything() -> list[Any]:
     return [*assets, *checks]
 
 
-def _one_model(spec: DemoModelSpec) -> list[Any]:
-    assets, checks = build_model_pipeline(spec)
-    return [*assets, *checks]
+def _one_model(spec: ModelSpec) -> list[Any]:
+    lineage = build_lineage(spec)
+    return [*lineage.assets, *lineage.checks]
 
 
 def _run(
@@ -133,9 +135,7 @@ def test_whole_demo_graph_materializes_and_every_check_passes(
     demo_run: ExecuteInProcessResult,
 ) -> None:
     assert demo_run.success
-    stages = ("training_data", "trained_model", "onnx_artifact", "validation",
-              "production_deployment")
-    expected = {f"{spec.prefix}_{stage}" for spec in DEMO_MODELS for stage in stages}
+    expected = {f"{spec.prefix}_{stage}" for spec in DEMO_MODELS for stage in STAGES}
     assert _materialized(demo_run) == expected | FEATURE_ASSETS
 
     checks = _checks(demo_run)
@@ -143,8 +143,12 @@ def test_whole_demo_graph_materializes_and_every_check_passes(
         (f"{spec.prefix}_validation", f"{name}_check"): True
         for spec in DEMO_MODELS
         for name in CHECK_NAMES
+    } | {
+        (f"{spec.prefix}_staging_tests", f"{name}_check"): True
+        for spec in DEMO_MODELS
+        for name in STAGING
     }
-    assert len(checks) == 8
+    assert len(checks) == 16
 
     deployed = demo_run.asset_materializations_for_node("fraud_production_deployment")
     assert deployed[0].metadata["production_version"].value == 1
@@ -183,11 +187,14 @@ def test_registry_has_both_models_in_production_with_lineage_and_metrics(
 
         # Training and validation metrics are both stored on the version.
         assert info.metrics["train_accuracy"] > 0.9
-        assert info.metrics["validation.accuracy.accuracy"] >= spec.accuracy_threshold
-        assert spec.min_auc is not None
-        assert info.metrics["validation.accuracy.roc_auc"] >= spec.min_auc
-        assert info.metrics["validation.parity.max_abs_diff"] <= spec.parity_tolerance
-        assert info.metrics["validation.latency.p99_ms"] <= spec.latency_budget_ms
+        bar = spec.validation
+        assert info.metrics["validation.accuracy.accuracy"] >= bar.minimum
+        assert bar.min_auc is not None
+        assert info.metrics["validation.accuracy.roc_auc"] >= bar.min_auc
+        assert info.metrics["validation.parity.max_abs_diff"] <= bar.parity_tolerance
+        assert info.metrics["validation.latency.p99_ms"] <= bar.latency_p99_ms
+        assert info.metrics["staging.error_rate"] == 0.0
+        assert info.metrics["staging.requests"] == spec.staging.replay_sample
 
         # The walk to production is audited, step by step, by the pipeline.
         steps = [
@@ -232,7 +239,7 @@ def test_rematerializing_the_demo_graph_is_idempotent(
     again = _run(demo_home, demo_instance, _everything(), PINNED)
 
     assert again.success
-    assert all(_checks(again).values()) and len(_checks(again)) == 8
+    assert all(_checks(again).values()) and len(_checks(again)) == 16
     for name in SPECS:
         assert [(v.version, v.state) for v in demo_registry.list_versions(name)] == [
             (1, State.PRODUCTION)
@@ -256,6 +263,7 @@ def _assert_broken_run(result: ExecuteInProcessResult) -> None:
         ("breast_cancer_validation", "accuracy_check"): False,
         ("breast_cancer_validation", "parity_check"): True,
         ("breast_cancer_validation", "latency_check"): True,
+        ("breast_cancer_validation", "schema_compat_check"): True,
     }
     assert _materialized(result) == {
         "breast_cancer_training_data",
@@ -277,7 +285,7 @@ def test_broken_model_fails_validation_and_is_not_deployed(
     info = reg.get_version("breast-cancer", 1)
     assert info.state is State.FAILED
     assert info.lineage["parameters"]["shuffle_labels"] is True
-    assert info.metrics["validation.accuracy.accuracy"] < BREAST_CANCER.accuracy_threshold
+    assert info.metrics["validation.accuracy.accuracy"] < BREAST_CANCER.validation.minimum
     assert reg.get_deployment("breast-cancer") is None
     assert reg.served_versions() == []
     assert [m.production_version for m in reg.list_models()] == [None]
@@ -317,62 +325,15 @@ def test_broken_model_after_a_good_one_leaves_production_alone(
     assert reg.audit_verify().ok
 
 
-# -- calling the asset functions directly --------------------------------------------------------
+# -- the generated keys -----------------------------------------------------------------------
 
 
-def test_assets_called_directly_register_validate_and_deploy(
-    tmp_path: Path, demo_registry: Registry
-) -> None:
-    training_data, trained_model, onnx_artifact, validation, deployment = build_model_pipeline(
-        BREAST_CANCER
-    )[0]
-    resource = RegistryResource(home=str(tmp_path))
-
-    data = training_data()
-    assert isinstance(data, Output)
-    assert data.metadata["rows"].value == 569
-    assert data.metadata["features"].value == 30
-    trained = trained_model(TrainingConfig(seed=0), data.value)
-    assert isinstance(trained, Output) and isinstance(trained.value, TrainedModel)
-    artifact = onnx_artifact(
-        build_asset_context(resources={"registry": resource}),
-        trained=trained.value,
-        dataset=data.value,
-    )
-    assert isinstance(artifact, Output)
-    assert artifact.value["model"] == "breast-cancer" and artifact.value["version"] == 1
-    # The export is deterministic: the same bytes the pipeline run registered.
-    assert artifact.value["sha256"] == demo_registry.get_version("breast-cancer", 1).sha256
-
-    validated = validation(registry=resource, trained=trained.value, artifact=artifact.value)
-    assert isinstance(validated, Output)
-    assert validated.value["passed"] is True
-    assert validated.value["state"] == "VALIDATED"
-    assert set(validated.value["outcomes"]) == set(CHECK_NAMES)
-
-    # The deployment asset refuses a version that failed validation, even if called directly.
-    with pytest.raises(Failure, match="failed validation; not deploying"):
-        deployment(registry=resource, validated={**validated.value, "passed": False})
-    reg = resource.get_registry()
-    try:
-        assert reg.get_deployment("breast-cancer") is None
-
-        result = deployment(registry=resource, validated=validated.value)
-        assert isinstance(result, MaterializeResult) and result.metadata is not None
-        assert result.metadata["production_version"] == 1
-        assert reg.get_version("breast-cancer", 1).state is State.PRODUCTION
-    finally:
-        reg.close()
-
-
-def test_asset_keys_of_one_model_pipeline() -> None:
-    assets, checks = build_model_pipeline(BREAST_CANCER)
-    assert [a.key for a in assets] == [
-        AssetKey(f"breast_cancer_{stage}")
-        for stage in ("training_data", "trained_model", "onnx_artifact", "validation",
-                      "production_deployment")
+def test_asset_keys_of_one_demo_lineage() -> None:
+    lineage = build_lineage(BREAST_CANCER)
+    assert [a.key for a in lineage.assets] == [
+        AssetKey(f"breast_cancer_{stage}") for stage in STAGES
     ]
-    specs = [spec for check in checks for spec in check.check_specs]
+    specs = [spec for check in lineage.checks for spec in check.check_specs]
     assert [(s.asset_key, s.name, s.blocking) for s in specs] == [
         (AssetKey("breast_cancer_validation"), f"{name}_check", True) for name in CHECK_NAMES
-    ]
+    ] + [(AssetKey("breast_cancer_staging_tests"), f"{name}_check", True) for name in STAGING]
