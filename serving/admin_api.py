@@ -1,4 +1,6 @@
-"""Admin API for traffic: policies, canaries, shadows and experiments (state-changing).
+"""Admin API for traffic: policies, canaries, shadows and experiments (state-changing), staged
+rollouts (``/rollout``: start, pause, resume, cancel, status) and the one-click production
+rollback (``/rollback``; not ``/canary/rollback``, which takes a canary's traffic away).
 
 Changes go to the registry (validated, audited under the caller's name, generation bumped) and
 this gateway applies them at once; other gateways pick them up on their next poll. Request
@@ -15,7 +17,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
 
-from registry import Registry
+from registry import NotFound, Registry
 from registry import traffic_ops as ops
 from registry.traffic import TrafficPolicy
 from serving.auth import PrincipalDep
@@ -44,6 +46,25 @@ class CanaryBody(BaseModel):
 
 
 class RollbackBody(BaseModel):
+    reason: str | None = None
+
+
+class ProductionRollbackBody(BaseModel):
+    to_version: StrictInt | None = Field(
+        default=None, description="The DEPRECATED version to bring back (default: the previous)"
+    )
+    reason: str | None = None
+
+
+class RolloutBody(BaseModel):
+    version: StrictInt
+    schedule: list[StrictInt | StrictFloat] | None = Field(
+        default=None, description="Canary percents, increasing, ending at 100"
+    )
+    reason: str | None = None
+
+
+class ReasonBody(BaseModel):
     reason: str | None = None
 
 
@@ -166,3 +187,81 @@ async def stop_experiment(
     return await _apply(
         request, plane, lambda r: ops.stop_experiment(r, model, experiment_id, actor=who.actor)
     )
+
+
+# -- staged rollouts and the production rollback ------------------------------------------------
+
+
+async def _changed(request: Request, plane: DataPlaneDep, action: Callable[[Registry], Any]) -> Any:
+    registry: Registry = request.app.state.registry
+    result = await asyncio.to_thread(action, registry)
+    await plane.repository.sync()
+    return result
+
+
+@admin.post("/rollback")
+async def rollback_production(
+    request: Request,
+    plane: DataPlaneDep,
+    who: PrincipalDep,
+    model: str,
+    body: ProductionRollbackBody | None = None,
+) -> Response:
+    """Bring back the previous production version (or ``to_version``); one transaction."""
+    to_version = body.to_version if body else None
+    reason = (body.reason if body else None) or "rollback through the admin API"
+    info = await _changed(
+        request,
+        plane,
+        lambda r: r.rollback(model, to_version=to_version, reason=reason, actor=who.actor),
+    )
+    return json_response(info.to_dict())
+
+
+@admin.get("/rollout")
+async def rollout_status(request: Request, model: str) -> Response:
+    registry: Registry = request.app.state.registry
+    status = await asyncio.to_thread(registry.get_rollout, model)
+    if status is None:
+        raise NotFound(f"model '{model}' has no rollout; start one with POST .../rollout")
+    return json_response(status.to_dict())
+
+
+@admin.post("/rollout")
+async def start_rollout(
+    request: Request, plane: DataPlaneDep, who: PrincipalDep, model: str, body: RolloutBody
+) -> Response:
+    schedule = None if body.schedule is None else [float(p) for p in body.schedule]
+    reason = body.reason or "rollout through the admin API"
+    status = await _changed(
+        request,
+        plane,
+        lambda r: r.start_rollout(
+            model, body.version, schedule=schedule, actor=who.actor, reason=reason
+        ),
+    )
+    return json_response(status.to_dict())
+
+
+def _steer(verb: str) -> None:
+    async def steer(
+        request: Request,
+        plane: DataPlaneDep,
+        who: PrincipalDep,
+        model: str,
+        body: ReasonBody | None = None,
+    ) -> Response:
+        reason = (body.reason if body else None) or f"{verb} through the admin API"
+        status = await _changed(
+            request,
+            plane,
+            lambda r: getattr(r, f"{verb}_rollout")(model, actor=who.actor, reason=reason),
+        )
+        return json_response(status.to_dict())
+
+    steer.__name__ = f"{verb}_rollout"
+    admin.post(f"/rollout/{verb}")(steer)
+
+
+for _verb in ("pause", "resume", "cancel"):
+    _steer(_verb)

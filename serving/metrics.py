@@ -153,6 +153,15 @@ class GatewayMetrics:
             registry=reg,
             multiprocess_mode="livesum",
         )
+        self.model_serving = Gauge(
+            "roost_model_serving",
+            "1 while a deployed model has a version answering its requests, 0 while it has "
+            "none (e.g. its production version was taken out): every request for it fails.",
+            ["model"],
+            registry=reg,
+            multiprocess_mode="livemax",
+        )
+        self._serving_models: set[str] = set()
         self.registry_poll_errors = Counter(
             "roost_registry_poll_errors",
             "Registry polls that failed; the gateway kept serving its last known table.",
@@ -242,6 +251,14 @@ class GatewayMetrics:
                 timeouts.inc()
 
         return observe
+
+    def models_serving(self, serving: dict[str, bool]) -> None:
+        """``roost_model_serving{model}``: 1/0 per deployed model; models gone are dropped."""
+        for model, ok in serving.items():
+            self.model_serving.labels(model).set(1 if ok else 0)
+        for gone in self._serving_models - set(serving):
+            self.model_serving.remove(gone)
+        self._serving_models = set(serving)
 
     def registry_polled(self, ok: bool) -> None:
         if ok:

@@ -102,6 +102,11 @@ class ModelRepository:
                 version.batcher.start()
         self.table = new
         self.synced = True
+        if self.metrics is not None:
+            unserved = set(self.unserved_models())
+            self.metrics.models_serving(
+                {m: m not in unserved for m in set(new.routers) | set(new.production)}
+            )
         for version in old.loaded.values():
             if id(version.batcher) not in kept:
                 task = asyncio.create_task(retire_version(version, self.retire_grace_s))
@@ -129,7 +134,11 @@ class ModelRepository:
         version keeps serving its model does not make the gateway unready. Neither do, though
         listed, an open circuit breaker or stuck instances (the fault is the backend's, the
         same on every gateway: taking them all out of rotation would not help), nor a registry
-        that cannot be reached (the last known table keeps serving).
+        that cannot be reached (the last known table keeps serving), nor a deployed model left
+        without any version to answer it (its production version taken out): that is listed
+        as a reason, ``GET /v2/models/{m}/ready`` is not ready for it and
+        ``roost_model_serving{model}`` is 0, but the gateway stays in rotation for the models it
+        does serve (every gateway reads the same registry, so none could serve it instead).
         """
         table = self.table
         if not self.synced:
@@ -145,8 +154,23 @@ class ModelRepository:
                 f"({health.failed_polls} failed polls); serving the last known table "
                 f"(generation {table.generation}): {health.last_error}"
             )
+        reasons.extend(
+            f"{m}: deployed but no version serves it (no production version); its requests "
+            f"fail until `roost rollback {m}` or `roost promote {m} VERSION`"
+            for m in self.unserved_models()
+        )
         unserved = {m for m, _ in table.failures} - set(table.production)
         return not unserved, reasons
+
+    def unserved_models(self) -> list[str]:
+        """Deployed (and loaded) models with no version answering requests that name none."""
+        table = self.table
+        failed = {m for m, _ in table.failures}  # listed with their load failure instead
+        return sorted(
+            m
+            for m in table.routers
+            if m not in table.production and m not in table.unloaded and m not in failed
+        )
 
     def route(
         self, model: str, version: str | None, facts: RequestFacts
