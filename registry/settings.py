@@ -5,6 +5,9 @@ Every tier takes a :class:`RoostSettings` instance; nothing reads the environmen
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -154,3 +157,64 @@ class RoostSettings(BaseSettings):
     @property
     def dagster_home(self) -> Path:
         return self.home / "dagster"
+
+
+# -- where the command line finds its home ------------------------------------------------------
+
+HOME_DIR = ".roost"
+"""Name of the folder that holds a project's embedded state (``roost up`` creates it)."""
+
+REGISTRY_FILE = "registry.db"
+
+
+@dataclass(frozen=True)
+class HomeLookup:
+    """Which home the ``roost`` CLI uses and why (:func:`find_home`)."""
+
+    path: Path
+    source: Literal["ROOST_HOME", "found", "default"]
+    """``ROOST_HOME``: the variable is set; ``found``: a ``.roost/`` holding a ``registry.db`` at
+    or above the start directory; ``default``: neither, so ``./.roost`` (maybe not created yet)."""
+    start: Path
+    """The directory the search started from."""
+
+    def describe(self) -> str:
+        """One phrase saying where the home came from, for messages."""
+        if self.source == "ROOST_HOME":
+            return f"ROOST_HOME={self.path}"
+        if self.source == "found":
+            return f"found {self.path} above {self.start}"
+        return (
+            f"ROOST_HOME is not set and no {HOME_DIR}/{REGISTRY_FILE} exists in {self.start} "
+            "or its parents"
+        )
+
+
+def find_home(
+    start: Path | None = None, environ: Mapping[str, str] | None = None
+) -> HomeLookup:
+    """The home the CLI uses, found like git finds its repository.
+
+    1. ``ROOST_HOME`` when set (a relative path is taken from the start directory);
+    2. else the nearest ``.roost/`` folder that holds a ``registry.db``, in the start directory
+       (default: the current one) or any of its parents;
+    3. else ``.roost`` in the start directory (``roost up`` / ``roost register`` create it there).
+    """
+    env = os.environ if environ is None else environ
+    here = (start or Path.cwd()).resolve()
+    explicit = env.get("ROOST_HOME")
+    if explicit:
+        return HomeLookup((here / Path(explicit).expanduser()).resolve(), "ROOST_HOME", here)
+    for folder in (here, *here.parents):
+        candidate = folder / HOME_DIR
+        if (candidate / REGISTRY_FILE).is_file():
+            return HomeLookup(candidate, "found", here)
+    return HomeLookup(here / HOME_DIR, "default", here)
+
+
+def cli_home_line(settings: RoostSettings) -> str:
+    """The line ``make up``'s banner prints about how the ``roost`` CLI finds this home."""
+    return (
+        f"The roost CLI uses $ROOST_HOME, else the nearest {HOME_DIR}/ with a {REGISTRY_FILE} at "
+        f"or above the current directory; elsewhere: export ROOST_HOME={settings.home}"
+    )

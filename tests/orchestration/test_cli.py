@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import subprocess
 import time
 from pathlib import Path
 
 import httpx
 import pytest
-from cli_testing import as_json, failed_cleanly, ok, roost
+from cli_testing import as_json, failed_cleanly, ok, roost, roost_executable
 from roost_testing import deploy_model, make_linear_onnx, running_gateway
 
 from registry import Registry, RoostSettings
@@ -155,3 +157,121 @@ def test_config_sets_serving_knobs(home: Path, onnx_file: Path) -> None:
     )
     usage = roost(home, "config", "m", "1", "--set", "batch=3")  # a usage error: exit 2
     assert usage.returncode == 2 and "unknown knob 'batch'" in usage.stderr
+
+
+# -- issue 16: the home the CLI works on, and registering bytes it already has ------------------
+
+
+def _roost_in(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``roost`` run in ``cwd`` without ROOST_HOME (plus ``env``), as in a fresh shell."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("ROOST_")}
+    return subprocess.run(
+        [roost_executable(), *args],
+        capture_output=True, text=True, env={**clean, **env}, cwd=cwd, timeout=120,
+    )
+
+
+READ_ONLY = [
+    ["models"],
+    ["versions", "m"],
+    ["show", "m", "1"],
+    ["audit", "log"],
+    ["audit", "verify"],
+    ["sql", "select count(*) from predictions"],
+    ["traffic", "show", "m"],
+    ["keys", "list"],
+    ["config", "m", "1"],
+]
+
+
+def test_read_only_commands_never_create_a_registry(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for args in READ_ONLY:
+        err = failed_cleanly(_roost_in(elsewhere, *args))
+        assert err.startswith(
+            f"error: no Roost registry at {elsewhere}/.roost/registry.db (ROOST_HOME is not set "
+            f"and no .roost/registry.db exists in {elsewhere} or its parents); "
+            "point the CLI at one with `export ROOST_HOME=/path/to/.roost`"
+        ), (args, err)
+    missing = tmp_path / "missing-home"
+    err = failed_cleanly(_roost_in(elsewhere, "models", ROOST_HOME=str(missing)))
+    assert f"no Roost registry at {missing}/registry.db (ROOST_HOME={missing})" in err
+    assert sorted(p.name for p in elsewhere.iterdir()) == [] and not missing.exists()
+
+
+def test_the_cli_finds_the_home_above_the_current_directory(
+    tmp_path: Path, onnx_file: Path
+) -> None:
+    project = tmp_path / "project"
+    deeper = project / "src" / "deeper"
+    deeper.mkdir(parents=True)
+    done = _roost_in(project, "register", str(onnx_file), "--model", "m")
+    assert ok(done).startswith("registered m version 1")
+    assert f"created a new registry in {project}/.roost" in done.stderr
+    assert (project / ".roost" / "registry.db").is_file()
+
+    assert [m["name"] for m in as_json(_roost_in(deeper, "models", "--json"))] == ["m"]
+    assert ok(_roost_in(deeper, "sql", "select count(*) as n from predictions")) == "N\n0\n"
+
+    shell = (
+        f'eval "$({roost_executable()} env)"; echo $ROOST_HOME $ROOST_HTTP $ROOST_GRPC '
+        '$DAGSTER_UI'
+    )
+    printed = subprocess.run(
+        ["bash", "-c", shell], capture_output=True, text=True, cwd=deeper, timeout=120,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("ROOST_")},
+             "ROOST_HTTP_PORT": "9123", "ROOST_GRPC_PORT": "9124", "ROOST_DAGSTER_PORT": "9125"},
+    )
+    assert printed.stdout == (
+        f"{project}/.roost http://127.0.0.1:9123 127.0.0.1:9124 http://127.0.0.1:9125\n"
+    ), printed.stderr
+    # ROOST_HOME wins over discovery
+    other = tmp_path / "other-home"
+    ok(roost(other, "register", str(onnx_file), "--model", "n"))
+    assert [m["name"] for m in as_json(_roost_in(deeper, "models", "--json",
+                                                 ROOST_HOME=str(other)))] == ["n"]
+
+
+def test_registering_bytes_it_already_has_names_the_version_and_state(
+    home: Path, tmp_path: Path
+) -> None:
+    first, second = make_linear_onnx(seed=11), make_linear_onnx(seed=12)
+    reg = Registry.from_settings(RoostSettings(home=home))
+    try:
+        deploy_model(reg, "churn", first)
+        deploy_model(reg, "churn", second)  # version 1 -> DEPRECATED
+    finally:
+        reg.close()
+    path = tmp_path / "churn.onnx"
+    path.write_bytes(first)
+
+    err = failed_cleanly(roost(home, "register", str(path), "--model", "churn"))
+    assert err.startswith(
+        f"error: {path} is already churn version 1 (state DEPRECATED, sha256:"
+    ), err
+    assert "nothing registered. Pass --reuse to use that version" in err
+    assert ok(roost(home, "register", str(path), "--model", "churn", "--reuse")).startswith(
+        "reusing churn version 1 (state DEPRECATED, sha256:"
+    )
+    shown = as_json(roost(home, "register", str(path), "--model", "churn", "--reuse", "--json"))
+    assert (shown["version"], shown["state"], shown["created"]) == (1, "DEPRECATED", False)
+    assert [v["version"] for v in as_json(roost(home, "versions", "churn", "--json"))] == [1, 2]
+
+
+def test_register_a_zipmap_export_says_what_it_rewrote(home: Path, tmp_path: Path) -> None:
+    import numpy as np
+    from skl2onnx import to_onnx
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = load_iris(return_X_y=True)
+    x = x.astype(np.float32)
+    path = tmp_path / "iris.onnx"
+    clf = LogisticRegression(max_iter=1000).fit(x, y)
+    path.write_bytes(to_onnx(clf, x[:1]).SerializeToString())
+    out = ok(roost(home, "register", str(path), "--model", "iris"))
+    assert out.splitlines()[1].startswith(
+        "  zipmap -> probability tensor: output 'output_probability' is FP32 [N, 3], one column "
+        "per class in this order: 0, 1, 2"
+    )

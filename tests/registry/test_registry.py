@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+from pathlib import Path
 
 import pytest
 from roost_testing import make_linear_onnx
@@ -198,3 +199,37 @@ def test_unload_and_load_a_deployment(registry: Registry) -> None:
     registry.register_version("other", make_linear_onnx(seed=5))
     with pytest.raises(Conflict, match="no deployment"):
         registry.set_serving_enabled("other", False)
+
+
+def test_register_says_whether_it_created_a_version(registry: Registry) -> None:
+    data = make_linear_onnx(seed=21)
+    first = registry.register("m", data)
+    assert first.created and first.version.version == 1
+    registry.transition("m", 1, State.VALIDATING, reason="test")
+    registry.transition("m", 1, State.FAILED, reason="test")
+    again = registry.register("m", data, metrics={"auc": 0.5})
+    assert not again.created
+    assert (again.version.version, again.version.state) == (1, State.FAILED)
+    assert again.version.metrics == {}  # nothing of the second call was recorded
+    # register_version keeps its contract: the existing version, no new one
+    assert registry.register_version("m", data).version == 1
+    assert [v.version for v in registry.list_versions("m")] == [1]
+    assert registry.register("m", make_linear_onnx(seed=22)).created
+
+
+def test_find_home_like_git(tmp_path: Path) -> None:
+    from registry.settings import find_home
+
+    root = tmp_path.resolve()
+    deeper = root / "project" / "a" / "b"
+    deeper.mkdir(parents=True)
+    assert find_home(deeper, {}).path == deeper / ".roost"
+    assert find_home(deeper, {}).source == "default"
+    (root / "project" / ".roost").mkdir()
+    assert find_home(deeper, {}).source == "default"  # a .roost/ without a registry is not one
+    (root / "project" / ".roost" / "registry.db").touch()
+    found = find_home(deeper, {})
+    assert (found.path, found.source) == (root / "project" / ".roost", "found")
+    assert "found" in found.describe()
+    explicit = find_home(deeper, {"ROOST_HOME": "rel/home"})
+    assert (explicit.path, explicit.source) == (deeper / "rel" / "home", "ROOST_HOME")
