@@ -98,7 +98,7 @@ def test_deploy_walks_state_machine_and_deprecates_previous(registry: Registry) 
     with pytest.raises(Conflict, match="only a VALIDATED version"):
         registry.deploy("m", v3)
     # deprecating the production version by hand clears the deployment
-    registry.transition("m", v2, State.DEPRECATED, reason="retire")
+    registry.transition("m", v2, State.DEPRECATED, reason="retire", force=True)
     assert registry.get_deployment("m") is not None
     assert registry.get_deployment("m").production_version is None  # type: ignore[union-attr]
     assert registry.served_versions() == []
