@@ -125,6 +125,16 @@ class RoostSettings(BaseSettings):
     serve_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """Serve only these models (``ROOST_SERVE_MODELS``, comma-separated); empty: every model."""
 
+    canary_tick_s: int = Field(default=30, ge=1)
+    """How often the canary sensor looks at every running canary (``ROOST_CANARY_TICK_S``,
+    seconds; the sensor's ``minimum_interval_seconds``)."""
+
+    experiment_schedule: str = "0 * * * *"
+    """Cron schedule of the experiment analysis asset (``ROOST_EXPERIMENT_SCHEDULE``; hourly)."""
+
+    experiment_window_days: float = Field(default=30.0, gt=0)
+    """How far back the experiment analysis reads each running experiment's requests."""
+
     @field_validator("home")
     @classmethod
     def _absolute_home(cls, value: Path) -> Path:
