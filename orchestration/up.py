@@ -1,14 +1,23 @@
 """``roost up``: the whole platform on embedded defaults, with the demo models, in one command.
 
-Materializes the demo pipeline (only what is missing), then starts the gateway, the Dagster
-webserver and the Dagster daemon as child processes, prints where to look, and stops them all
-on Ctrl-C or when any of them dies.
+Materializes the demo pipeline (only what is missing), then starts the gateway, a Dagster code
+server, the Dagster webserver and the Dagster daemon as child processes, prints where to look,
+and stops them all on Ctrl-C or when any of them dies.
+
+Output: one line per step, the URLs, nothing else; ``verbose`` (``ROOST_VERBOSE=1``) shows the
+pipeline's own output too. Every process logs to its own plain-text file under
+``$ROOST_HOME/process-logs`` (``pipeline.log`` for the demo pipeline run in this process).
+
+The webserver and the daemon share one code server (``dagster code-server start``, named in a
+generated workspace): left to itself the daemon starts its own code servers, replaces them every
+minute and each old one logs "No heartbeat received in 20 seconds, shutting down".
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -18,12 +27,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import TextIO
 
 import httpx
 
+from orchestration.logs import LogPump, quiet_output
 from registry import Registry, RoostSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+CODE_LOCATION = "orchestration.definitions"
 DEFAULT_DAGSTER_YAML = """telemetry:
   enabled: false
 """
@@ -34,6 +46,7 @@ class Child:
     name: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    pump: LogPump
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -72,6 +85,46 @@ def missing_demo_models(settings: RoostSettings) -> list[str]:
     return [spec.served_name for spec in DEMO_MODELS if spec.served_name not in deployed]
 
 
+STEP_DONE = re.compile(r'(STEP_SUCCESS|STEP_FAILURE) - .*?step "([^"]+)"')
+
+
+class PipelineProgress:
+    """Watches the pipeline's event log lines; on a terminal keeps one line up to date."""
+
+    def __init__(self, total: int, terminal: TextIO) -> None:
+        self.total, self.done, self.failed = total, 0, 0
+        self.terminal = terminal
+        self.started = time.monotonic()
+        self.live = terminal.isatty()
+
+    def __call__(self, line: str) -> None:
+        match = STEP_DONE.search(line)
+        if match is None:
+            return
+        self.done += 1
+        self.failed += match.group(1) == "STEP_FAILURE"
+        if self.live:
+            self.terminal.write(f"\rroost:   [{self.done}/{self.total}] {match.group(2)[:60]:<60}")
+            self.terminal.flush()
+
+    def finish(self, ok: bool) -> None:
+        if self.live:
+            self.terminal.write("\r" + " " * 80 + "\r")
+        outcome = "done" if ok else f"FAILED ({self.failed} failed)"
+        self.terminal.write(
+            f"roost: demo pipeline {outcome}: {self.done} steps in "
+            f"{time.monotonic() - self.started:.0f} s\n"
+        )
+        self.terminal.flush()
+
+
+def demo_step_count() -> int:
+    from assets.demo import demo_assets
+
+    assets, checks = demo_assets()
+    return len(assets) + len(checks)
+
+
 def materialize_demo(settings: RoostSettings) -> bool:
     """Run the demo pipeline in the Dagster instance under ROOST_HOME (visible in the UI)."""
     from dagster import DagsterInstance, materialize
@@ -95,17 +148,48 @@ def materialize_demo(settings: RoostSettings) -> bool:
 
 def _spawn(name: str, args: list[str], env: dict[str, str], logs: Path) -> Child:
     log_path = logs / f"{name}.log"
-    handle = log_path.open("ab")
     process = subprocess.Popen(
         args,
         cwd=REPO_ROOT,
         env=env,
-        stdout=handle,
+        stdout=subprocess.PIPE,  # copied into log_path without ANSI escape codes
         stderr=subprocess.STDOUT,
         start_new_session=True,  # Ctrl-C reaches us; we stop the children in order
     )
-    handle.close()
-    return Child(name, process, log_path)
+    assert process.stdout is not None
+    return Child(name, process, log_path, LogPump(process.stdout, log_path))
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def code_server_workspace(dagster_home: Path, host: str, port: int) -> Path:
+    """A workspace naming the shared code server, for the webserver and the daemon."""
+    path = dagster_home / "workspace.yaml"
+    path.write_text(
+        "# Written by `roost up`: the webserver and the daemon share one code server.\n"
+        "load_from:\n"
+        "  - grpc_server:\n"
+        f"      host: {host}\n"
+        f"      port: {port}\n"
+        f"      location_name: {CODE_LOCATION}\n"
+    )
+    return path
+
+
+def _wait_tcp(host: str, port: int, children: list[Child], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if any(c.process.poll() is not None for c in children):
+            return False
+        with socket.socket() as sock:
+            if sock.connect_ex((host, port)) == 0:
+                return True
+        time.sleep(0.2)
+    return False
 
 
 def _stop(children: list[Child], grace_s: float = 15.0) -> None:
@@ -120,6 +204,8 @@ def _stop(children: list[Child], grace_s: float = 15.0) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(child.process.pid, signal.SIGKILL)
             child.process.wait()
+    for child in children:
+        child.pump.join()
 
 
 def _wait_http(url: str, children: list[Child], timeout_s: float) -> bool:
@@ -150,7 +236,28 @@ def sample_request(settings: RoostSettings) -> str:
     )
 
 
-def run_up(settings: RoostSettings, *, skip_pipeline: bool = False) -> int:
+def _say(message: str) -> None:
+    print(f"roost: {message}", flush=True)
+
+
+def run_pipeline(settings: RoostSettings, missing: list[str], logs: Path, verbose: bool) -> bool:
+    """Materialize the demo pipeline; its own output goes to pipeline.log unless ``verbose``."""
+    log_path = logs / "pipeline.log"
+    _say(f"materializing the demo pipeline for {', '.join(missing)} (log: {log_path}) ...")
+    if verbose:
+        return materialize_demo(settings) and not missing_demo_models(settings)
+    progress = PipelineProgress(demo_step_count(), sys.stdout)
+    ok = False
+    try:
+        with quiet_output(log_path, on_line=progress):
+            ok = materialize_demo(settings) and not missing_demo_models(settings)
+    finally:
+        progress.finish(ok)
+    return ok
+
+
+def run_up(settings: RoostSettings, *, skip_pipeline: bool = False, verbose: bool = False) -> int:
+    verbose = verbose or os.environ.get("ROOST_VERBOSE", "").lower() in ("1", "true", "yes")
     settings.home.mkdir(parents=True, exist_ok=True)
     logs = settings.home / "process-logs"
     logs.mkdir(exist_ok=True)
@@ -178,33 +285,41 @@ def run_up(settings: RoostSettings, *, skip_pipeline: bool = False) -> int:
 
     missing = [] if skip_pipeline else missing_demo_models(settings)
     if missing:
-        print(f"roost: materializing the demo pipeline for {', '.join(missing)} ...", flush=True)
-        if not materialize_demo(settings) or missing_demo_models(settings):
-            print("error: the demo pipeline failed; see the run in the Dagster UI", file=sys.stderr)
+        if not run_pipeline(settings, missing, logs, verbose):
+            print(
+                f"error: the demo pipeline failed; see {logs / 'pipeline.log'} and the run in "
+                "the Dagster UI",
+                file=sys.stderr,
+            )
             return 1
     elif not skip_pipeline:
-        print("roost: demo models already deployed; reusing them", flush=True)
+        _say("demo models already deployed; reusing them")
 
     env = dict(os.environ)
     bindir = Path(sys.executable).parent
-    workspace = REPO_ROOT / "workspace.yaml"
-    location = ["-w", str(workspace)] if workspace.exists() else ["-m", "orchestration.definitions"]
+    code_port = _free_port(settings.host)
+    workspace = code_server_workspace(dagster_home, settings.host, code_port)
+    _say(f"starting the gateway and Dagster (logs: {logs}) ...")
     children = [
-        _spawn("gateway", [sys.executable, "-m", "orchestration", "serve"], env, logs),
+        _spawn("gateway", [sys.executable, "-m", "orchestration.logs", "serve"], env, logs),
         _spawn(
-            "dagster-webserver",
+            "dagster-code-server",
             [
-                str(bindir / "dagster-webserver"),
+                str(bindir / "dagster"),
+                "code-server",
+                "start",
                 "-h",
                 settings.host,
                 "-p",
-                str(settings.dagster_port),
-                *location,
+                str(code_port),
+                "-m",
+                CODE_LOCATION,
+                "--location-name",
+                CODE_LOCATION,
             ],
             env,
             logs,
         ),
-        _spawn("dagster-daemon", [str(bindir / "dagster-daemon"), "run", *location], env, logs),
     ]
 
     stopping = False
@@ -215,6 +330,28 @@ def run_up(settings: RoostSettings, *, skip_pipeline: bool = False) -> int:
 
     previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
+        if not _wait_tcp(settings.host, code_port, children, 120):
+            print(f"error: the Dagster code server did not start; see {logs}", file=sys.stderr)
+            return 1
+        location = ["-w", str(workspace)]
+        children.append(
+            _spawn(
+                "dagster-webserver",
+                [
+                    str(bindir / "dagster-webserver"),
+                    "-h",
+                    settings.host,
+                    "-p",
+                    str(settings.dagster_port),
+                    *location,
+                ],
+                env,
+                logs,
+            )
+        )
+        children.append(
+            _spawn("dagster-daemon", [str(bindir / "dagster-daemon"), "run", *location], env, logs)
+        )
         gateway = f"http://{settings.host}:{settings.http_port}"
         dagster = f"http://{settings.host}:{settings.dagster_port}"
         ok = _wait_http(f"{gateway}/v2/health/ready", children, 180) and _wait_http(
@@ -223,31 +360,25 @@ def run_up(settings: RoostSettings, *, skip_pipeline: bool = False) -> int:
         if not ok:
             print(f"error: the platform did not start; logs are in {logs}", file=sys.stderr)
             return 1
-        print(
-            f"""
-Roost is up (ROOST_HOME={settings.home}).
-
-  Gateway (Open Inference Protocol v2, KServe v1)  {gateway}/v2
-  gRPC (inference.GRPCInferenceService)            {settings.host}:{settings.grpc_port}
-  API docs                                           {gateway}/docs
-  Dagster UI (lineage, checks, runs)                 {dagster}
-  Process logs                                       {logs}
-
-Admin key (dev mode only): x-api-key: roost-dev-key   (create real ones: roost keys create)
-
-Ask the breast-cancer model for a prediction:
-
-  {sample_request(settings)}
-
-SQL over the prediction logs (in another shell):
-
-  ROOST_HOME={settings.home} .venv/bin/roost sql \\
-    "select model, version, status, count(*) from predictions group by all"
-
-Press Ctrl-C to stop.
-""",
-            flush=True,
-        )
+        lines = [
+            "",
+            f"Roost is up (ROOST_HOME={settings.home}).",
+            # (spot for the line saying how the CLI found its home)
+            f"  Gateway (OIP v2, KServe v1)  {gateway}/v2   API docs {gateway}/docs",
+            f"  gRPC inference               {settings.host}:{settings.grpc_port}",
+            f"  Dagster UI                   {dagster}",
+            "  Admin key (dev mode only)    x-api-key: roost-dev-key",
+            "  A prediction:",
+            f"  {sample_request(settings)}",
+        ]
+        if verbose:
+            lines += [
+                "  SQL over the prediction logs (in another shell):",
+                f"  ROOST_HOME={settings.home} .venv/bin/roost sql "
+                '"select model, version, status, count(*) from predictions group by all"',
+            ]
+        lines.append("Press Ctrl-C to stop.")
+        print("\n".join(lines), flush=True)
         while not stopping:
             dead = [c for c in children if c.process.poll() is not None]
             if dead:
@@ -258,9 +389,21 @@ Press Ctrl-C to stop.
                 )
                 return 1
             time.sleep(0.5)
-        print("roost: stopping ...", flush=True)
+        _say("stopping ...")
         return 0
     finally:
         _stop(children)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if not verbose:
+            _exit_noise_to(logs / "roost-up.log")
+
+
+def _exit_noise_to(log_path: Path) -> None:
+    """What the interpreter prints while it exits (duckdb's nanobind bindings report objects
+    still referenced by daemon threads) goes to ``log_path``, not the terminal."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 2)
+    os.close(fd)

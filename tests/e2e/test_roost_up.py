@@ -64,6 +64,11 @@ def test_make_up_flow_runs_stops_and_reuses(tmp_path: Path) -> None:
         banner = read_until_up(proc)
         assert "materializing the demo pipeline" in banner
         assert f"http://127.0.0.1:{dagster_port}" in banner
+        assert f"http://127.0.0.1:{http_port}/v2" in banner
+        # short and plain: one line per step, the URLs, nothing else (ROOST_VERBOSE shows more)
+        assert len(banner.splitlines()) <= 15, banner
+        assert "DEBUG" not in banner and "Warning" not in banner, banner
+        assert "\x1b" not in banner, banner
         curl = next(line.strip() for line in banner.splitlines() if line.strip().startswith("curl"))
         result = subprocess.run(shlex.split(curl), capture_output=True, text=True, check=True)
         assert '"model_name":"breast-cancer"' in result.stdout
@@ -73,9 +78,27 @@ def test_make_up_flow_runs_stops_and_reuses(tmp_path: Path) -> None:
         assert "customer_age_days" in fraud.json()["parameters"]["feature_names"]
         ui = httpx.get(f"http://127.0.0.1:{dagster_port}/server_info").json()
         assert ui["dagster_version"] == "1.13.27"
+        # every process logs to its own plain-text file; the gateway's shows the request
+        logs = home / "process-logs"
+        deadline = time.monotonic() + 10
+        while "/v2/models/fraud" not in (logs / "gateway.log").read_text():
+            assert time.monotonic() < deadline, (logs / "gateway.log").read_text()
+            time.sleep(0.2)
     finally:
         out = stop(proc)
     assert proc.returncode == 0, out
+    assert out.strip() == "roost: stopping ...", out  # nothing printed at exit (nanobind)
+    for name in (
+        "pipeline",
+        "gateway",
+        "dagster-code-server",
+        "dagster-webserver",
+        "dagster-daemon",
+    ):
+        text = (logs / f"{name}.log").read_text()
+        assert text.strip(), name
+        assert "\x1b" not in text, name
+    assert "No heartbeat received" not in (logs / "dagster-code-server.log").read_text()
     children = subprocess.run(
         ["pgrep", "-f", f"dagster.* -p {dagster_port}"], capture_output=True, text=True
     )
