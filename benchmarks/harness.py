@@ -15,7 +15,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import hashlib
-import importlib
 import io
 import json
 import os
@@ -342,27 +341,23 @@ def _roost_dataplane_us(home: Path, body: bytes, calls: int) -> dict[str, Any]:
     writer, metrics), so this follows the code as it is; gRPC is off for this measurement.
     """
     import asyncio
-    import inspect
 
     from registry import RoostSettings
     from serving import create_app, oip
+    from serving.dataplane import CallContext
 
-    try:
-        from serving.binary import decode_json_request as decode
-    except ImportError:
-        decode = oip.decode_infer_request
     settings = RoostSettings(home=home, grpc_port=0)
     app = create_app(settings)
-    context_cls = importlib.import_module("serving.dataplane").CallContext
-    context = context_cls(protocol="v2-rest", user_id="in-process")
+    context = CallContext(protocol="v2-rest", user_id="in-process")
+    limits = oip.DecodeLimits.from_settings(settings)
 
     async def measure() -> dict[str, Any]:
         async with app.router.lifespan_context(app):
             plane = app.state.dataplane
 
             async def call() -> bytes:
-                outcome = plane.infer(MODEL, None, body, decode, context)
-                _, result = await outcome if inspect.isawaitable(outcome) else outcome
+                request = oip.decode_infer_request(body, limits)  # the transport's decode
+                result = await plane.infer(MODEL, None, request, context)
                 return oip.encode_infer_response(
                     result.model, str(result.version), result.request_id, result.outputs
                 )
