@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.roost-installed
 PACKAGES := registry serving warehouse features assets orchestration analysis
 
-.PHONY: install install-gpu up test lint bench clean
+.PHONY: install install-gpu install-k8s up test lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ install-gpu: install
 	$(BIN)/pip install --quiet -e '.[gpu,dev]'
 	$(BIN)/pip uninstall --quiet -y onnxruntime onnxruntime-gpu
 	$(BIN)/pip install --quiet --no-deps 'onnxruntime-gpu>=1.31,<1.33'
+
+# The Kubernetes extra (dagster-k8s and the kubernetes client): only for deploy/, ~90 MB.
+install-k8s: install
+	$(BIN)/pip install --quiet -e '.[k8s,dev]'
 
 up: install
 	$(BIN)/roost up
