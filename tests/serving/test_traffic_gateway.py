@@ -3,6 +3,7 @@ feedback and live policy changes, with every decision visible in the prediction 
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import Counter
@@ -238,6 +239,32 @@ def test_shadows_never_touch_the_primary(fast: RoostSettings, registry: Registry
         lambda rows: rows[0][0] > 0,
     )
     assert "inference failed" in failed[0][1]
+
+
+def test_a_shadow_adapts_v1_records_to_its_own_feature_order(
+    fast: RoostSettings, registry: Registry
+) -> None:
+    deploy_model(registry, "r", make_linear_onnx(seed=1), feature_names=["a", "b", "c", "d"])
+    reverse = add_validated(
+        registry, "r", make_linear_onnx(seed=2), feature_names=["d", "c", "b", "a"]
+    )
+    registry.set_policy("r", {"shadows": [{"version": reverse, "percent": 100}]})
+    with running_gateway(fast) as url:
+        resp = httpx.post(
+            f"{url}/v1/models/r:predict",
+            json={"id": "records-1", "instances": [{"a": 1, "b": 2, "c": 3, "d": 4}]},
+            timeout=30,
+        )
+        assert resp.status_code == 200, resp.text
+        rows = query_until(
+            fast,
+            "select shadow, inputs from predictions where request_id = 'records-1' "
+            "order by shadow",
+            lambda rows: len(rows) == 2,
+        )
+    (_, primary), (_, shadow) = rows
+    assert json.loads(primary)["inputs"][0]["data"] == [1.0, 2.0, 3.0, 4.0]
+    assert json.loads(shadow)["inputs"][0]["data"] == [4.0, 3.0, 2.0, 1.0]
 
 
 def test_bandit_moves_traffic_to_the_rewarded_arm(gateway: str, fast: RoostSettings) -> None:
