@@ -11,11 +11,14 @@ from typing import Any
 from dagster import AssetSelection, Definitions, define_asset_job
 
 from assets.demo import DEMO_MODELS, DEMO_SPECS, demo_schedules
+from assets.experiments import experiment_definitions
 from assets.features import fraud_feature_assets
 from assets.lineage import build_lineages
 from assets.observer import registry_observer, serving_assets
 from assets.resources import FeatureStoreResource, RegistryResource
 from assets.spec import ModelSpec, load_user_specs, merge_specs
+from orchestration.canary_sensor import make_canary_sensor
+from orchestration.operator_jobs import operator_jobs
 from registry import RoostSettings
 
 
@@ -27,6 +30,8 @@ def build_definitions(home: Path | None = None) -> Definitions:
     assets: list[Any] = [a for lineage in lineages for a in lineage.assets]
     assets += [a for t in DEMO_MODELS if t.feature_service for a in fraud_feature_assets(t)]
     assets += serving_assets(specs)
+    experiment_assets, experiment_schedules = experiment_definitions()
+    assets += experiment_assets
     demo_groups = [spec.prefix for spec in DEMO_SPECS] + ["features"]
     demo_job = define_asset_job(
         "demo_pipeline",
@@ -38,9 +43,10 @@ def build_definitions(home: Path | None = None) -> Definitions:
     return Definitions(
         assets=assets,
         asset_checks=[c for lineage in lineages for c in lineage.checks],
-        jobs=[demo_job, *(job for lineage in lineages for job in lineage.jobs())],
-        schedules=demo_schedules(),
-        sensors=[registry_observer(specs)],
+        jobs=[demo_job, *(job for lineage in lineages for job in lineage.jobs()),
+              *operator_jobs()],
+        schedules=[*demo_schedules(), *experiment_schedules],
+        sensors=[registry_observer(specs), make_canary_sensor(specs)],
         resources={"registry": RegistryResource(), "features": FeatureStoreResource()},
     )
 
