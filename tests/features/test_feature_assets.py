@@ -47,8 +47,6 @@ SMALL_FRAUD = DemoModelSpec(
     served_name="fraud",
     prefix="fraud",
     load_data=partial(generate_fraud_transactions, n_rows=3000, n_customers=300, seed=3),
-    accuracy_threshold=0.9,
-    min_auc=0.75,
     feature_service=FRAUD_FEATURE_SERVICE,
     training_data_asset=fraud_training_data_asset,
 )
