@@ -109,11 +109,14 @@ def main() -> None:
 
 @main.command()
 @click.option("--skip-pipeline", is_flag=True, help="Do not materialize the demo pipeline.")
-def up(skip_pipeline: bool) -> None:
+@click.option(
+    "--verbose", is_flag=True, help="Also print the pipeline's output (as ROOST_VERBOSE=1)."
+)
+def up(skip_pipeline: bool, verbose: bool) -> None:
     """Run the platform on embedded defaults with the demo models (Ctrl-C stops it)."""
     from orchestration.up import run_up
 
-    sys.exit(run_up(_settings(), skip_pipeline=skip_pipeline))
+    sys.exit(run_up(_settings(), skip_pipeline=skip_pipeline, verbose=verbose))
 
 
 @main.command()

@@ -33,6 +33,7 @@ import httpx
 
 from orchestration.logs import LogPump, quiet_output
 from registry import Registry, RoostSettings
+from registry.settings import cli_home_line
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CODE_LOCATION = "orchestration.definitions"
@@ -363,7 +364,7 @@ def run_up(settings: RoostSettings, *, skip_pipeline: bool = False, verbose: boo
         lines = [
             "",
             f"Roost is up (ROOST_HOME={settings.home}).",
-            # (spot for the line saying how the CLI found its home)
+            "  " + cli_home_line(settings),
             f"  Gateway (OIP v2, KServe v1)  {gateway}/v2   API docs {gateway}/docs",
             f"  gRPC inference               {settings.host}:{settings.grpc_port}",
             f"  Dagster UI                   {dagster}",
