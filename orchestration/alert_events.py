@@ -16,14 +16,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-ALERTS_DIR = "alerts"
-"""Under the logs root (``$ROOST_HOME/logs``)."""
-EVENTS_FILE = "events.jsonl"
+from warehouse.sql import ALERTS_DIR, ALERTS_FILE
 
 
 def alerts_path(logs_dir: Path) -> Path:
     """Where the alert events of this logs root go."""
-    return Path(logs_dir) / ALERTS_DIR / EVENTS_FILE
+    return Path(logs_dir) / ALERTS_DIR / ALERTS_FILE
 
 
 def emit_alert(

@@ -9,7 +9,8 @@ with the same columns, so open a fresh connection to see data written since.
 
 The view ``experiment_results`` reads the experiment analyses written under
 ``<logs_dir>/analysis/experiment_results`` (see :data:`EXPERIMENT_RESULTS_SCHEMA`); empty until
-one is written.
+one is written. The view ``alerts`` reads the alert events (Alertmanager-like JSON lines) in
+``<logs_dir>/alerts/events.jsonl`` (see :mod:`orchestration.alert_events`).
 
 Timestamps are returned in UTC (the connection's ``TimeZone`` is set to UTC).
 """
@@ -32,6 +33,16 @@ FEEDBACK_VIEW = "feedback"
 EXPERIMENT_RESULTS_VIEW = "experiment_results"
 EXPERIMENT_RESULTS_DIR = "analysis/experiment_results"
 """Under the logs root: Parquet files of experiment analyses (``analysis.experiments``)."""
+ALERTS_VIEW = "alerts"
+ALERTS_DIR = "alerts"
+"""Under the logs root: ``events.jsonl``, one alert event a line."""
+ALERTS_FILE = "events.jsonl"
+_ALERT_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("status", "VARCHAR"), ("alertname", "VARCHAR"), ("model", "VARCHAR"),
+    ("version", "VARCHAR"), ("severity", "VARCHAR"), ("summary", "VARCHAR"),
+    ("description", "VARCHAR"), ("starts_at", "TIMESTAMPTZ"), ("labels", "JSON"),
+    ("annotations", "JSON"), ("fingerprint", "VARCHAR"),
+)
 
 _INT, _FLOAT = pa.int64(), pa.float64()
 EXPERIMENT_RESULTS_SCHEMA: pa.Schema = pa.schema(
@@ -111,6 +122,23 @@ def _experiment_results_source(directory: Path) -> str:
     return f"SELECT {nulls} WHERE false"
 
 
+def _alerts_source(path: Path) -> str:
+    """Every alert event, one row each (labels and annotations also as JSON), or no rows."""
+    if path.is_file() and path.stat().st_size > 0:
+        columns = ("{'status': 'VARCHAR', 'labels': 'JSON', 'annotations': 'JSON', "
+                   "'startsAt': 'VARCHAR', 'fingerprint': 'VARCHAR'}")
+        return (
+            "SELECT status, labels->>'alertname' AS alertname, labels->>'model' AS model, "
+            "labels->>'version' AS version, labels->>'severity' AS severity, "
+            "annotations->>'summary' AS summary, annotations->>'description' AS description, "
+            'CAST("startsAt" AS TIMESTAMPTZ) AS starts_at, labels, annotations, fingerprint '
+            f"FROM read_json({_sql_string(path.as_posix())}, format = 'newline_delimited', "
+            f"columns = {columns})"
+        )
+    nulls = ", ".join(f'CAST(NULL AS {t}) AS "{n}"' for n, t in _ALERT_COLUMNS)
+    return f"SELECT {nulls} WHERE false"
+
+
 def connect(logs_dir: Path, *, sandboxed: bool = True) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with the views ``predictions`` and ``feedback``.
 
@@ -143,9 +171,12 @@ def connect(logs_dir: Path, *, sandboxed: bool = True) -> duckdb.DuckDBPyConnect
         con.execute(
             f"CREATE VIEW {EXPERIMENT_RESULTS_VIEW} AS {_experiment_results_source(results_dir)}"
         )
+        alerts_dir = Path(logs_dir).absolute() / ALERTS_DIR
+        con.execute(f"CREATE VIEW {ALERTS_VIEW} AS {_alerts_source(alerts_dir / ALERTS_FILE)}")
         if sandboxed:
             allowed = ", ".join(
-                _sql_string(d.as_posix() + "/") for d in (directory, feedback_dir, results_dir)
+                _sql_string(d.as_posix() + "/")
+                for d in (directory, feedback_dir, results_dir, alerts_dir)
             )
             con.execute(f"SET allowed_directories = [{allowed}]")
             con.execute("SET enable_external_access = false")

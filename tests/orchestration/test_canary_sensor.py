@@ -31,6 +31,7 @@ from orchestration.canary_sensor import (
 )
 from registry import Registry, RoostSettings, State
 from registry.rollout import RolloutPhase, RolloutStatus
+from warehouse import run_query
 
 MODEL = "churn"
 DWELL_S = 60.0
@@ -161,6 +162,11 @@ def test_degraded_canary_is_rolled_back_in_one_tick_with_an_alert_and_a_run(
     assert alert["labels"] == {"alertname": "CanaryRollback", "model": MODEL, "version": "2",
                                "severity": "critical", "rollout": str(canary.id)}
     assert "error_rate" in alert["annotations"]["description"]
+    columns, rows = run_query(settings.logs_dir,
+                              "select status, alertname, model, version, labels->>'rollout', "
+                              "starts_at = $$" + clock().isoformat() + "$$::timestamptz "
+                              "from alerts")
+    assert rows == [("firing", "CanaryRollback", MODEL, "2", str(canary.id), True)]
     (event,) = observations(result)
     assert event.metadata["decision"].value == "rollback"
     (run,) = result.run_requests
@@ -195,6 +201,10 @@ def test_too_few_canary_requests_hold_once_per_revision(
     entry = json.loads(second.cursor or "{}")["models"][MODEL]
     assert (entry["rollout"], entry["revision"], entry["decision"]) == (
         canary.id, held.revision, "hold")
+
+
+def test_alerts_view_is_empty_without_events(settings: RoostSettings) -> None:
+    assert run_query(settings.logs_dir, "select count(*) from alerts")[1] == [(0,)]
 
 
 def test_paused_rollout_is_left_alone(
