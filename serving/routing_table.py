@@ -151,6 +151,13 @@ class RoutingTable:
                 return ServiceUnavailable(
                     f"model '{model}' is unavailable: {self.failures[(model, failed[0])]}"
                 )
+            if model in self.models and self.default_route == "production":
+                # Deployed, but its production version was taken out (`transition --force`):
+                # the model exists and should be serving, so this is an outage, not a 404.
+                return ServiceUnavailable(
+                    f"model '{model}' has no production version serving; bring one back with "
+                    f"`roost rollback {model}` or promote a version"
+                )
             return NotFound(f"model '{model}' has no {self.default_route} deployment")
         hint = ", ".join(map(str, served)) or "none"
         return NotFound(

@@ -139,7 +139,9 @@ def test_model_without_serving_version_is_visible(
         assert ready.status_code == 200
         assert any(r.startswith("churn: deployed but no version serves it")
                    and "roost rollback churn" in r for r in ready.json()["reasons"])
-        assert httpx.get(f"{url}/v2/models/churn/ready").status_code != 200
+        assert httpx.get(f"{url}/v2/models/churn/ready").status_code == 503
+        refused = httpx.post(f"{url}/v2/models/churn/infer", json=BODY)
+        assert refused.status_code == 503 and "roost rollback churn" in refused.json()["error"]
         assert httpx.get(f"{url}/v2/models/other/ready").status_code == 200
         assert serving_metric(url, "other") == 1.0
         assert registry.rollback("churn", reason="bring it back", actor="ops").version == 1
