@@ -168,3 +168,8 @@ class Gateway:
             await asyncio.to_thread(writer.close)
         if self.owns_registry:
             self.registry.close()
+        # What start() froze stays out of the collector for ever otherwise: at interpreter exit
+        # extension types still referenced from the permanent generation are reported as leaks
+        # ("nanobind: leaked ... instances" from onnx), and an embedded gateway's models stay
+        # alive after it stopped.
+        gc.unfreeze()
