@@ -368,15 +368,38 @@ def deploy(model: str, version: int, reason: str, actor: str | None) -> None:
 @main.command()
 @click.argument("query")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the result to FILE instead: CSV (.csv) or Parquet (.parquet), by extension.",
+)
 @friendly_errors
-def sql(query: str, as_json: bool) -> None:
-    """Run SQL over the prediction logs (table: predictions)."""
-    from warehouse import run_query
+def sql(query: str, as_json: bool, out: Path | None) -> None:
+    """Run SQL over the warehouse views (predictions, feedback, predictions_with_feedback,
+    shadow_predictions_with_feedback, audit, drift_scores, alerts, experiment_results)."""
+    from warehouse.sql import query_table, run_query
 
     settings = _settings()
     if not settings.logs_dir.is_dir():
         _require_registry(settings)
-    columns, rows = run_query(settings.logs_dir, query)
+    has_registry = settings.database_url is not None or (settings.home / REGISTRY_FILE).is_file()
+    registry = Registry.from_settings(settings) if has_registry else None
+    try:
+        if out is not None:
+            suffix = out.suffix.lower()
+            if suffix not in (".csv", ".parquet"):
+                raise click.BadParameter(
+                    f"{out.name}: expected a .csv or .parquet file name", param_hint="--out"
+                )
+            table = query_table(settings.logs_dir, query, registry=registry)
+            _write_table(table, out)
+            click.echo(f"wrote {table.num_rows} row(s) to {out}")
+            return
+        columns, rows = run_query(settings.logs_dir, query, registry=registry)
+    finally:
+        if registry is not None:
+            registry.close()
     records = [dict(zip(columns, row, strict=True)) for row in rows]
     _emit(records, as_json, columns)
     if not records and next(settings.logs_dir.rglob("*.parquet"), None) is None:
@@ -385,6 +408,26 @@ def sql(query: str, as_json: bool) -> None:
             f"{settings.home}): no gateway on this home has logged a prediction yet",
             err=True,
         )
+
+
+def _write_table(table: Any, out: Path) -> None:
+    """Write an Arrow table as CSV or Parquet (by ``out``'s extension), atomically."""
+    import csv
+
+    import pyarrow.parquet as pq
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".tmp-{out.name}")
+    if out.suffix.lower() == ".csv":
+        with tmp.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(table.column_names)
+            for batch in table.to_batches(max_chunksize=10_000):
+                columns = [column.to_pylist() for column in batch.columns]
+                writer.writerows(zip(*columns, strict=True))
+    else:
+        pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, out)
 
 
 @main.group()

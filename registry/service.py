@@ -184,7 +184,9 @@ class Registry(RolloutMethods):
     public face.
     """
 
-    def __init__(self, url: str, artifacts_dir: Path, actor: str = "roost") -> None:
+    def __init__(
+        self, url: str, artifacts_dir: Path | ArtifactStore, actor: str = "roost"
+    ) -> None:
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.url = url
@@ -192,7 +194,10 @@ class Registry(RolloutMethods):
         self._read_engine = (
             _make_engine(url, immediate=False) if url.startswith("sqlite") else self.engine
         )
-        self.artifacts = ArtifactStore(artifacts_dir)
+        self.artifacts = (  # a directory, or a store built from ROOST_ARTIFACTS_URL
+            artifacts_dir if isinstance(artifacts_dir, ArtifactStore)
+            else ArtifactStore(artifacts_dir)
+        )
         self.default_actor = actor
         self.traffic = PolicyStore(self)
         self.rollouts = RolloutStore(self)
@@ -205,7 +210,7 @@ class Registry(RolloutMethods):
 
     @classmethod
     def from_settings(cls, settings: RoostSettings) -> Registry:
-        return cls(settings.registry_url, settings.artifacts_dir, settings.actor)
+        return cls(settings.registry_url, ArtifactStore.from_settings(settings), settings.actor)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -737,6 +742,26 @@ class Registry(RolloutMethods):
             if model is not None:
                 query = query.where(AuditRow.model == model)
             return [audit.AuditRecord.from_row(r) for r in session.execute(query).scalars()]
+
+    def record_event(
+        self,
+        action: str,
+        *,
+        details: dict[str, Any] | None = None,
+        model: str | None = None,
+        version: int | None = None,
+        actor: str | None = None,
+    ) -> audit.AuditRecord:
+        """Append one record to the audit trail for an action outside the registry's own
+        tables (retention, erasure ...); ``details`` must hold no personal data."""
+        if not action:
+            raise InvalidRequest("action: expected a non-empty name")
+        with self._write() as session:
+            row = audit.append(
+                session, actor=actor or self.default_actor, action=action, model=model,
+                version=version, details=details,
+            )
+            return audit.AuditRecord.from_row(row)
 
     def audit_verify(self) -> audit.AuditVerification:
         with self._read() as session:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -135,6 +135,44 @@ class RoostSettings(BaseSettings):
     experiment_window_days: float = Field(default=30.0, gt=0)
     """How far back the experiment analysis reads each running experiment's requests."""
 
+    prediction_retention_days: int = Field(default=30, ge=1)
+    """Days the prediction log and feedback are kept (``ROOST_PREDICTION_RETENTION_DAYS``): the
+    retention asset deletes a ``date=`` partition once it is more than this many days before
+    today (UTC); see :mod:`warehouse.retention`."""
+
+    feature_retention_days: int = Field(default=7, ge=1)
+    """Days dated feature data is kept (``ROOST_FEATURE_RETENTION_DAYS``): ``date=`` partitions
+    under ``$ROOST_HOME/features`` (see :mod:`warehouse.retention`)."""
+
+    retention_schedule: str = "30 3 * * *"
+    """Cron schedule of the retention asset (``ROOST_RETENTION_SCHEDULE``; daily, 03:30 UTC)."""
+
+    user_id_key: SecretStr | None = None
+    """Secret key user ids are stored under (``ROOST_USER_ID_KEY``): the prediction log keeps
+    ``HMAC-SHA256(key, user_id)``, never the id (see :mod:`warehouse.minimise`). Unset: ids are
+    stored as given and the gateway warns; set it in production."""
+
+    artifacts_url: str | None = None
+    """Where the artifact store lives (``ROOST_ARTIFACTS_URL``), an fsspec URL: default
+    ``file://$ROOST_HOME/artifacts``; ``s3://bucket/prefix`` for a cluster (the ``s3`` extra).
+    See :attr:`artifacts_location` and docs/architecture.md, "Object storage"."""
+
+    logs_url: str | None = None
+    """Where sealed prediction-log Parquet files go (``ROOST_LOGS_URL``), an fsspec URL: default
+    ``file://$ROOST_HOME/logs``; ``s3://bucket/prefix`` for a cluster. The write-ahead log,
+    feedback, alerts and analyses stay on local disk in :attr:`logs_dir`."""
+
+    s3_endpoint_url: str | None = None
+    """S3 endpoint for ``s3://`` URLs (``ROOST_S3_ENDPOINT_URL``), e.g. MinIO or the test
+    suite's moto server; unset: AWS. Credentials come from the usual ``AWS_*`` variables."""
+
+    deprecated_retention_days: float = Field(default=30.0, ge=0)
+    """Days a DEPRECATED version is kept before the registry GC archives it and deletes its
+    artifact (``ROOST_DEPRECATED_RETENTION_DAYS``; see :mod:`assets.registry_gc`)."""
+
+    registry_gc_schedule: str = "15 4 * * *"
+    """Cron schedule of the registry GC asset (``ROOST_REGISTRY_GC_SCHEDULE``; daily 04:15)."""
+
     @field_validator("home")
     @classmethod
     def _absolute_home(cls, value: Path) -> Path:
@@ -163,6 +201,26 @@ class RoostSettings(BaseSettings):
         if self.scope == "production":
             return self.home / "logs"
         return self.home / f"logs-{self.scope}"
+
+    @property
+    def artifacts_location(self) -> str:
+        """The artifact store's URL: ``artifacts_url`` or ``file://<artifacts_dir>``."""
+        return self.artifacts_url or self.artifacts_dir.as_uri()
+
+    @property
+    def logs_location(self) -> str:
+        """Where this scope's sealed prediction log goes: ``logs_url`` (``<logs_url>-<scope>``
+        for a scope other than production) or ``file://<logs_dir>``."""
+        if not self.logs_url:
+            return self.logs_dir.as_uri()
+        if self.scope == "production":
+            return self.logs_url
+        return f"{self.logs_url.rstrip('/')}-{self.scope}"
+
+    @property
+    def artifact_cache_dir(self) -> Path:
+        """Local copies of artifacts fetched from object storage, by sha256."""
+        return self.home / "cache" / "artifacts"
 
     @property
     def dagster_home(self) -> Path:

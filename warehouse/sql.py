@@ -1,24 +1,66 @@
-"""Querying the prediction log with DuckDB.
+"""Querying the warehouse with DuckDB: stable views over the logs (``roost sql``).
 
 :func:`connect` opens an in-memory DuckDB connection (never a ``.duckdb`` file: several processes
-share the logs) with a view ``predictions`` over every Parquet file under
-``<logs_dir>/predictions``, its hive partition keys ``model`` (VARCHAR) and ``date`` (DATE)
-restored as columns. The file list is read on every query, so new files show up without
-reconnecting; but if no file existed when the connection was opened, the view is an empty one
-with the same columns, so open a fresh connection to see data written since.
+share the logs). Parquet views read their file list on every query, so new files show up without
+reconnecting; but a view whose directory held no file when the connection was opened is an empty
+relation with the same columns, so open a fresh connection to see data written since.
+Timestamps are returned in UTC (the connection's ``TimeZone`` is UTC).
 
-The view ``experiment_results`` reads the experiment analyses written under
-``<logs_dir>/analysis/experiment_results`` (see :data:`EXPERIMENT_RESULTS_SCHEMA`); empty until
-one is written. The view ``alerts`` reads the alert events (Alertmanager-like JSON lines) in
-``<logs_dir>/alerts/events.jsonl`` (see :mod:`orchestration.alert_events`).
+Views (columns are stable; new ones are only ever added):
 
-Timestamps are returned in UTC (the connection's ``TimeZone`` is set to UTC).
+``predictions``
+    Every prediction-log row under ``<logs_dir>/predictions`` (hive keys ``model`` VARCHAR and
+    ``date`` DATE restored, then :data:`~warehouse.records.PREDICTION_SCHEMA`). Shadow answers
+    are rows with ``shadow = true`` under the primary's ``request_id``. ``user_id`` is stored
+    pseudonymised when ``ROOST_USER_ID_KEY`` is set (:mod:`warehouse.minimise`)::
+
+        SELECT model, version, count(*), quantile_cont(latency_ms, 0.99) AS p99_ms
+        FROM predictions WHERE NOT shadow AND date >= current_date - 7 GROUP BY ALL;
+
+``feedback``
+    Labels and rewards (``model``, ``date``, :data:`~warehouse.feedback.FEEDBACK_SCHEMA`); a
+    request may have several feedback rows (e.g. a label, later a reward).
+
+``predictions_with_feedback`` / ``shadow_predictions_with_feedback``
+    The served (``NOT shadow``) predictions, resp. the shadow answers, each once, LEFT JOINed on
+    (``model``, ``request_id``) to that request's feedback folded into one row: ``label`` and
+    ``reward`` (the latest non-null of each), ``feedback_ts`` (latest) and ``feedback_rows``
+    (0: no feedback). Shadows are kept apart so accuracy over ``predictions_with_feedback`` is
+    the callers' accuracy; a shadow answer is scored against the same label::
+
+        SELECT version, avg((outputs->>'$[0].data[0]')::DOUBLE = label) AS accuracy
+        FROM shadow_predictions_with_feedback WHERE label IS NOT NULL GROUP BY version;
+
+``audit``
+    The registry's hash-chained audit records (``id``, ``ts``, ``actor``, ``action``,
+    ``model``, ``version``, ``details`` JSON, ``prev_hash``, ``hash``), materialized from the
+    Registry API when :func:`connect` is given one (``roost sql`` does); empty otherwise::
+
+        SELECT ts, details->>'rows_removed' FROM audit WHERE action = 'erase_user';
+
+``drift_scores``
+    Parquet files under ``<logs_dir>/monitoring/drift_scores`` in :data:`DRIFT_SCORES_SCHEMA`,
+    one row per (model, date, feature, test) evaluation::
+
+        SELECT model, date, share_drifted FROM drift_scores WHERE drifted GROUP BY ALL;
+
+``alerts``
+    Alert events (Alertmanager-like JSON lines) in ``<logs_dir>/alerts/events.jsonl`` (see
+    :mod:`orchestration.alert_events`); ``ends_at`` is the resolve time (NULL while firing)::
+
+        SELECT alertname, model, starts_at, ends_at FROM alerts WHERE status = 'resolved';
+
+``experiment_results``
+    Experiment analyses under ``<logs_dir>/analysis/experiment_results``
+    (:data:`EXPERIMENT_RESULTS_SCHEMA`).
 """
 
 from __future__ import annotations
 
+import json
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import pyarrow as pa
@@ -27,6 +69,9 @@ from registry.errors import InvalidRequest
 from warehouse.feedback import FEEDBACK_DIR, FEEDBACK_SCHEMA
 from warehouse.records import PREDICTION_SCHEMA
 from warehouse.writer import PREDICTIONS_DIR
+
+if TYPE_CHECKING:
+    from registry.service import Registry
 
 VIEW = "predictions"
 FEEDBACK_VIEW = "feedback"
@@ -41,8 +86,14 @@ _ALERT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("status", "VARCHAR"), ("alertname", "VARCHAR"), ("model", "VARCHAR"),
     ("version", "VARCHAR"), ("severity", "VARCHAR"), ("summary", "VARCHAR"),
     ("description", "VARCHAR"), ("starts_at", "TIMESTAMPTZ"), ("labels", "JSON"),
-    ("annotations", "JSON"), ("fingerprint", "VARCHAR"),
+    ("annotations", "JSON"), ("fingerprint", "VARCHAR"), ("ends_at", "TIMESTAMPTZ"),
 )
+WITH_FEEDBACK_VIEW = "predictions_with_feedback"
+SHADOW_WITH_FEEDBACK_VIEW = "shadow_predictions_with_feedback"
+AUDIT_VIEW = "audit"
+DRIFT_SCORES_VIEW = "drift_scores"
+DRIFT_SCORES_DIR = "monitoring/drift_scores"
+"""Under the logs root: Parquet files in :data:`DRIFT_SCORES_SCHEMA` (any names)."""
 
 _INT, _FLOAT = pa.int64(), pa.float64()
 EXPERIMENT_RESULTS_SCHEMA: pa.Schema = pa.schema(
@@ -63,6 +114,28 @@ EXPERIMENT_RESULTS_SCHEMA: pa.Schema = pa.schema(
 )
 """One row per (analysis run, experiment, variant): the view ``experiment_results``."""
 
+DRIFT_SCORES_SCHEMA: pa.Schema = pa.schema(
+    [("model", pa.string()), ("date", pa.date32()), ("feature", pa.string()),
+     ("test", pa.string()), ("statistic", _FLOAT), ("p_value", _FLOAT), ("score", _FLOAT),
+     ("threshold", _FLOAT), ("drifted", pa.bool_()), ("share_drifted", _FLOAT),
+     ("reference_rows", _INT), ("current_rows", _INT),
+     ("computed_at", pa.timestamp("us", tz="UTC"))]
+)
+"""One row per (model, day of traffic, feature, test): the view ``drift_scores``.
+
+``statistic`` is the test's statistic (KS D, chi-squared, PSI, ...); ``p_value`` its p-value
+(NULL for a distance without one); ``score`` the number compared with ``threshold`` (the p-value
+for a hypothesis test, drifted when below; the distance otherwise, drifted when above);
+``share_drifted`` the share of the model's features drifted that day (the same on each of its
+rows); ``reference_rows``/``current_rows`` the sample sizes."""
+
+AUDIT_SCHEMA: pa.Schema = pa.schema(
+    [("id", _INT), ("ts", pa.timestamp("us", tz="UTC")), ("actor", pa.string()),
+     ("action", pa.string()), ("model", pa.string()), ("version", _INT),
+     ("details", pa.string()), ("prev_hash", pa.string()), ("hash", pa.string())]
+)
+"""The ``audit`` view's columns (``details`` is JSON in the view)."""
+
 _DUCKDB_TYPES: dict[pa.DataType, str] = {
     pa.string(): "VARCHAR",
     pa.int64(): "BIGINT",
@@ -70,6 +143,7 @@ _DUCKDB_TYPES: dict[pa.DataType, str] = {
     pa.bool_(): "BOOLEAN",
     pa.float64(): "DOUBLE",
     pa.timestamp("us", tz="UTC"): "TIMESTAMPTZ",
+    pa.date32(): "DATE",
 }
 
 _PARTITION_TYPES = {"model": "VARCHAR", "date": "DATE"}
@@ -111,9 +185,11 @@ def _feedback_source(directory: Path) -> str:
     return f"SELECT {nulls} WHERE false"
 
 
-def _experiment_results_source(directory: Path) -> str:
-    """Every experiment analysis written, or an empty relation with the same columns."""
-    columns = [(f.name, _DUCKDB_TYPES[f.type]) for f in EXPERIMENT_RESULTS_SCHEMA]
+def _experiment_results_source(
+    directory: Path, schema: pa.Schema = EXPERIMENT_RESULTS_SCHEMA
+) -> str:
+    """Every Parquet file of ``directory`` in ``schema``, or an empty relation with its columns."""
+    columns = [(f.name, _DUCKDB_TYPES[f.type]) for f in schema]
     if _has_files(directory):
         names = ", ".join(f'"{n}"' for n, _ in columns)
         glob = _sql_string(f"{directory.as_posix()}/*.parquet")
@@ -126,12 +202,15 @@ def _alerts_source(path: Path) -> str:
     """Every alert event, one row each (labels and annotations also as JSON), or no rows."""
     if path.is_file() and path.stat().st_size > 0:
         columns = ("{'status': 'VARCHAR', 'labels': 'JSON', 'annotations': 'JSON', "
-                   "'startsAt': 'VARCHAR', 'fingerprint': 'VARCHAR'}")
+                   "'startsAt': 'VARCHAR', 'endsAt': 'VARCHAR', 'fingerprint': 'VARCHAR'}")
         return (
             "SELECT status, labels->>'alertname' AS alertname, labels->>'model' AS model, "
             "labels->>'version' AS version, labels->>'severity' AS severity, "
             "annotations->>'summary' AS summary, annotations->>'description' AS description, "
-            'CAST("startsAt" AS TIMESTAMPTZ) AS starts_at, labels, annotations, fingerprint '
+            'CAST("startsAt" AS TIMESTAMPTZ) AS starts_at, labels, annotations, fingerprint, '
+            # Alertmanager's zero time (0001-01-01) means "not resolved"
+            "CASE WHEN \"endsAt\" IS NULL OR \"endsAt\" LIKE '0001-%' THEN NULL "
+            'ELSE CAST("endsAt" AS TIMESTAMPTZ) END AS ends_at '
             f"FROM read_json({_sql_string(path.as_posix())}, format = 'newline_delimited', "
             f"columns = {columns})"
         )
@@ -139,12 +218,52 @@ def _alerts_source(path: Path) -> str:
     return f"SELECT {nulls} WHERE false"
 
 
-def connect(logs_dir: Path, *, sandboxed: bool = True) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with the views ``predictions`` and ``feedback``.
+def _with_feedback_source(shadow: bool) -> str:
+    """Served (or shadow) predictions, each once, with their feedback folded into one row."""
+    return (
+        "WITH f AS (SELECT model, request_id, "
+        "arg_max(label, ts) FILTER (WHERE label IS NOT NULL) AS label, "
+        "arg_max(reward, ts) FILTER (WHERE reward IS NOT NULL) AS reward, "
+        f"max(ts) AS feedback_ts, count(*) AS feedback_rows FROM {FEEDBACK_VIEW} "
+        "GROUP BY model, request_id) "
+        "SELECT p.*, f.label, f.reward, f.feedback_ts, "
+        "coalesce(f.feedback_rows, 0) AS feedback_rows "
+        f"FROM {VIEW} AS p LEFT JOIN f ON p.model = f.model AND p.request_id = f.request_id "
+        f"WHERE {'' if shadow else 'NOT '}p.shadow"
+    )
 
-    ``sandboxed`` (the default) turns off DuckDB's access to files outside
-    ``<logs_dir>/predictions``, to extensions and to the network, and locks the configuration,
-    so the connection is safe to run user-supplied SQL on; pass ``False`` to join the log with
+
+def audit_table(registry: Registry | None) -> pa.Table:
+    """The registry's audit records in :data:`AUDIT_SCHEMA` (no rows without a registry)."""
+    records = registry.audit_records() if registry is not None else []
+    return pa.Table.from_pydict(
+        {
+            "id": [r.id for r in records],
+            "ts": [datetime.fromisoformat(r.ts) for r in records],
+            "actor": [r.actor for r in records],
+            "action": [r.action for r in records],
+            "model": [r.model for r in records],
+            "version": [r.version for r in records],
+            "details": [json.dumps(r.details, sort_keys=True, default=str) for r in records],
+            "prev_hash": [r.prev_hash for r in records],
+            "hash": [r.hash for r in records],
+        },
+        schema=AUDIT_SCHEMA,
+    )
+
+
+def connect(
+    logs_dir: Path, *, sandboxed: bool = True, registry: Registry | None = None
+) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with the views listed in this module's docstring.
+
+    ``registry``: the audit records are read from it once, now, into the ``audit`` view (an
+    in-memory Arrow table: the registry's SQLite file is never opened by DuckDB); without it,
+    ``audit`` is empty.
+
+    ``sandboxed`` (the default) turns off DuckDB's access to files outside the views'
+    directories, to extensions and to the network, and locks the configuration, so the
+    connection is safe to run user-supplied SQL on; pass ``False`` to join the log with
     other files.
     """
     directory = Path(logs_dir).absolute() / PREDICTIONS_DIR
@@ -173,10 +292,21 @@ def connect(logs_dir: Path, *, sandboxed: bool = True) -> duckdb.DuckDBPyConnect
         )
         alerts_dir = Path(logs_dir).absolute() / ALERTS_DIR
         con.execute(f"CREATE VIEW {ALERTS_VIEW} AS {_alerts_source(alerts_dir / ALERTS_FILE)}")
+        drift_dir = Path(logs_dir).absolute() / DRIFT_SCORES_DIR
+        drift = _experiment_results_source(drift_dir, DRIFT_SCORES_SCHEMA)
+        con.execute(f"CREATE VIEW {DRIFT_SCORES_VIEW} AS {drift}")
+        con.execute(f"CREATE VIEW {WITH_FEEDBACK_VIEW} AS {_with_feedback_source(False)}")
+        con.execute(f"CREATE VIEW {SHADOW_WITH_FEEDBACK_VIEW} AS {_with_feedback_source(True)}")
+        con.register("_audit_records", audit_table(registry))
+        audit_columns = ", ".join(
+            f'CAST("{n}" AS JSON) AS "{n}"' if n == "details" else f'"{n}"'
+            for n in AUDIT_SCHEMA.names
+        )
+        con.execute(f"CREATE VIEW {AUDIT_VIEW} AS SELECT {audit_columns} FROM _audit_records")
         if sandboxed:
             allowed = ", ".join(
                 _sql_string(d.as_posix() + "/")
-                for d in (directory, feedback_dir, results_dir, alerts_dir)
+                for d in (directory, feedback_dir, results_dir, alerts_dir, drift_dir)
             )
             con.execute(f"SET allowed_directories = [{allowed}]")
             con.execute("SET enable_external_access = false")
@@ -189,14 +319,7 @@ def connect(logs_dir: Path, *, sandboxed: bool = True) -> duckdb.DuckDBPyConnect
     return con
 
 
-def run_query(logs_dir: Path, query: str) -> tuple[list[str], list[tuple[Any, ...]]]:
-    """Run one read-only SQL statement against the prediction log; return (columns, rows).
-
-    The query sees the view ``predictions`` (see :func:`connect`, sandboxed). Raises
-    :class:`~registry.errors.InvalidRequest` with DuckDB's message if the SQL is invalid, and if
-    it is not exactly one read-only statement (``SELECT``/``WITH``/``FROM``/``DESCRIBE``/
-    ``SUMMARIZE``/``EXPLAIN``...).
-    """
+def _check_read_only(query: str) -> None:
     try:
         statements = duckdb.extract_statements(query)
     except duckdb.Error as exc:
@@ -207,7 +330,20 @@ def run_query(logs_dir: Path, query: str) -> tuple[list[str], list[tuple[Any, ..
         raise InvalidRequest(
             f"query must be a read-only statement (SELECT), got {statements[0].type.name}"
         )
-    con = connect(logs_dir)
+
+
+def run_query(
+    logs_dir: Path, query: str, *, registry: Registry | None = None
+) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Run one read-only SQL statement against the prediction log; return (columns, rows).
+
+    The query sees the views of :func:`connect` (sandboxed; ``audit`` from ``registry``). Raises
+    :class:`~registry.errors.InvalidRequest` with DuckDB's message if the SQL is invalid, and if
+    it is not exactly one read-only statement (``SELECT``/``WITH``/``FROM``/``DESCRIBE``/
+    ``SUMMARIZE``/``EXPLAIN``...).
+    """
+    _check_read_only(query)
+    con = connect(logs_dir, registry=registry)
     try:
         try:
             cursor = con.execute(query)
@@ -220,3 +356,18 @@ def run_query(logs_dir: Path, query: str) -> tuple[list[str], list[tuple[Any, ..
     finally:
         con.close()
     return columns, rows
+
+
+def query_table(logs_dir: Path, query: str, *, registry: Registry | None = None) -> pa.Table:
+    """:func:`run_query`'s result as an Arrow table (for ``roost sql --out``)."""
+    _check_read_only(query)
+    con = connect(logs_dir, registry=registry)
+    try:
+        try:
+            return con.execute(query).to_arrow_table()
+        except (duckdb.IOException, duckdb.InternalException, duckdb.OutOfMemoryException):
+            raise
+        except duckdb.Error as exc:
+            raise InvalidRequest(str(exc)) from exc
+    finally:
+        con.close()
