@@ -129,6 +129,15 @@ class RoostSettings(BaseSettings):
     """How often the canary sensor looks at every running canary (``ROOST_CANARY_TICK_S``,
     seconds; the sensor's ``minimum_interval_seconds``)."""
 
+    alert_tick_s: int = Field(default=60, ge=1)
+    """How often the alert sensor evaluates the alert rules and delivers to webhooks
+    (``ROOST_ALERT_TICK_S``, seconds; the sensor's ``minimum_interval_seconds``)."""
+
+    alert_rules: Path | None = None
+    """The alert rules and receivers (``ROOST_ALERT_RULES``, a YAML file); unset:
+    ``$ROOST_HOME/alerts.yaml`` when it exists, else the shipped defaults (see
+    :mod:`monitoring.alerts.config`)."""
+
     experiment_schedule: str = "0 * * * *"
     """Cron schedule of the experiment analysis asset (``ROOST_EXPERIMENT_SCHEDULE``; hourly)."""
 

@@ -1,0 +1,150 @@
+"""The real :class:`~monitoring.alerts.source.MetricSource`: the prediction log, feedback and
+drift scores in DuckDB, and the registry's versions. Works with no Prometheus running.
+
+One :class:`LogSource` serves one evaluation (a sensor tick): it opens one DuckDB connection
+(:func:`warehouse.connect`, views ``predictions`` and ``feedback``) and reads the registry's
+versions once. Windows are pushed down to the ``date`` partitions before ``ts`` is compared.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import date, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import duckdb
+
+from monitoring.alerts.source import Artifact, PendingArtifact, RequestCounts, oldest_pending
+from registry import NotFound, Registry
+from warehouse import connect
+
+log = logging.getLogger(__name__)
+DRIFT_SCORES_DIR = "monitoring/drift_scores"
+"""Under the logs root: the drift scores (columns ``model``, ``date``, ``share_drifted``...)."""
+
+_WINDOW = """model = $model AND date >= CAST($start AS DATE) AND date <= CAST($end AS DATE)
+             AND ts > $start AND ts <= $end AND NOT shadow"""
+_ACCURACY = f"""
+WITH p AS (
+    SELECT request_id, outputs FROM predictions WHERE {_WINDOW} AND status < 400
+),
+f AS (
+    SELECT request_id, arg_max(label, ts) FILTER (WHERE label IS NOT NULL) AS label
+    FROM feedback
+    WHERE model = $model AND date >= CAST($start AS DATE)
+      AND request_id IN (SELECT request_id FROM p)
+    GROUP BY request_id
+),
+j AS (
+    SELECT f.label, list_filter(TRY_CAST(p.outputs AS JSON[]),
+                                lambda o: o->>'name' = $label_output)[1] AS tensor
+    FROM p JOIN f USING (request_id) WHERE f.label IS NOT NULL
+),
+k AS (
+    SELECT label, CASE WHEN json_array_length(tensor, '$.data') = 1
+                       THEN TRY_CAST(tensor->>'$.data[0]' AS DOUBLE) END AS predicted
+    FROM j
+)
+SELECT count(*) FILTER (WHERE predicted = label), count(*) FILTER (WHERE predicted IS NOT NULL)
+FROM k
+"""
+
+
+class LogSource:
+    """Alert figures from ``logs_dir`` (and ``registry`` for model freshness)."""
+
+    def __init__(self, logs_dir: Path, registry: Registry | None = None) -> None:
+        self.logs_dir = Path(logs_dir)
+        self._registry = registry
+        self._con = connect(self.logs_dir, sandboxed=False)
+        self._artifacts: dict[str, list[Artifact]] | None = None
+
+    def close(self) -> None:
+        self._con.close()
+
+    def __enter__(self) -> LogSource:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def _one(self, sql: str, params: dict[str, Any]) -> tuple[Any, ...]:
+        row = self._con.execute(sql, params).fetchone()
+        assert row is not None  # aggregates always return a row
+        return row
+
+    def _versions(self) -> dict[str, list[Artifact]]:
+        if self._artifacts is None:
+            self._artifacts = {}
+            if self._registry is not None:
+                for info in self._registry.list_models():
+                    try:
+                        versions = self._registry.list_versions(info.name)
+                    except NotFound:
+                        continue
+                    self._artifacts[info.name] = [
+                        Artifact(v.model, v.version, v.created_at, v.state.value)
+                        for v in versions
+                    ]
+        return self._artifacts
+
+    def models(self) -> list[str]:
+        logged = self._con.execute("SELECT DISTINCT model FROM predictions").fetchall()
+        return sorted({str(m) for (m,) in logged if m is not None} | set(self._versions()))
+
+    def request_counts(self, model: str | None, start: datetime, end: datetime) -> RequestCounts:
+        where = _WINDOW if model is not None else _WINDOW.replace("model = $model AND", "")
+        params: dict[str, Any] = {"start": start, "end": end}
+        if model is not None:
+            params["model"] = model
+        total, errors = self._one(
+            f"SELECT count(*), count(*) FILTER (WHERE status >= 500) FROM predictions "
+            f"WHERE {where}", params)
+        return RequestCounts(int(total), int(errors))
+
+    def latency_quantile(
+        self, model: str, q: float, start: datetime, end: datetime
+    ) -> tuple[float | None, int]:
+        value, n = self._one(
+            f"SELECT quantile_cont(latency_ms, $q), count(*) FROM predictions "
+            f"WHERE {_WINDOW} AND status < 400",
+            {"model": model, "start": start, "end": end, "q": q})
+        return (None if value is None else float(value)), int(n)
+
+    def accuracy(
+        self, model: str, start: datetime, end: datetime, label_output: str
+    ) -> tuple[int, int]:
+        correct, labelled = self._one(_ACCURACY, {"model": model, "start": start, "end": end,
+                                                  "label_output": label_output})
+        return int(correct), int(labelled)
+
+    def drift_share(self, model: str, since: date) -> float | None:
+        directory = self.logs_dir.absolute() / DRIFT_SCORES_DIR
+        if not directory.is_dir() or next(directory.glob("**/*.parquet"), None) is None:
+            return None
+        glob = (directory / "**" / "*.parquet").as_posix().replace("'", "''")
+        source = f"read_parquet('{glob}', union_by_name = true, hive_partitioning = false)"
+        try:
+            columns = {r[0] for r in self._con.execute(f"DESCRIBE SELECT * FROM {source}")
+                       .fetchall()}
+            if not {"model", "date"} <= columns or not columns & {"share_drifted", "drifted"}:
+                log.warning("drift scores in %s lack model/date/share_drifted", directory)
+                return None
+            share = ("max(share_drifted)" if "share_drifted" in columns
+                     else "avg(CAST(drifted AS DOUBLE))")
+            row = self._con.execute(
+                f"WITH d AS (SELECT * FROM {source} WHERE model = $model "
+                f"AND CAST(date AS DATE) >= $since) "
+                f"SELECT {share} FROM d WHERE CAST(date AS DATE) = "
+                f"(SELECT max(CAST(date AS DATE)) FROM d)",
+                {"model": model, "since": since}).fetchone()
+        except duckdb.Error as exc:
+            log.warning("cannot read drift scores in %s: %s", directory, exc)
+            return None
+        return None if row is None or row[0] is None else float(row[0])
+
+    def pending_artifact(self, model: str) -> PendingArtifact | None:
+        return oldest_pending(self._versions().get(model, []))
