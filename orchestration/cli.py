@@ -378,6 +378,7 @@ def deploy(model: str, version: int, reason: str, actor: str | None) -> None:
 def sql(query: str, as_json: bool, out: Path | None) -> None:
     """Run SQL over the warehouse views (predictions, feedback, predictions_with_feedback,
     shadow_predictions_with_feedback, audit, drift_scores, alerts, experiment_results)."""
+    from registry.storage import logs_location
     from warehouse.sql import query_table, run_query
 
     settings = _settings()
@@ -385,6 +386,7 @@ def sql(query: str, as_json: bool, out: Path | None) -> None:
         _require_registry(settings)
     has_registry = settings.database_url is not None or (settings.home / REGISTRY_FILE).is_file()
     registry = Registry.from_settings(settings) if has_registry else None
+    logs = logs_location(settings)  # ROOST_LOGS_URL: local or object storage
     try:
         if out is not None:
             suffix = out.suffix.lower()
@@ -392,11 +394,11 @@ def sql(query: str, as_json: bool, out: Path | None) -> None:
                 raise click.BadParameter(
                     f"{out.name}: expected a .csv or .parquet file name", param_hint="--out"
                 )
-            table = query_table(settings.logs_dir, query, registry=registry)
+            table = query_table(settings.logs_dir, query, registry=registry, logs_location=logs)
             _write_table(table, out)
             click.echo(f"wrote {table.num_rows} row(s) to {out}")
             return
-        columns, rows = run_query(settings.logs_dir, query, registry=registry)
+        columns, rows = run_query(settings.logs_dir, query, registry=registry, logs_location=logs)
     finally:
         if registry is not None:
             registry.close()
@@ -668,3 +670,4 @@ def keys_revoke(key_id: str) -> None:
 
 __import__("orchestration.cli_models").cli_models.add_model_commands(main)  # model, validate
 __import__("orchestration.cli_rollout").cli_rollout.add_rollout_commands(main)  # promote, rollout
+__import__("orchestration.cli_gc").cli_gc.add_gc_command(main)  # gc [--dry-run]

@@ -15,6 +15,7 @@ from assets.experiments import experiment_definitions
 from assets.features import fraud_feature_assets
 from assets.lineage import build_lineages
 from assets.observer import registry_observer, serving_assets
+from assets.registry_gc import registry_gc_definitions
 from assets.resources import FeatureStoreResource, RegistryResource
 from assets.spec import ModelSpec, load_user_specs, merge_specs
 from orchestration.canary_sensor import make_canary_sensor
@@ -32,6 +33,8 @@ def build_definitions(home: Path | None = None) -> Definitions:
     assets += serving_assets(specs)
     experiment_assets, experiment_schedules = experiment_definitions()
     assets += experiment_assets
+    gc_assets, gc_schedules = registry_gc_definitions()
+    assets += gc_assets
     demo_groups = [spec.prefix for spec in DEMO_SPECS] + ["features"]
     demo_job = define_asset_job(
         "demo_pipeline",
@@ -45,7 +48,7 @@ def build_definitions(home: Path | None = None) -> Definitions:
         asset_checks=[c for lineage in lineages for c in lineage.checks],
         jobs=[demo_job, *(job for lineage in lineages for job in lineage.jobs()),
               *operator_jobs()],
-        schedules=[*demo_schedules(), *experiment_schedules],
+        schedules=[*demo_schedules(), *experiment_schedules, *gc_schedules],
         sensors=[registry_observer(specs), make_canary_sensor(specs)],
         resources={"registry": RegistryResource(), "features": FeatureStoreResource()},
     )

@@ -66,6 +66,7 @@ import duckdb
 import pyarrow as pa
 
 from registry.errors import InvalidRequest
+from registry.storage import Location, local_path
 from warehouse.feedback import FEEDBACK_DIR, FEEDBACK_SCHEMA
 from warehouse.records import PREDICTION_SCHEMA
 from warehouse.writer import PREDICTIONS_DIR
@@ -252,14 +253,48 @@ def audit_table(registry: Registry | None) -> pa.Table:
     )
 
 
+def _empty_predictions() -> str:
+    typed_nulls = ", ".join(
+        f'CAST(NULL AS {sql_type}) AS "{name}"' for name, sql_type in _columns()
+    )
+    return f"(SELECT {typed_nulls} WHERE false)"
+
+
+def _object_store_source(con: duckdb.DuckDBPyConnection, location: Location) -> str:
+    """The sealed files under ``<location>/predictions`` as an Arrow dataset registered on
+    ``con`` (hive keys restored), or an empty relation when there are none."""
+    import pyarrow.dataset as ds
+
+    files = location.glob(f"{PREDICTIONS_DIR}/**/*.parquet")
+    if not files:
+        return _empty_predictions()
+    keys = pa.schema([("model", pa.string()), ("date", pa.date32())])
+    dataset = ds.dataset(
+        files, schema=pa.schema([*PREDICTION_SCHEMA, *keys]), format="parquet",
+        filesystem=location.fs, partitioning=ds.partitioning(keys, flavor="hive"),
+        partition_base_dir=location.path(PREDICTIONS_DIR),
+    )
+    con.register("_predictions_files", dataset)
+    return "_predictions_files"
+
+
 def connect(
-    logs_dir: Path, *, sandboxed: bool = True, registry: Registry | None = None
+    logs_dir: Path,
+    *,
+    sandboxed: bool = True,
+    registry: Registry | None = None,
+    logs_location: Location | None = None,
 ) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with the views listed in this module's docstring.
 
     ``registry``: the audit records are read from it once, now, into the ``audit`` view (an
     in-memory Arrow table: the registry's SQLite file is never opened by DuckDB); without it,
     ``audit`` is empty.
+
+    ``logs_location`` (:func:`registry.storage.logs_location`): where the sealed prediction
+    log lives when it is not ``<logs_dir>/predictions`` (``ROOST_LOGS_URL``). On object storage
+    the ``predictions`` view reads the Parquet files through pyarrow and fsspec (DuckDB's own
+    S3 support needs an extension download), listed once, when the connection is opened.
 
     ``sandboxed`` (the default) turns off DuckDB's access to files outside the views'
     directories, to extensions and to the network, and locks the configuration, so the
@@ -271,7 +306,11 @@ def connect(
     try:
         con.execute("SET TimeZone = 'UTC'")
         names = ", ".join(f'"{name}"' for name, _ in _columns())
-        if _has_files(directory):
+        if logs_location is not None and logs_location.local:
+            directory = local_path(logs_location.url) / PREDICTIONS_DIR
+        if logs_location is not None and not logs_location.local:
+            source = _object_store_source(con, logs_location)
+        elif _has_files(directory):
             hive_types = ", ".join(f"'{k}': '{v}'" for k, v in _PARTITION_TYPES.items())
             glob = _sql_string(f"{directory.as_posix()}/**/*.parquet")
             source = (
@@ -279,10 +318,7 @@ def connect(
                 f"hive_types = {{{hive_types}}})"
             )
         else:
-            typed_nulls = ", ".join(
-                f'CAST(NULL AS {sql_type}) AS "{name}"' for name, sql_type in _columns()
-            )
-            source = f"(SELECT {typed_nulls} WHERE false)"
+            source = _empty_predictions()
         con.execute(f"CREATE VIEW {VIEW} AS SELECT {names} FROM {source}")
         feedback_dir = Path(logs_dir).absolute() / FEEDBACK_DIR
         con.execute(f"CREATE VIEW {FEEDBACK_VIEW} AS {_feedback_source(feedback_dir)}")
@@ -333,7 +369,11 @@ def _check_read_only(query: str) -> None:
 
 
 def run_query(
-    logs_dir: Path, query: str, *, registry: Registry | None = None
+    logs_dir: Path,
+    query: str,
+    *,
+    registry: Registry | None = None,
+    logs_location: Location | None = None,
 ) -> tuple[list[str], list[tuple[Any, ...]]]:
     """Run one read-only SQL statement against the prediction log; return (columns, rows).
 
@@ -343,7 +383,7 @@ def run_query(
     ``SUMMARIZE``/``EXPLAIN``...).
     """
     _check_read_only(query)
-    con = connect(logs_dir, registry=registry)
+    con = connect(logs_dir, registry=registry, logs_location=logs_location)
     try:
         try:
             cursor = con.execute(query)
@@ -358,10 +398,16 @@ def run_query(
     return columns, rows
 
 
-def query_table(logs_dir: Path, query: str, *, registry: Registry | None = None) -> pa.Table:
+def query_table(
+    logs_dir: Path,
+    query: str,
+    *,
+    registry: Registry | None = None,
+    logs_location: Location | None = None,
+) -> pa.Table:
     """:func:`run_query`'s result as an Arrow table (for ``roost sql --out``)."""
     _check_read_only(query)
-    con = connect(logs_dir, registry=registry)
+    con = connect(logs_dir, registry=registry, logs_location=logs_location)
     try:
         try:
             return con.execute(query).to_arrow_table()

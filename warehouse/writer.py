@@ -55,11 +55,15 @@ from warehouse.wal import WAL_DIR, Durability, WriteAheadLog
 
 if TYPE_CHECKING:
     from registry.settings import RoostSettings
+    from registry.storage import Location
 
 logger = logging.getLogger(__name__)
 
 PREDICTIONS_DIR = "predictions"
 """Directory under the logs root that holds the partitioned prediction log."""
+UPLOAD_DIR = "upload"
+"""Under the local logs directory: where sealed files are staged before an upload to object
+storage (``ROOST_LOGS_URL=s3://...``)."""
 
 _SAFE_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
 
@@ -262,6 +266,50 @@ class ParquetSink:
         return [final for _, final in staged]
 
 
+class ObjectStoreSink:
+    """A :class:`ParquetSink` whose files end up in object storage (``ROOST_LOGS_URL=s3://...``).
+
+    Each file is written and fsynced locally under ``staging`` (by a :class:`ParquetSink`, in its
+    ``predictions/model=<m>/date=<d>/`` layout), then uploaded to the same relative key under
+    ``location`` in one PUT, which makes the object visible whole or not at all, so readers'
+    ``*.parquet`` globs never see a partial file; then the local copy is removed. A failed
+    upload raises (the WAL keeps the segment and seals it again later: the same name, so the
+    same keys are overwritten with the same rows).
+    """
+
+    def __init__(self, location: Location, staging: Path, writer_id: str | None = None) -> None:
+        self.location = location
+        self.local = ParquetSink(staging, writer_id)
+        self.writer_id = self.local.writer_id
+
+    def _upload(self, paths: list[Path]) -> list[str]:
+        urls = []
+        for path in paths:
+            relative = path.relative_to(self.local.root).as_posix()
+            urls.append(self.location.upload(path, relative))
+            path.unlink()
+        return urls
+
+    def write_batch(self, records: list[PredictionRecord]) -> list[str]:
+        return self._upload(self.local.write_batch(records))
+
+    def write_table(self, table: pa.Table, name: str) -> list[str]:
+        return self._upload(self.local.write_table(table, name))
+
+
+def sink_for(settings: RoostSettings) -> RecordSink:
+    """Where sealed files go: a :class:`ParquetSink` for a ``file://`` ``logs_location``, an
+    :class:`ObjectStoreSink` (staging in ``logs_dir/upload``) for object storage."""
+    from registry.storage import Location, is_local, local_path
+
+    url = settings.logs_location
+    if is_local(url):
+        return ParquetSink(local_path(url))
+    return ObjectStoreSink(
+        Location.open(url, settings.s3_endpoint_url), settings.logs_dir / UPLOAD_DIR
+    )
+
+
 class SegmentSink(RecordSink, Protocol):
     """A :class:`RecordSink` that can also write a sealed WAL segment idempotently."""
 
@@ -351,7 +399,7 @@ class PredictionLogWriter:
         """A WAL-mode writer with the settings' policy, to a :class:`ParquetSink` at
         ``logs_dir`` (WAL in ``logs_dir/wal``, ``durability`` from ``log_durability``)."""
         return cls(
-            sink if sink is not None else ParquetSink(settings.logs_dir),
+            sink if sink is not None else sink_for(settings),
             flush_rows=settings.log_flush_rows,
             flush_interval_s=settings.log_flush_interval_s,
             wal_dir=settings.logs_dir / WAL_DIR,

@@ -53,7 +53,9 @@ def test_definitions_hold_the_demo_assets_checks_jobs_schedule_and_resources(
 ) -> None:
     repo = build_definitions(tmp_path).get_repository_def()
     graph = repo.asset_graph
-    assert set(graph.get_all_asset_keys()) == ASSET_KEYS | {AssetKey("experiment_analysis")}
+    assert set(graph.get_all_asset_keys()) == ASSET_KEYS | {
+        AssetKey("experiment_analysis"), AssetKey("registry_gc")
+    }
     assert set(graph.asset_check_keys) == CHECK_KEYS
 
     # Each model is its own group, wired training data -> ... -> production -> serving.
@@ -96,7 +98,8 @@ def test_definitions_hold_the_demo_assets_checks_jobs_schedule_and_resources(
     assert check_nodes <= {node.name for node in job.nodes}
 
     # The online store is materialized on a schedule; its job selects just that asset.
-    (schedule,) = [s for s in repo.schedule_defs if s.name != "experiment_analysis_schedule"]
+    (schedule,) = [s for s in repo.schedule_defs
+                   if s.name not in ("experiment_analysis_schedule", "registry_gc_schedule")]
     assert schedule.cron_schedule == "*/10 * * * *"
     materialize = repo.get_job("materialize_online_features")
     assert set(materialize.asset_layer.selected_asset_keys) == {AssetKey("online_features")}
