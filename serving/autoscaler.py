@@ -47,6 +47,9 @@ class ScalingPolicy:
     """p99 latency the fleet aims at (a ``Value`` metric), half the 100 ms SLO."""
     target_utilization: float | None = None
     """GPU utilization in percent (DCGM's 0-100 scale), a ``Value`` metric."""
+    target_rps: float | None = None
+    """Requests per second per replica (``AverageValue``): the leading signal. Queue depth and
+    p99 only move once replicas are saturated; throughput moves as soon as traffic grows."""
     scale_up_window_s: int = 15
     """``behavior.scaleUp.stabilizationWindowSeconds``."""
     scale_down_window_s: int = 300
@@ -66,7 +69,12 @@ class ScalingPolicy:
         problems = []
         if not 1 <= self.min_replicas <= self.max_replicas:
             problems.append("min_replicas/max_replicas: expected 1 <= min <= max")
-        targets = (self.target_queue_depth, self.target_p99_s, self.target_utilization)
+        targets = (
+            self.target_queue_depth,
+            self.target_p99_s,
+            self.target_utilization,
+            self.target_rps,
+        )
         if all(t is None for t in targets):
             problems.append("targets: expected at least one of queue depth, p99, utilization")
         if any(t is not None and t <= 0 for t in targets):
@@ -88,6 +96,8 @@ class Sample:
     """Requests waiting, summed over every replica."""
     p99_s: float | None = None
     utilization: float | None = None
+    rps: float | None = None
+    """Requests per second, summed over every replica."""
 
 
 def _by_ratio(replicas: int, value: float, target: float, tolerance: float) -> int:
@@ -112,6 +122,10 @@ def recommend(replicas: int, sample: Sample, policy: ScalingPolicy) -> int:
     if policy.target_utilization is not None and sample.utilization is not None:
         recommendations.append(
             _by_ratio(replicas, sample.utilization, policy.target_utilization, policy.tolerance)
+        )
+    if policy.target_rps is not None and sample.rps is not None:
+        recommendations.append(
+            _by_ratio(replicas, sample.rps / replicas, policy.target_rps, policy.tolerance)
         )
     return max(recommendations, default=replicas)
 
@@ -162,6 +176,7 @@ class Autoscaler:
 
 GATEWAY_QUERIES: dict[str, str] = {
     "queue_depth": 'sum(roost_queue_depth{service="roost-gateway"})',
+    "rps": 'sum(rate(roost_requests_total{service="roost-gateway"}[1m]))',
     "p99_s": (
         "histogram_quantile(0.99, sum by (le) "
         '(rate(roost_request_latency_seconds_bucket{service="roost-gateway"}[1m])))'
@@ -171,7 +186,12 @@ TRITON_QUERIES: dict[str, str] = {
     "queue_depth": 'sum(nv_inference_pending_request_count{service="roost-triton"})',
     "utilization": 'avg(DCGM_FI_DEV_GPU_UTIL{pod=~"roost-triton-.+"})',
 }
-GATEWAY_POLICY = ScalingPolicy(min_replicas=2, max_replicas=20)
+# 3,000 req/s per pod: half the 5,930 req/s one gateway process serves with an experiment and a
+# shadow on (benchmarks/RESULTS.md: 7,804 req/s REST JSON at c=64, x0.76 for traffic management).
+# Half, and 4 pods at least, because a new pod takes a poll (15 s), the rate window and its
+# start-up (~30 s) to help: benchmarks/autoscale_sim.py shows a 5-minute ramp to 10x served
+# within target this way, and lower headroom failing it.
+GATEWAY_POLICY = ScalingPolicy(min_replicas=4, max_replicas=20, target_rps=3000.0)
 TRITON_POLICY = ScalingPolicy(
     min_replicas=1,
     max_replicas=8,
@@ -185,6 +205,7 @@ _TRIGGERS = (  # knob, trigger name, KEDA metricType
     ("queue_depth", "target_queue_depth", "queue-depth", "AverageValue"),
     ("p99_s", "target_p99_s", "p99-latency", "Value"),
     ("utilization", "target_utilization", "gpu-utilization", "Value"),
+    ("rps", "target_rps", "requests-per-second", "AverageValue"),
 )
 
 

@@ -145,8 +145,8 @@ def test_prometheus_triggers_use_the_gateways_metric_names(rendered: dict[str, A
         assert trigger["type"] == "prometheus"
         assert {"serverAddress", "query", "threshold"} <= set(meta)
         float(meta["threshold"])
-        names |= set(re.findall(r"\b(roost_[a-z_]+?)(?:_bucket)?\{", meta["query"]))
-    assert names == {"roost_queue_depth", "roost_request_latency_seconds"}
+        names |= set(re.findall(r"\b(roost_[a-z_]+?)(?:_bucket|_total)?\{", meta["query"]))
+    assert names == {"roost_queue_depth", "roost_request_latency_seconds", "roost_requests"}
     assert names <= exported
     triton = find(rendered["prod"], "ScaledObject", "roost-triton")
     assert any("DCGM_FI_DEV_GPU_UTIL" in t["metadata"]["query"] for t in triton["spec"]["triggers"])

@@ -161,3 +161,9 @@ def test_gateway_task_is_opt_in(monkeypatch: pytest.MonkeyPatch, registry: Regis
         assert task.cancelled()
 
     asyncio.run(scenario())
+
+
+def test_throughput_leads_before_saturation() -> None:
+    policy = ScalingPolicy(min_replicas=2, max_replicas=20, target_rps=3000.0)
+    # nothing queued and latency fine, but 12,000 req/s over 2 replicas: 4 replicas wanted
+    assert recommend(2, Sample(0, queue_depth=0, p99_s=0.02, rps=12_000), policy) == 4
