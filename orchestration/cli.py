@@ -181,7 +181,11 @@ def config_command(
             changes[key] = json.loads(raw)
         except json.JSONDecodeError:
             changes[key] = raw
-    known = set(ServingConfig.__dataclass_fields__) | {"warmup_inputs"}
+    from warehouse.minimise import LOG_EXCLUDE_KNOB, log_exclude_of
+
+    known = set(ServingConfig.__dataclass_fields__) | {"warmup_inputs", LOG_EXCLUDE_KNOB}
+    if LOG_EXCLUDE_KNOB in changes:  # a list, or a comma-separated string, of input names
+        changes[LOG_EXCLUDE_KNOB] = sorted(log_exclude_of(changes))
     for key in [*changes, *unset]:
         if key not in known:
             raise click.BadParameter(
@@ -671,3 +675,4 @@ def keys_revoke(key_id: str) -> None:
 __import__("orchestration.cli_models").cli_models.add_model_commands(main)  # model, validate
 __import__("orchestration.cli_rollout").cli_rollout.add_rollout_commands(main)  # promote, rollout
 __import__("orchestration.cli_gc").cli_gc.add_gc_command(main)  # gc [--dry-run]
+__import__("orchestration.cli_monitoring").cli_monitoring.add_monitoring_commands(main)  # erase

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import time
 import uuid
 from collections import OrderedDict
@@ -48,11 +49,14 @@ from serving.repository import LoadedVersion, ModelRepository
 from serving.router import Decision, RequestFacts
 from serving.shadows import ShadowCopy, ShadowMirror
 from warehouse import PredictionLogWriter
+from warehouse.minimise import log_exclude_of
 
 if TYPE_CHECKING:
     from features.online import OnlineFeatures
 
 __all__ = ["CallContext", "DataPlane", "InferResult", "RecordsRequest", "Rejected"]
+
+logger = logging.getLogger(__name__)
 
 SERVER_NAME = "roost"
 SERVER_VERSION = "0.1.0"
@@ -166,7 +170,7 @@ class DataPlane:
             model, loaded.info.version, call.request_id, outputs, decision, adapted
         )
         self._remember(call.request_id, model, decision)
-        inputs = render_inputs(adapted, call.features)
+        inputs = render_inputs(adapted, call.features, log_exclude(loaded))
         await self.recorder.success(result, context, inputs, call.started)
         if decision.shadows:
             self.mirror_copies(result, request, inputs, context)
@@ -254,11 +258,12 @@ class DataPlane:
     @staticmethod
     def _failed_inputs(request: InferRequest | RecordsRequest, call: PipelineState) -> str:
         """The log's inputs for a request that failed: as far as it got."""
+        exclude = log_exclude(call.loaded)
         if call.adapted is not None:
-            return render_inputs(call.adapted, call.features)
+            return render_inputs(call.adapted, call.features, exclude)
         if isinstance(request, RecordsRequest):
             return render_rejected(request.size)
-        return render_inputs(request)
+        return render_inputs(request, None, exclude)
 
     async def run_shadow(self, copy: ShadowCopy) -> None:
         """Answer one mirrored copy with its shadow version and log it (``shadow = true``).
@@ -273,9 +278,9 @@ class DataPlane:
             adapted = adapt(copy.request, loaded, self.limits)
             if isinstance(adapted, EntityBatch):
                 request, features = await self.enrich(adapted)
-                inputs = render_inputs(request, features)
+                inputs = render_inputs(request, features, log_exclude(loaded))
             elif adapted is not copy.adapted:
-                request, inputs = adapted, render_inputs(adapted)
+                request, inputs = adapted, render_inputs(adapted, None, log_exclude(loaded))
             else:
                 request = adapted
             feeds = self.validate(request, loaded)
@@ -287,6 +292,18 @@ class DataPlane:
         self.recorder.shadow(copy, inputs, outputs, started, status, error)
         if status != 200:
             raise RoostError(error or "shadow failed")
+
+
+def log_exclude(loaded: LoadedVersion | None) -> frozenset[str]:
+    """The inputs (and features) the version's ``log_exclude`` keeps out of the log."""
+    if loaded is None:
+        return frozenset()
+    try:
+        return log_exclude_of(loaded.info.config)
+    except RoostError as exc:  # `roost config` checks it; a bad value must not fail requests
+        logger.error("%s version %s: %s", loaded.info.model, loaded.info.version, exc.message)
+        return frozenset()
+
 
 def _facts(context: CallContext, request: InferRequest | RecordsRequest | None) -> RequestFacts:
     """What the router sees: the unit, headers, the request's parameters and feature flags."""

@@ -19,6 +19,11 @@ back-off) on the next flush. A sink that can never write some records raises
 :class:`RejectedRecords`; the writer drops those (and logs them) and writes the rest. In WAL mode a
 segment the sink fails to take stays on disk and is retried; records with unsafe model names are
 dropped (and logged) when their segment is sealed.
+
+Privacy (:mod:`warehouse.minimise`, :mod:`warehouse.erasure`): the writer stores each record's
+``user_id`` as its keyed hash (``user_ids``) the moment it takes the record, and every seal
+(or buffer flush) drops the rows of erased users (:class:`~warehouse.tombstones.Tombstones`,
+consulted under the seal barrier).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import itertools
 import logging
 import os
@@ -34,8 +40,8 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Sequence
-from datetime import date
+from collections.abc import Iterator, Sequence
+from datetime import date, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol
@@ -44,6 +50,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from warehouse.minimise import UserIdHasher
 from warehouse.records import (
     PREDICTION_SCHEMA,
     PredictionRecord,
@@ -51,6 +58,7 @@ from warehouse.records import (
     records_to_table,
     validate_model_name,
 )
+from warehouse.tombstones import Tombstones
 from warehouse.wal import WAL_DIR, Durability, WriteAheadLog
 
 if TYPE_CHECKING:
@@ -352,6 +360,8 @@ class PredictionLogWriter:
         segment_bytes: int = 64 * 1024 * 1024,
         writer_id: str | None = None,
         recover_orphans: bool = True,
+        user_ids: UserIdHasher | None = None,
+        tombstones: Tombstones | None = None,
     ) -> None:
         if flush_rows < 1:
             raise ValueError(f"flush_rows must be >= 1, got {flush_rows}")
@@ -373,6 +383,14 @@ class PredictionLogWriter:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self.user_ids = user_ids if user_ids is not None else UserIdHasher(None)
+        """How ``user_id`` is stored (keyed hash, or as given)."""
+        if tombstones is None:  # the logs root: the WAL's parent, else the sink's root
+            root = Path(wal_dir).parent if wal_dir is not None else getattr(sink, "root", None)
+            tombstones = Tombstones(Path(root)) if root is not None else None
+        self.tombstones = tombstones
+        self.erased_total = 0
+        """Rows dropped at seal time because their user was erased meanwhile."""
 
         self.wal: WriteAheadLog | None = None
         if wal_dir is not None:
@@ -405,6 +423,8 @@ class PredictionLogWriter:
             wal_dir=settings.logs_dir / WAL_DIR,
             durability=settings.log_durability,
             segment_bytes=settings.log_segment_bytes,
+            user_ids=UserIdHasher.from_settings(settings),
+            tombstones=Tombstones(settings.logs_dir),
         )
 
     @property
@@ -449,6 +469,7 @@ class PredictionLogWriter:
         WAL mode: it joins the next commit group. Buffer mode: it is buffered; the flush thread
         wakes once ``flush_rows`` rows are buffered.
         """
+        record = self._minimise(record)
         if self.wal is not None:
             self.wal.append(record)
             return
@@ -474,7 +495,7 @@ class PredictionLogWriter:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if not wal.started:
             self.start()
-        wal.append(record, future)
+        wal.append(self._minimise(record), future)
         return future
 
     def append_sync(self, record: PredictionRecord, timeout: float | None = None) -> None:
@@ -490,8 +511,33 @@ class PredictionLogWriter:
         future: concurrent.futures.Future[None] = concurrent.futures.Future()
         if not wal.started:
             self.start()
-        wal.append(record, future)
+        wal.append(self._minimise(record), future)
         future.result(timeout)
+
+    def _minimise(self, record: PredictionRecord) -> PredictionRecord:
+        """The record as it is stored: ``user_id`` as its keyed hash (a copy; once)."""
+        if record.user_id is None or not self.user_ids.keyed:
+            return record
+        return dataclasses.replace(record, user_id=self.user_ids(record.user_id))
+
+    @contextlib.contextmanager
+    def _sealing(self) -> Iterator[dict[str, datetime]]:
+        """The seal barrier (shared) and the erased users' tombstones, if this writer has any."""
+        if self.tombstones is None:
+            yield {}
+            return
+        with self.tombstones.sealing() as tombstones:
+            yield tombstones
+
+    def _write_batch(self, batch: list[PredictionRecord]) -> None:
+        """Buffer mode: write ``batch`` minus erased users' rows, under the seal barrier."""
+        with self._sealing() as tombstones:
+            kept, erased = Tombstones.filter_records(batch, tombstones)
+            if erased:
+                self.erased_total += erased
+                logger.info("prediction log: dropped %d row(s) of erased users", erased)
+            if kept:
+                self.sink.write_batch(kept)
 
     # -- flushing ---------------------------------------------------------------------------
 
@@ -519,7 +565,7 @@ class PredictionLogWriter:
                 return 0
             while True:
                 try:
-                    self.sink.write_batch(batch)
+                    self._write_batch(batch)
                 except RejectedRecords as exc:
                     dropped = {id(r) for r in exc.records}
                     remaining = [r for r in batch if id(r) not in dropped]
@@ -609,11 +655,18 @@ class PredictionLogWriter:
             )
         if table.num_rows == 0:
             return
-        write_table = getattr(self.sink, "write_table", None)
-        if callable(write_table):
-            write_table(table, name)
-        else:
-            self.sink.write_batch(records_from_table(table))
+        with self._sealing() as tombstones:
+            table, erased = Tombstones.filter_table(table, tombstones)
+            if erased:
+                self.erased_total += erased
+                logger.info("prediction log: dropped %d row(s) of erased users", erased)
+            if table.num_rows == 0:
+                return
+            write_table = getattr(self.sink, "write_table", None)
+            if callable(write_table):
+                write_table(table, name)
+            else:
+                self.sink.write_batch(records_from_table(table))
 
     # -- lifecycle --------------------------------------------------------------------------
 

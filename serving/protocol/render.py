@@ -33,6 +33,7 @@ import orjson
 
 from serving.protocol.raw import encode_bytes_elements
 from serving.protocol.types import InferRequest, RequestInput
+from warehouse.minimise import EXCLUDED
 
 __all__ = [
     "MAX_RENDERED_CHARS",
@@ -154,22 +155,44 @@ def _within_budget(
     for index in sorted(range(len(entries)), key=sizes.__getitem__, reverse=True):
         if total <= MAX_RENDERED_CHARS:
             break
-        if "summary" in entries[index]:
+        if "summary" in entries[index] or isinstance(entries[index].get("data"), str):
             continue
         entries[index] = summarize_tensor(request.inputs[index])
         total += len(_dumps(entries[index])) - sizes[index]
     return _dumps(body)
 
 
-def render_inputs(request: InferRequest, features: Mapping[str, Any] | None = None) -> str:
-    """``request``'s inputs (and the ``features`` used, when given) as compact JSON text."""
+def _excluded(tensor: RequestInput) -> dict[str, Any]:
+    """A tensor the model's ``log_exclude`` names: its header, never its data."""
+    return {
+        "name": tensor.name,
+        "datatype": tensor.datatype,
+        "shape": list(tensor.shape),
+        "data": EXCLUDED,
+    }
+
+
+def render_inputs(
+    request: InferRequest,
+    features: Mapping[str, Any] | None = None,
+    exclude: frozenset[str] = frozenset(),
+) -> str:
+    """``request``'s inputs (and the ``features`` used, when given) as compact JSON text.
+
+    Inputs and features named in ``exclude`` (the version's ``log_exclude``, see
+    :mod:`warehouse.minimise`) show ``"[excluded]"`` instead of their data or value.
+    """
     entries = [
-        summarize_tensor(tensor) if tensor.data.size > MAX_RENDERED_ELEMENTS else _listed(tensor)
+        _excluded(tensor) if tensor.name in exclude
+        else summarize_tensor(tensor) if tensor.data.size > MAX_RENDERED_ELEMENTS
+        else _listed(tensor)
         for tensor in request.inputs
-    ]
+    ]  # fmt: skip
     body: dict[str, Any] = {"inputs": entries}
     if features is not None:
-        body["features"] = features if isinstance(features, dict) else dict(features)
+        body["features"] = {
+            name: EXCLUDED if name in exclude else value for name, value in features.items()
+        } if exclude else (features if isinstance(features, dict) else dict(features))
     text = _dumps(body)
     # orjson writes non-finite floats as null: look again only when a null shows up
     if b"null" in text and _spell_non_finite(entries):
