@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
+from fastapi import Path as FastPath
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
 
@@ -26,6 +27,9 @@ from serving.rest import DataPlaneDep, json_response
 admin = APIRouter(prefix="/admin/models/{model}", tags=["admin"])
 
 Percent = Annotated[StrictInt | StrictFloat, Field(description="0 to 100")]
+MAX_VERSION = 2**31 - 1
+VersionNumber = Annotated[StrictInt, Field(ge=1, le=MAX_VERSION, description="A version number")]
+"""Version numbers are 1, 2, ... per model; the bound keeps absurd values out of the database."""
 
 
 class PolicyBody(BaseModel):
@@ -41,7 +45,7 @@ class PolicyBody(BaseModel):
 
 
 class CanaryBody(BaseModel):
-    version: StrictInt
+    version: VersionNumber
     percent: Percent
 
 
@@ -50,14 +54,14 @@ class RollbackBody(BaseModel):
 
 
 class ProductionRollbackBody(BaseModel):
-    to_version: StrictInt | None = Field(
+    to_version: VersionNumber | None = Field(
         default=None, description="The DEPRECATED version to bring back (default: the previous)"
     )
     reason: str | None = None
 
 
 class RolloutBody(BaseModel):
-    version: StrictInt
+    version: VersionNumber
     schedule: list[StrictInt | StrictFloat] | None = Field(
         default=None, description="Canary percents, increasing, ending at 100"
     )
@@ -69,12 +73,12 @@ class ReasonBody(BaseModel):
 
 
 class ShadowBody(BaseModel):
-    version: StrictInt
+    version: VersionNumber
     percent: Percent = 100.0
 
 
 class VariantBody(BaseModel):
-    version: StrictInt
+    version: VersionNumber
     weight: StrictInt | StrictFloat
     name: str | None = None
 
@@ -158,7 +162,8 @@ async def add_shadow(
 
 @admin.delete("/shadows/{version}")
 async def delete_shadow(
-    request: Request, plane: DataPlaneDep, who: PrincipalDep, model: str, version: int
+    request: Request, plane: DataPlaneDep, who: PrincipalDep, model: str,
+    version: Annotated[int, FastPath(ge=1, le=MAX_VERSION)],
 ) -> Response:
     return await _apply(
         request, plane, lambda r: ops.remove_shadow(r, model, version, actor=who.actor)
