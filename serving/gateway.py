@@ -26,6 +26,7 @@ from typing import Any
 from starlette.datastructures import State
 
 from registry import Registry, RoostError, RoostSettings
+from serving.autoscaler import start_instance_autoscaler, stop_instance_autoscaler
 from serving.dataplane import DataPlane
 from serving.drain import Drain
 from serving.grpc_server import STOP_GRACE_S, start_grpc_server
@@ -70,6 +71,7 @@ class Gateway:
         self.poller: RegistryPoller | None = None
         self.grpc_server: Any = None
         self.drain: Drain | None = None
+        self.autoscaler: asyncio.Task[None] | None = None  # ROOST_AUTOSCALE_INSTANCES=true
 
     def bind(self, app: Any) -> None:
         """Keep the serving state on ``app.state`` (where the HTTP edge and handlers find it)."""
@@ -124,6 +126,7 @@ class Gateway:
             self.grpc_server = self.state.grpc_server = await start_grpc_server(plane, settings)
             self.drain = Drain(self.state, settings, self.grpc_server)
             self.drain.install()
+            self.autoscaler = start_instance_autoscaler(self)
         except BaseException:
             await self.stop()
             raise
@@ -145,6 +148,7 @@ class Gateway:
         the versions, the log writer (sealing every WAL segment) and an owned registry."""
         # Uvicorn has stopped accepting and waited for in-flight HTTP requests by now.
         self.state.draining = True
+        await stop_instance_autoscaler(self.autoscaler)
         drain, self.drain = self.drain, None
         if drain is not None:
             drain.uninstall()
