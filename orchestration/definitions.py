@@ -10,15 +10,14 @@ from typing import Any
 
 from dagster import AssetSelection, Definitions, define_asset_job
 
-from assets.concept import concept_definitions
 from assets.demo import DEMO_MODELS, DEMO_SPECS, demo_schedules
-from assets.drift import drift_definitions
 from assets.experiments import experiment_definitions
 from assets.features import fraud_feature_assets
 from assets.lineage import build_lineages
 from assets.observer import registry_observer, serving_assets
 from assets.registry_gc import registry_gc_definitions
 from assets.resources import FeatureStoreResource, RegistryResource
+from assets.retention import retention_definitions
 from assets.spec import ModelSpec, load_user_specs, merge_specs
 from orchestration.canary_sensor import make_canary_sensor
 from orchestration.operator_jobs import operator_jobs
@@ -37,9 +36,8 @@ def build_definitions(home: Path | None = None) -> Definitions:
     assets += experiment_assets
     gc_assets, gc_schedules = registry_gc_definitions()
     assets += gc_assets
-    drift_assets, drift_schedules = drift_definitions(specs)
-    concept_assets, concept_schedules = concept_definitions(specs)
-    assets += drift_assets + concept_assets
+    retention_assets, retention_schedules = retention_definitions()
+    assets += retention_assets
     demo_groups = [spec.prefix for spec in DEMO_SPECS] + ["features"]
     demo_job = define_asset_job(
         "demo_pipeline",
@@ -53,8 +51,7 @@ def build_definitions(home: Path | None = None) -> Definitions:
         asset_checks=[c for lineage in lineages for c in lineage.checks],
         jobs=[demo_job, *(job for lineage in lineages for job in lineage.jobs()),
               *operator_jobs()],
-        schedules=[*demo_schedules(), *experiment_schedules, *gc_schedules,
-                   *drift_schedules, *concept_schedules],
+        schedules=[*demo_schedules(), *experiment_schedules, *gc_schedules, *retention_schedules],
         sensors=[registry_observer(specs), make_canary_sensor(specs)],
         resources={"registry": RegistryResource(), "features": FeatureStoreResource()},
     )
