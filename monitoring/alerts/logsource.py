@@ -2,8 +2,9 @@
 drift scores in DuckDB, and the registry's versions. Works with no Prometheus running.
 
 One :class:`LogSource` serves one evaluation (a sensor tick): it opens one DuckDB connection
-(:func:`warehouse.connect`, views ``predictions`` and ``feedback``) and reads the registry's
-versions once. Windows are pushed down to the ``date`` partitions before ``ts`` is compared.
+(:func:`warehouse.connect`: views ``predictions``, ``feedback``, ``drift_scores``) and reads
+the registry's versions once. Windows are pushed down to the ``date`` partitions before
+``ts`` is compared.
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ from registry import NotFound, Registry
 from warehouse import connect
 
 log = logging.getLogger(__name__)
-DRIFT_SCORES_DIR = "monitoring/drift_scores"
-"""Under the logs root: the drift scores (columns ``model``, ``date``, ``share_drifted``...)."""
 
 _WINDOW = """model = $model AND date >= CAST($start AS DATE) AND date <= CAST($end AS DATE)
              AND ts > $start AND ts <= $end AND NOT shadow"""
@@ -122,29 +121,16 @@ class LogSource:
         return int(correct), int(labelled)
 
     def drift_share(self, model: str, since: date) -> float | None:
-        directory = self.logs_dir.absolute() / DRIFT_SCORES_DIR
-        if not directory.is_dir() or next(directory.glob("**/*.parquet"), None) is None:
-            return None
-        glob = (directory / "**" / "*.parquet").as_posix().replace("'", "''")
-        source = f"read_parquet('{glob}', union_by_name = true, hive_partitioning = false)"
+        # share_drifted is the same on every row of a (model, date); the latest run wins.
         try:
-            columns = {r[0] for r in self._con.execute(f"DESCRIBE SELECT * FROM {source}")
-                       .fetchall()}
-            if not {"model", "date"} <= columns or not columns & {"share_drifted", "drifted"}:
-                log.warning("drift scores in %s lack model/date/share_drifted", directory)
-                return None
-            share = ("max(share_drifted)" if "share_drifted" in columns
-                     else "avg(CAST(drifted AS DOUBLE))")
-            row = self._con.execute(
-                f"WITH d AS (SELECT * FROM {source} WHERE model = $model "
-                f"AND CAST(date AS DATE) >= $since) "
-                f"SELECT {share} FROM d WHERE CAST(date AS DATE) = "
-                f"(SELECT max(CAST(date AS DATE)) FROM d)",
-                {"model": model, "since": since}).fetchone()
-        except duckdb.Error as exc:
-            log.warning("cannot read drift scores in %s: %s", directory, exc)
+            row = self._one(
+                "SELECT arg_max(share_drifted, computed_at) FROM drift_scores "
+                "WHERE model = $model AND date = (SELECT max(date) FROM drift_scores "
+                "WHERE model = $model AND date >= $since)", {"model": model, "since": since})
+        except duckdb.Error as exc:  # a file in another schema: no data, said in the log
+            log.warning("cannot read the drift scores of %s: %s", model, exc)
             return None
-        return None if row is None or row[0] is None else float(row[0])
+        return None if row[0] is None else float(row[0])
 
     def pending_artifact(self, model: str) -> PendingArtifact | None:
         return oldest_pending(self._versions().get(model, []))
