@@ -19,6 +19,7 @@ from assets.registry_gc import registry_gc_definitions
 from assets.resources import FeatureStoreResource, RegistryResource
 from assets.retention import retention_definitions
 from assets.spec import ModelSpec, load_user_specs, merge_specs
+from orchestration.alert_sensor import make_alert_sensor
 from orchestration.canary_sensor import make_canary_sensor
 from orchestration.operator_jobs import operator_jobs
 from registry import RoostSettings
@@ -52,7 +53,7 @@ def build_definitions(home: Path | None = None) -> Definitions:
         jobs=[demo_job, *(job for lineage in lineages for job in lineage.jobs()),
               *operator_jobs()],
         schedules=[*demo_schedules(), *experiment_schedules, *gc_schedules, *retention_schedules],
-        sensors=[registry_observer(specs), make_canary_sensor(specs)],
+        sensors=[registry_observer(specs), make_canary_sensor(specs), make_alert_sensor()],
         resources={"registry": RegistryResource(), "features": FeatureStoreResource()},
     )
 

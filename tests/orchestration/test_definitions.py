@@ -104,7 +104,9 @@ def test_definitions_hold_the_demo_assets_checks_jobs_schedule_and_resources(
     materialize = repo.get_job("materialize_online_features")
     assert set(materialize.asset_layer.selected_asset_keys) == {AssetKey("online_features")}
     assert schedule.job_name == "materialize_online_features"
-    assert sorted(s.name for s in repo.sensor_defs) == ["canary_sensor", "registry_observer"]
+    assert sorted(s.name for s in repo.sensor_defs) == [
+        "alert_sensor", "canary_sensor", "registry_observer"
+    ]
 
     assert set(repo.get_top_level_resources()) == {"registry", "features"}
     assert defs.resources is not None
