@@ -23,9 +23,10 @@ COPY features/ features/
 COPY assets/ assets/
 COPY orchestration/ orchestration/
 COPY analysis/ analysis/
-# k8s: the K8s run launcher; s3: artifacts and sealed logs in object storage;
-# dagster-postgres: the instance's PostgreSQL storage (pinned with the Dagster family).
-RUN pip install ".[k8s,s3]" "dagster-postgres==0.29.27"
+COPY monitoring/ monitoring/
+# k8s: the K8s run launcher and the PostgreSQL instance storage (pinned with the Dagster
+# family); s3: artifacts and sealed logs in object storage.
+RUN pip install ".[k8s,s3]"
 
 # -- runtime: the virtualenv only, a non-root user ---------------------------------------------
 FROM python:${PYTHON_VERSION}-slim-bookworm AS runtime
