@@ -48,11 +48,19 @@ def local_path(url: str) -> Path:
     return Path(parts.path)
 
 
+S3_READ_TIMEOUT_S = 300
+"""s3fs waits 15 s for a response by default; completing the multipart upload of a
+gigabyte-sized artifact can take longer, and a retried CompleteMultipartUpload fails."""
+
+
 def storage_options(url: str, endpoint_url: str | None = None) -> dict[str, Any]:
-    """fsspec options for ``url``: the S3 endpoint when one is set."""
-    if protocol_of(url) in ("s3", "s3a") and endpoint_url:
-        return {"client_kwargs": {"endpoint_url": endpoint_url}}
-    return {}
+    """fsspec options for ``url``: for S3 a longer read timeout, and the endpoint if set."""
+    if protocol_of(url) not in ("s3", "s3a"):
+        return {}
+    options: dict[str, Any] = {"config_kwargs": {"read_timeout": S3_READ_TIMEOUT_S}}
+    if endpoint_url:
+        options["client_kwargs"] = {"endpoint_url": endpoint_url}
+    return options
 
 
 @dataclass(frozen=True)
