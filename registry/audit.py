@@ -130,8 +130,12 @@ def verify(session: Session) -> AuditVerification:
                 f"record {row_id} does not link to the record before it "
                 "(a record was removed or reordered)",
             )
-        try:
-            details = json.loads(details_text) if details_text is not None else None
+        try:  # psycopg (PostgreSQL) hands json columns back parsed
+            details = (
+                details_text
+                if isinstance(details_text, dict)
+                else json.loads(details_text) if details_text is not None else None
+            )
         except ValueError:
             details = None
         if not isinstance(details, dict) or digest != record_hash(

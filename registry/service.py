@@ -17,10 +17,12 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry import audit
+from registry import audit, migrations
 from registry.artifacts import ArtifactStore, sha256_bytes
 from registry.errors import Conflict, InvalidRequest, NotFound
 from registry.lifecycle import DEPLOY_PATH, ROUTABLE, SERVABLE, State, check_transition
+from registry.notify import send as notify_change
+from registry.notify import sqlalchemy_url
 from registry.onnx_rewrite import servable_signature
 from registry.policies import Change, PolicyStore, policy_of
 from registry.rollback import rollback_in
@@ -31,7 +33,6 @@ from registry.settings import RoostSettings
 from registry.signature import Signature
 from registry.tables import (
     AuditRow,
-    Base,
     CounterRow,
     DeploymentRow,
     ModelRow,
@@ -150,7 +151,8 @@ class ModelInfo:
 
 def _make_engine(url: str, *, immediate: bool) -> Engine:
     if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True)
+        # PostgreSQL (psycopg 3): READ COMMITTED; writers serialise on the counter row lock.
+        return create_engine(sqlalchemy_url(url), pool_pre_ping=True)
     engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
     @event.listens_for(engine, "connect")
@@ -203,10 +205,10 @@ class Registry(RolloutMethods):
         self.rollouts = RolloutStore(self)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._read_sessions = sessionmaker(self._read_engine, expire_on_commit=False)
-        Base.metadata.create_all(self.engine)
-        with self._write() as session:
-            if session.get(CounterRow, "generation") is None:
-                session.add(CounterRow(name="generation", value=0))
+        # the schema is Alembic's (registry/migrations): upgraded to head, a create_all-era
+        # database stamped first; the generation counter row is created there too
+        migrations.upgrade(self.engine, check=self._read_engine)
+        self._notify = self.engine.dialect.name == "postgresql"
 
     @classmethod
     def from_settings(cls, settings: RoostSettings) -> Registry:
@@ -227,10 +229,13 @@ class Registry(RolloutMethods):
     def _write(self) -> Iterator[Session]:
         with self._sessions() as session, session.begin():
             # Serialise writers (PostgreSQL: row lock; SQLite: BEGIN IMMEDIATE already did).
-            session.execute(
+            counter = session.execute(
                 select(CounterRow).where(CounterRow.name == "generation").with_for_update()
-            )
+            ).scalar_one()
+            before = counter.value
             yield session
+            if self._notify and counter.value != before:  # delivered at commit, not on rollback
+                notify_change(session, counter.value)
 
     def _bump_generation(self, session: Session) -> int:
         counter = session.get(CounterRow, "generation")

@@ -11,8 +11,36 @@ from pathlib import Path
 # gateway process (which imports its metrics long before Feast).
 import prometheus_client  # noqa: F401  (import order matters, see above)
 import pytest
+from postgres import PostgresServer, RegistryDatabases
+from postgres import start_server as start_postgres
 
 from registry import Registry, RoostSettings
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """ONE real PostgreSQL server per test session, on a loopback port (tests/support/postgres)."""
+    try:
+        server = start_postgres()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_databases(postgres_server: PostgresServer) -> RegistryDatabases:
+    return RegistryDatabases(postgres_server)
+
+
+@pytest.fixture
+def postgres_url(postgres_databases: RegistryDatabases) -> Iterator[str]:
+    """The URL of an empty PostgreSQL database (registry schema at head) for one test."""
+    name = postgres_databases.checkout()
+    yield postgres_databases.server.url(name)
+    postgres_databases.checkin(name)
 
 
 @pytest.fixture

@@ -1,0 +1,1 @@
+"""Alembic revisions of the registry schema, oldest first (see registry/migrations)."""
