@@ -26,6 +26,8 @@ the two built-in demo specs. One spec generates one lineage of Dagster assets (s
       step_interval_s: 300
       alpha: 0.05
       min_requests: 200
+      p99_ratio_budget: 1.2   # canary p99 may be this multiple of production's ...
+      p99_floor_ms: 5.0       # ... and this many ms above it (noise at small latencies)
 
 An invalid file raises :class:`SpecError` naming the file and the offending field.
 """
@@ -120,6 +122,10 @@ class CanarySettings(_Strict):
     step_interval_s: Annotated[float, Field(gt=0)] = 300.0
     alpha: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05
     min_requests: Annotated[int, Field(ge=1)] = 200
+    p99_ratio_budget: Annotated[float, Field(ge=1.0)] = 1.2
+    """The canary's p99 latency may be up to this multiple of production's ..."""
+    p99_floor_ms: Annotated[float, Field(ge=0.0)] = 5.0
+    """... and up to this many ms above it whatever the ratio (noise at small latencies)."""
 
     @field_validator("schedule")
     @classmethod

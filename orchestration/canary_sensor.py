@@ -10,6 +10,9 @@ with the model spec's canary settings at look ``step + 1`` of ``len(schedule)``:
   ROLLBACK, the reason in the audit trail), an alert event (:mod:`orchestration.alert_events`)
   and a run of the ``canary_rollback_report`` job whose event log says why;
 * before the step has lasted the spec's ``step_interval_s`` nothing else happens (waiting);
+* at a 100 % step production answers nothing, so there is nothing to compare with (the arm
+  would hold below ``min_requests`` forever): the concurrent comparisons of the earlier steps
+  stand and the canary is promoted after the dwell (a rollback found meanwhile still wins);
 * then ``advance``: ``advance_rollout`` (the next percent, or the promotion after the last step);
 * then ``hold`` (too few requests): ``record_rollout_analysis``, once per record revision.
 
@@ -25,7 +28,7 @@ written again. Writes show on the model's ``<p>_canary_deployment`` asset as an
 # Dagster reads these annotations at definition time: no `from __future__ import annotations`.
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -96,7 +99,9 @@ def canary_config(spec: ModelSpec | None, status: RolloutStatus) -> tuple[Canary
     """The analysis settings of a rollout (the spec's, defaults without one) and its dwell time."""
     settings = spec.canary if spec is not None else CanarySettings()
     config = CanaryConfig(alpha=settings.alpha, looks=max(len(status.schedule), 1),
-                          min_requests=settings.min_requests)
+                          min_requests=settings.min_requests,
+                          p99_ratio_budget=settings.p99_ratio_budget,
+                          p99_floor_ms=settings.p99_floor_ms)
     return config, settings.step_interval_s
 
 
@@ -115,6 +120,11 @@ def evaluate_rollout(
                                      canary_version=status.version)
     look = min(status.step + 1, config.looks)
     analysis = compare(production, canary, config, look)
+    if (status.percent >= 100 and analysis.decision == "hold"
+            and production.requests < config.min_requests):
+        analysis = replace(analysis, decision="advance", reason=(
+            f"the canary serves all traffic ({production.requests} production requests in the "
+            f"step): the earlier steps' comparisons stand; {analysis.reason}"))
     facts = {**analysis.to_dict(), "window_start": since.isoformat(),
              "window_end": now.isoformat(), "step": status.step, "percent": status.percent}
 
