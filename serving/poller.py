@@ -2,9 +2,12 @@
 
 Every ``poll_interval_s`` the poller has the repository compare its deployment scope's change
 token (the registry generation, see :mod:`serving.scope`) with the table's, rebuild when it moved
-(or a failed version is due a retry), and flushes queued bandit rewards. When the registry cannot
-be reached the last table keeps serving: :class:`RegistryHealth` remembers since when, readiness
-reports it (without turning false) and ``roost_registry_poll_errors_total`` counts failed polls.
+(or a failed version is due a retry), and flushes queued bandit rewards. On PostgreSQL its
+:class:`~registry.notify.RegistryWatcher` cuts the wait short the moment a write commits
+(LISTEN/NOTIFY), so gateways follow a change within milliseconds whatever the interval. When
+the registry cannot be reached the last table keeps serving: :class:`RegistryHealth` remembers
+since when, readiness reports it (without turning false) and ``roost_registry_poll_errors_total``
+counts failed polls.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from registry.notify import RegistryWatcher
 from serving.metrics import GatewayMetrics
 
 if TYPE_CHECKING:
@@ -66,6 +70,8 @@ class RegistryPoller:
         self.repository = repository
         self.interval_s = repository.settings.poll_interval_s if interval_s is None else interval_s
         self._task: asyncio.Task[None] | None = None
+        # PostgreSQL: LISTEN roost_registry wakes the loop at once (registry/notify.py)
+        self.watcher = RegistryWatcher(getattr(repository.registry, "url", None))
 
     async def poll_once(self) -> None:
         """One poll: rebuild if needed, flush bandit rewards; a failure is recorded, not raised."""
@@ -82,11 +88,12 @@ class RegistryPoller:
 
     async def run(self) -> None:
         while True:
-            await asyncio.sleep(self.interval_s)
+            await self.watcher.wait(self.interval_s)  # a notification, or the interval
             await self.poll_once()
 
     def start(self) -> None:
         if self._task is None:
+            self.watcher.start()
             self._task = asyncio.create_task(self.run(), name="roost-registry-poller")
 
     async def stop(self) -> None:
@@ -95,3 +102,4 @@ class RegistryPoller:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.watcher.close()
