@@ -8,7 +8,8 @@ writes, each write has its ``traffic`` audit record under its writer's name, the
 and the policy is the union of the last edit of each writer (the API client and the sensor keep
 editing until both CLIs are done, so every CLI write races the others). The three-writer
 thread and process races of test_policy_race.py run on PostgreSQL too, through the
-``settings`` parametrisation (tests/registry/conftest.py). Also here: the PostgreSQL twin of test_registry's SQLite tampering test.
+``settings`` parametrisation (tests/registry/conftest.py). Also here: the PostgreSQL twin of
+test_registry's SQLite tampering test.
 """
 
 from __future__ import annotations
