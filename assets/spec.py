@@ -126,6 +126,11 @@ class CanarySettings(_Strict):
     """The canary's p99 latency may be up to this multiple of production's ..."""
     p99_floor_ms: Annotated[float, Field(ge=0.0)] = 5.0
     """... and up to this many ms above it whatever the ratio (noise at small latencies)."""
+    min_labelled: Annotated[int, Field(ge=1)] = 100
+    """Labelled answers per arm before accuracy is tested (feedback from /v1/feedback)."""
+    require_labels: bool = False
+    """Hold each step until both arms have ``min_labelled`` labels: a canary that answers
+    wrongly without erroring then cannot advance before its accuracy was tested."""
 
     @field_validator("schedule")
     @classmethod

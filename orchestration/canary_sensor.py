@@ -101,7 +101,9 @@ def canary_config(spec: ModelSpec | None, status: RolloutStatus) -> tuple[Canary
     config = CanaryConfig(alpha=settings.alpha, looks=max(len(status.schedule), 1),
                           min_requests=settings.min_requests,
                           p99_ratio_budget=settings.p99_ratio_budget,
-                          p99_floor_ms=settings.p99_floor_ms)
+                          p99_floor_ms=settings.p99_floor_ms,
+                          min_labelled=settings.min_labelled,
+                          require_labels=settings.require_labels)
     return config, settings.step_interval_s
 
 

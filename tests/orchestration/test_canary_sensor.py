@@ -279,3 +279,22 @@ def test_sensor_interval_comes_from_the_setting(
     monkeypatch.setenv("ROOST_HOME", str(tmp_path))
     assert make_canary_sensor([spec]).minimum_interval_seconds == 7
     assert make_canary_sensor([spec], interval_s=3).minimum_interval_seconds == 3
+
+
+def test_required_labels_hold_a_canary_that_has_no_feedback_yet(
+    registry: Registry, settings: RoostSettings, canary: RolloutStatus, clock: Clock,
+) -> None:
+    """``require_labels``: error-free traffic alone does not advance until each arm has
+    ``min_labelled`` labels (the canary's 1,000 labelled answers are below 5,000 here)."""
+    strict = parse_spec({
+        "name": MODEL, "held_out": {"demo": "fraud"},
+        "canary": {"schedule": [5, 50, 100], "step_interval_s": DWELL_S, "alpha": 0.05,
+                   "min_requests": 200, "min_labelled": 5000, "require_labels": True},
+    })
+    traffic(settings, canary)  # plenty of requests, too few labels
+    clock.after_dwell(canary)
+    outcome = evaluate_rollout(registry, canary, strict, settings.logs_dir, clock())
+    assert outcome.action == "held", outcome.reason
+    assert outcome.analysis is not None and outcome.analysis.decision == "hold"
+    after = registry.get_rollout(MODEL)
+    assert after is not None and (after.step, after.percent) == (canary.step, canary.percent)
