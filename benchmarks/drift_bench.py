@@ -47,7 +47,8 @@ def rates(seeds: int, rows: int) -> None:
     print("| drift knob | days flagged | rate | mean share drifted | features flagged (count) |")
     print("|---|---|---|---|---|")
     for knob in KNOBS:
-        flagged, shares, counts = 0, [], {}
+        flagged, shares = 0, []
+        counts: dict[str, int] = {}
         for s in range(seeds):
             frame = generate_fraud_transactions(seed=1000 + s, drift=knob).frame
             current = frame[FRAUD_FEATURES].sample(rows, random_state=s)
