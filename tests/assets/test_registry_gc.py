@@ -14,6 +14,7 @@ from roost_testing import deploy_model, make_linear_onnx
 
 from assets.registry_gc import collect_garbage, protected_versions, registry_gc
 from assets.resources import RegistryResource
+from orchestration import cli
 from orchestration.cli import main
 from registry import Registry, RoostSettings, State
 from registry.tables import DeploymentRow
@@ -119,6 +120,7 @@ def test_routed_versions_are_never_collected(registry: Registry, settings: Roost
 def test_roost_gc_cli_dry_run_and_run(registry: Registry, settings: RoostSettings) -> None:
     twelve_versions(registry)
     env = {"ROOST_HOME": str(settings.home)}
+    cli._home.cache_clear()  # the CLI caches the home it found, per process
     runner = CliRunner()
     dry = runner.invoke(main, ["gc", "--dry-run", "--retention-days", "0", "--json"], env=env)
     assert dry.exit_code == 0, dry.output

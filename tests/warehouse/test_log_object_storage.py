@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 from s3 import MotoS3, moto_server
 
+from orchestration import cli
 from orchestration.cli import main
 from registry import RoostSettings
 from registry.storage import Location, logs_location
@@ -92,6 +93,7 @@ def test_roost_sql_reads_the_log_on_s3(s3_settings: RoostSettings, s3: MotoS3) -
     assert s3_settings.logs_url is not None
     env = {"ROOST_HOME": str(s3_settings.home), "ROOST_LOGS_URL": s3_settings.logs_url,
            "ROOST_S3_ENDPOINT_URL": s3.endpoint_url}
+    cli._home.cache_clear()  # the CLI caches the home it found, per process
     result = CliRunner().invoke(
         main, ["sql", "--json", "SELECT model, count(*) AS n FROM predictions GROUP BY model"],
         env=env, catch_exceptions=False,
