@@ -10,7 +10,9 @@ from typing import Any
 
 from dagster import AssetSelection, Definitions, define_asset_job
 
+from assets.concept import concept_definitions
 from assets.demo import DEMO_MODELS, DEMO_SPECS, demo_schedules
+from assets.drift import drift_definitions
 from assets.experiments import experiment_definitions
 from assets.features import fraud_feature_assets
 from assets.lineage import build_lineages
@@ -39,6 +41,9 @@ def build_definitions(home: Path | None = None) -> Definitions:
     assets += gc_assets
     retention_assets, retention_schedules = retention_definitions()
     assets += retention_assets
+    drift_assets, drift_schedules = drift_definitions(specs)
+    concept_assets, concept_schedules = concept_definitions(specs)
+    assets += drift_assets + concept_assets
     demo_groups = [spec.prefix for spec in DEMO_SPECS] + ["features"]
     demo_job = define_asset_job(
         "demo_pipeline",
@@ -52,7 +57,8 @@ def build_definitions(home: Path | None = None) -> Definitions:
         asset_checks=[c for lineage in lineages for c in lineage.checks],
         jobs=[demo_job, *(job for lineage in lineages for job in lineage.jobs()),
               *operator_jobs()],
-        schedules=[*demo_schedules(), *experiment_schedules, *gc_schedules, *retention_schedules],
+        schedules=[*demo_schedules(), *experiment_schedules, *gc_schedules, *retention_schedules,
+                   *drift_schedules, *concept_schedules],
         sensors=[registry_observer(specs), make_canary_sensor(specs), make_alert_sensor()],
         resources={"registry": RegistryResource(), "features": FeatureStoreResource()},
     )

@@ -25,6 +25,8 @@ FEATURE_ASSETS = ("customer_activity", "online_features")  # the fraud model's F
 ASSET_KEYS = {AssetKey(f"{p}_{stage}") for p in PREFIXES for stage in STAGES} | {
     AssetKey(name) for name in FEATURE_ASSETS
 }
+# Daily-partitioned monitoring assets (tests/monitoring/test_monitoring_definitions.py).
+MONITORING_KEYS = {AssetKey(f"{p}_{k}") for p in PREFIXES for k in ("data_drift", "concept_drift")}
 STAGING_CHECKS = ("staging_error_rate", "staging_latency", "staging_agreement")
 CHECK_KEYS = {
     AssetCheckKey(AssetKey(f"{p}_validation"), f"{name}_check")
@@ -53,8 +55,8 @@ def test_definitions_hold_the_demo_assets_checks_jobs_schedule_and_resources(
 ) -> None:
     repo = build_definitions(tmp_path).get_repository_def()
     graph = repo.asset_graph
-    assert set(graph.get_all_asset_keys()) == ASSET_KEYS | {
-        AssetKey("experiment_analysis"), AssetKey("registry_gc")
+    assert set(graph.get_all_asset_keys()) == ASSET_KEYS | MONITORING_KEYS | {
+        AssetKey("experiment_analysis"), AssetKey("registry_gc"), AssetKey("retention")
     }
     assert set(graph.asset_check_keys) == CHECK_KEYS
 
@@ -99,7 +101,9 @@ def test_definitions_hold_the_demo_assets_checks_jobs_schedule_and_resources(
 
     # The online store is materialized on a schedule; its job selects just that asset.
     (schedule,) = [s for s in repo.schedule_defs
-                   if s.name not in ("experiment_analysis_schedule", "registry_gc_schedule")]
+                   if s.name not in ("experiment_analysis_schedule", "registry_gc_schedule",
+                                     "retention_schedule",
+                                     "data_drift_schedule", "concept_drift_schedule")]
     assert schedule.cron_schedule == "*/10 * * * *"
     materialize = repo.get_job("materialize_online_features")
     assert set(materialize.asset_layer.selected_asset_keys) == {AssetKey("online_features")}
