@@ -12,6 +12,8 @@ from registry import RoostSettings
 
 # These tamper with the SQLite file through sqlite3; test_postgres_race.py tampers on PostgreSQL.
 SQLITE_FILE_TESTS = {"test_audit_chain_detects_tampering", "test_audit_verify_reports_mangled_json"}
+# Nothing in these depends on the database: once (on SQLite) is enough.
+BACKEND_INDEPENDENT = {"test_onnx_rewrite.py"}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -20,5 +22,7 @@ def settings(request: pytest.FixtureRequest, tmp_path: Path) -> RoostSettings:
         return RoostSettings(home=tmp_path / "roost")
     if getattr(request.node, "originalname", "") in SQLITE_FILE_TESTS:
         pytest.skip("edits registry.db with sqlite3 (the PostgreSQL twin: test_postgres_race)")
+    if request.path.name in BACKEND_INDEPENDENT:
+        pytest.skip("does not depend on the registry database: runs on SQLite only")
     url: str = request.getfixturevalue("postgres_url")
     return RoostSettings(home=tmp_path / "roost", database_url=url)
