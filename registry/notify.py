@@ -9,6 +9,13 @@ moment a notification arrives; elsewhere (SQLite), or while that connection is d
 just times out after the poll interval, which is the generation poll as before. A notification
 only wakes the poller: the poll itself still reads the generation, so a lost or duplicated
 notification costs nothing but latency.
+
+On a hot standby (a region's local replica, ``ROOST_DATABASE_READ_URL``) ``LISTEN`` is not
+allowed and the primary's NOTIFY is not replayed there: the watcher sees the server is in
+recovery, says so once (``standby`` is True) and checks again every ``standby_recheck_s``
+(it starts listening once the standby is promoted); meanwhile the poll every
+``ROOST_POLL_INTERVAL_S`` is what finds changes, which then arrive with the replication lag
+plus up to one poll interval.
 """
 
 from __future__ import annotations
@@ -18,8 +25,11 @@ import contextlib
 import logging
 
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
+
+from registry.dburl import libpq_conninfo, sqlalchemy_url
+
+__all__ = ["CHANNEL", "RegistryWatcher", "is_postgres", "libpq_conninfo", "send", "sqlalchemy_url"]
 
 CHANNEL = "roost_registry"
 log = logging.getLogger("roost.registry.notify")
@@ -27,20 +37,6 @@ log = logging.getLogger("roost.registry.notify")
 
 def is_postgres(url: str | None) -> bool:
     return bool(url) and str(url).split(":", 1)[0].split("+", 1)[0] in ("postgresql", "postgres")
-
-
-def sqlalchemy_url(url: str) -> str:
-    """``postgresql://`` / ``postgres://`` URLs use psycopg 3 (the driver Roost installs)."""
-    for prefix in ("postgresql://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url.removeprefix(prefix)
-    return url
-
-
-def libpq_conninfo(url: str) -> str:
-    """The libpq URI of a SQLAlchemy PostgreSQL URL (driver name dropped)."""
-    parsed = make_url(sqlalchemy_url(url)).set(drivername="postgresql")
-    return parsed.render_as_string(hide_password=False)
 
 
 def send(session: Session, generation: int) -> None:
@@ -59,10 +55,14 @@ class RegistryWatcher:
     changes may have been missed meanwhile. ``notifications`` counts what arrived.
     """
 
-    def __init__(self, url: str | None, *, max_backoff_s: float = 30.0) -> None:
+    def __init__(
+        self, url: str | None, *, max_backoff_s: float = 30.0, standby_recheck_s: float = 30.0
+    ) -> None:
         self.url = url
         self.enabled = is_postgres(url)
         self.listening = False
+        self.standby = False  # the server is a hot standby: no LISTEN there, the poll covers
+        self.standby_recheck_s = standby_recheck_s
         self.notifications = 0
         self.last_payload: str | None = None
         self.max_backoff_s = max_backoff_s
@@ -109,6 +109,20 @@ class RegistryWatcher:
             try:
                 conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
                 async with conn:
+                    cursor = await conn.execute(b"SELECT pg_is_in_recovery()")
+                    row = await cursor.fetchone()
+                    if row is not None and row[0]:
+                        if not self.standby:
+                            log.info(
+                                "registry read server is a hot standby: no LISTEN there, "
+                                "changes are found by the poll (rechecked every %.0f s)",
+                                self.standby_recheck_s,
+                            )
+                        self.standby = True
+                        await conn.close()
+                        await asyncio.sleep(self.standby_recheck_s)
+                        continue
+                    self.standby = False
                     await conn.execute(f"LISTEN {CHANNEL}".encode())
                     self.listening = True
                     self._listening_event.set()

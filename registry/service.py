@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, func, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from registry import audit, migrations
 from registry.artifacts import ArtifactStore, sha256_bytes
+from registry.dburl import RegistryUnavailable, connect_args, describe, unavailable
 from registry.errors import Conflict, InvalidRequest, NotFound
 from registry.lifecycle import DEPLOY_PATH, ROUTABLE, SERVABLE, State, check_transition
 from registry.notify import send as notify_change
@@ -152,7 +154,11 @@ class ModelInfo:
 def _make_engine(url: str, *, immediate: bool) -> Engine:
     if not url.startswith("sqlite"):
         # PostgreSQL (psycopg 3): READ COMMITTED; writers serialise on the counter row lock.
-        return create_engine(sqlalchemy_url(url), pool_pre_ping=True)
+        # pre-ping: after a failover pooled connections to the old server are replaced, and
+        # libpq picks the server the URL's target_session_attrs asks for (registry/dburl.py).
+        return create_engine(
+            sqlalchemy_url(url), pool_pre_ping=True, connect_args=connect_args(url)
+        )
     engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
     @event.listens_for(engine, "connect")
@@ -187,14 +193,23 @@ class Registry(RolloutMethods):
     """
 
     def __init__(
-        self, url: str, artifacts_dir: Path | ArtifactStore, actor: str = "roost"
+        self,
+        url: str,
+        artifacts_dir: Path | ArtifactStore,
+        actor: str = "roost",
+        *,
+        read_url: str | None = None,
     ) -> None:
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.url = url
+        # reads (polls, snapshots, listings) may go to a replica: ROOST_DATABASE_READ_URL
+        self.read_url = read_url or url
         self.engine = _make_engine(url, immediate=True)
         self._read_engine = (
-            _make_engine(url, immediate=False) if url.startswith("sqlite") else self.engine
+            _make_engine(self.read_url, immediate=False)
+            if url.startswith("sqlite") or self.read_url != url
+            else self.engine
         )
         self.artifacts = (  # a directory, or a store built from ROOST_ARTIFACTS_URL
             artifacts_dir if isinstance(artifacts_dir, ArtifactStore)
@@ -207,35 +222,62 @@ class Registry(RolloutMethods):
         self._read_sessions = sessionmaker(self._read_engine, expire_on_commit=False)
         # the schema is Alembic's (registry/migrations): upgraded to head, a create_all-era
         # database stamped first; the generation counter row is created there too
-        migrations.upgrade(self.engine, check=self._read_engine)
         self._notify = self.engine.dialect.name == "postgresql"
+        try:
+            migrations.upgrade(self.engine, check=self._read_engine)
+        except DBAPIError as exc:
+            if self._notify and unavailable(exc):
+                raise self._unavailable(exc, "checking the schema") from exc
+            raise
 
     @classmethod
     def from_settings(cls, settings: RoostSettings) -> Registry:
-        return cls(settings.registry_url, ArtifactStore.from_settings(settings), settings.actor)
+        return cls(
+            settings.registry_url,
+            ArtifactStore.from_settings(settings),
+            settings.actor,
+            read_url=settings.database_read_url,
+        )
 
     def close(self) -> None:
         self.engine.dispose()
         self._read_engine.dispose()
 
+    def _unavailable(self, exc: DBAPIError, what: str) -> RegistryUnavailable:
+        """A registry that cannot take the statement (down, or a read-only standby): 503."""
+        return RegistryUnavailable(
+            f"registry is read-only or unreachable, {what} failed (a failover in progress?): "
+            f"{describe(exc)}"
+        )
+
     # -- transactions -------------------------------------------------------------------------
 
     @contextmanager
     def _read(self) -> Iterator[Session]:
-        with self._read_sessions() as session, session.begin():
-            yield session
+        try:
+            with self._read_sessions() as session, session.begin():
+                yield session
+        except DBAPIError as exc:
+            if self._notify and unavailable(exc):
+                raise self._unavailable(exc, "reading") from exc
+            raise
 
     @contextmanager
     def _write(self) -> Iterator[Session]:
-        with self._sessions() as session, session.begin():
-            # Serialise writers (PostgreSQL: row lock; SQLite: BEGIN IMMEDIATE already did).
-            counter = session.execute(
-                select(CounterRow).where(CounterRow.name == "generation").with_for_update()
-            ).scalar_one()
-            before = counter.value
-            yield session
-            if self._notify and counter.value != before:  # delivered at commit, not on rollback
-                notify_change(session, counter.value)
+        try:
+            with self._sessions() as session, session.begin():
+                # Serialise writers (PostgreSQL: row lock; SQLite: BEGIN IMMEDIATE already did).
+                counter = session.execute(
+                    select(CounterRow).where(CounterRow.name == "generation").with_for_update()
+                ).scalar_one()
+                before = counter.value
+                yield session
+                if self._notify and counter.value != before:  # delivered at commit only
+                    notify_change(session, counter.value)
+        except DBAPIError as exc:
+            if self._notify and unavailable(exc):
+                raise self._unavailable(exc, "the write") from exc
+            raise
 
     def _bump_generation(self, session: Session) -> int:
         counter = session.get(CounterRow, "generation")

@@ -24,7 +24,28 @@ class RoostSettings(BaseSettings):
     """Root of all embedded state: registry database, artifacts, prediction logs, Dagster."""
 
     database_url: str | None = None
-    """SQLAlchemy URL of the registry; default is SQLite (WAL) at ``$ROOST_HOME/registry.db``."""
+    """SQLAlchemy URL of the registry; default is SQLite (WAL) at ``$ROOST_HOME/registry.db``.
+
+    Every registry write goes here. For a PostgreSQL primary with standbys, name every server
+    and let libpq find the writable one (after a failover too)::
+
+        postgresql+psycopg://roost@/roost?host=pg-a:5432,pg-b:5432&target_session_attrs=read-write
+
+    (``host=h1:p1&host=h2:p2`` and the libpq form ``postgresql://u@h1:p1,h2:p2/db`` work too;
+    see :mod:`registry.dburl`)."""
+
+    database_read_url: str | None = None
+    """Where this process *reads* the registry (``ROOST_DATABASE_READ_URL``); unset: the
+    ``database_url``. Meant for gateways outside the primary region: their polls and routing
+    table snapshots read a local streaming replica (hot standby), e.g.
+    ``...?host=standby:5432,primary:5432&target_session_attrs=prefer-standby``, while their
+    writes (admin API, bandit rewards) still go to ``database_url``. Reads from a replica lag
+    the primary by the replication lag (docs/architecture.md, "Multi-region")."""
+
+    region: str = "local"
+    """The region this process runs in (``ROOST_REGION``; the Kubernetes overlays set it):
+    stamped on every prediction-log and feedback row (the ``region`` column). Each region
+    keeps its own prediction log (its own ``ROOST_HOME`` / ``ROOST_LOGS_URL`` bucket)."""
 
     host: str = "127.0.0.1"
     """Address the gateway and the Dagster webserver bind to."""

@@ -87,7 +87,8 @@ class DataPlane:
         """The limits for what the pipeline builds itself (adapted records, looked-up rows)."""
         self.log_writer = log_writer
         self.metrics = metrics
-        self.recorder = PredictionRecorder(log_writer, metrics)
+        region = getattr(settings, "region", None)  # ROOST_REGION, on every log row
+        self.recorder = PredictionRecorder(log_writer, metrics, region)
         self.mirror = ShadowMirror(
             self.run_shadow, max_queue=shadow_queue, workers=shadow_concurrency
         )

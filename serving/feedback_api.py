@@ -91,10 +91,13 @@ async def post_feedback(plane: DataPlaneDep, body: FeedbackBody) -> Response:
     if unknown:
         raise NotFound(f"request_id '{unknown[0]}' is not a served prediction")
     now = datetime.now(UTC)
+    region = plane.repository.settings.region  # feedback stays in this region's log
     records = []
     for rid, label, reward in parsed:
         model, version, experiment, route = known[rid]
-        records.append(FeedbackRecord(rid, model, version, experiment, label, reward, now))
+        records.append(
+            FeedbackRecord(rid, model, version, experiment, label, reward, now, region)
+        )
         if reward is not None and route == "bandit" and experiment is not None:
             plane.repository.record_reward(model, experiment, version, reward)
     await asyncio.to_thread(write_feedback, plane.repository.settings.logs_dir, records)

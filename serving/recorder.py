@@ -3,6 +3,7 @@
 The ``inputs`` column is always the pipeline's rendering (:mod:`serving.protocol.render`):
 ``render_inputs`` of the request the version saw and the online features used, or
 ``render_rejected`` for a payload that did not decode; ``outputs`` is the v2 JSON of the outputs.
+``region`` is the gateway's ``ROOST_REGION``.
 """
 
 from __future__ import annotations
@@ -38,9 +39,15 @@ def outputs_json(outputs: list[tuple[str, np.ndarray]]) -> str:
 class PredictionRecorder:
     """Writes prediction records and counts requests (``roost_requests``, rejections)."""
 
-    def __init__(self, writer: PredictionLogWriter, metrics: GatewayMetrics | None) -> None:
+    def __init__(
+        self,
+        writer: PredictionLogWriter,
+        metrics: GatewayMetrics | None,
+        region: str | None = None,
+    ) -> None:
         self.writer = writer
         self.metrics = metrics
+        self.region = region  # ROOST_REGION: every record says which region served it
 
     async def success(
         self, result: InferResult, context: CallContext, inputs: str, started: float
@@ -98,6 +105,7 @@ class PredictionRecorder:
                 variant=f"shadow-v{copy.version}",
                 route="shadow",
                 shadow=True,
+                region=self.region,
             )
         )
 
@@ -134,6 +142,7 @@ class PredictionRecorder:
                 variant=decision.variant if decision else None,
                 experiment=decision.experiment if decision else None,
                 route=decision.route if decision else None,
+                region=self.region,
             )
         )
         if waiter is not None:

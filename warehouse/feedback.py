@@ -2,6 +2,8 @@
 
 Stored next to the prediction log as ``<logs_dir>/feedback/model=<m>/date=<d>/*.parquet`` and
 joined to predictions on ``request_id`` (DuckDB view ``feedback``, see :mod:`warehouse.sql`).
+Each row carries the ``region`` of the gateway that took it (``ROOST_REGION``): feedback stays in
+the region's own log, like the predictions it is about.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ FEEDBACK_SCHEMA: pa.Schema = pa.schema(
         pa.field("experiment", pa.string()),
         pa.field("label", pa.float64()),
         pa.field("reward", pa.float64()),
+        pa.field("region", pa.string()),  # ROOST_REGION of the gateway; null in older files
     ]
 )
 
@@ -41,6 +44,7 @@ class FeedbackRecord:
     label: float | None
     reward: float | None
     ts: datetime
+    region: str | None = None
 
 
 def write_feedback(logs_dir: Path, records: list[FeedbackRecord]) -> list[Path]:
@@ -63,6 +67,7 @@ def write_feedback(logs_dir: Path, records: list[FeedbackRecord]) -> list[Path]:
                 "experiment": [r.experiment for r in group],
                 "label": [r.label for r in group],
                 "reward": [r.reward for r in group],
+                "region": [r.region for r in group],
             },
             schema=FEEDBACK_SCHEMA,
         )

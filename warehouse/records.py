@@ -33,6 +33,8 @@ PREDICTION_SCHEMA: pa.Schema = pa.schema(
         pa.field("experiment", pa.string()),
         pa.field("route", pa.string()),
         pa.field("shadow", pa.bool_(), nullable=False),
+        # the region of the gateway that answered (ROOST_REGION); null in files written before
+        pa.field("region", pa.string()),
     ]
 )
 """Columns of every prediction-log Parquet file (``model`` and ``date`` are partition keys)."""
@@ -91,6 +93,8 @@ class PredictionRecord:
     """Why the router chose the version: pinned, segment, experiment, bandit, canary, production."""
     shadow: bool = False
     """True for a mirrored copy answered by a shadow version (never sent to the caller)."""
+    region: str | None = None
+    """The region of the gateway that served it (``ROOST_REGION``); None in older logs."""
 
     def __post_init__(self) -> None:
         if self.ts.tzinfo is None or self.ts.utcoffset() is None:
@@ -113,4 +117,6 @@ def records_to_table(records: Sequence[PredictionRecord]) -> pa.Table:
 def records_from_table(table: pa.Table) -> list[PredictionRecord]:
     """The rows of a table with :data:`PREDICTION_SCHEMA`'s columns plus ``model`` as records."""
     names = [f.name for f in dataclasses.fields(PredictionRecord)]
-    return [PredictionRecord(**{n: row[n] for n in names}) for row in table.to_pylist()]
+    return [  # a column an older table lacks (``region``) keeps the record's default
+        PredictionRecord(**{n: row[n] for n in names if n in row}) for row in table.to_pylist()
+    ]

@@ -178,9 +178,11 @@ def _feedback_source(directory: Path) -> str:
     if _has_files(directory):
         glob = _sql_string(f"{directory.as_posix()}/**/*.parquet")
         hive_types = ", ".join(f"'{k}': '{v}'" for k, v in _PARTITION_TYPES.items())
-        return (
-            f"SELECT {names} FROM read_parquet({glob}, hive_partitioning = true, "
-            f"union_by_name = true, hive_types = {{{hive_types}}})"
+        nulls = ", ".join(f'CAST(NULL AS {t}) AS "{n}"' for n, t in columns)
+        return (  # UNION BY NAME: files older than a column (region) read it as NULL
+            f"SELECT {names} FROM (FROM (SELECT {nulls} WHERE false) UNION ALL BY NAME "
+            f"FROM read_parquet({glob}, hive_partitioning = true, "
+            f"union_by_name = true, hive_types = {{{hive_types}}}))"
         )
     nulls = ", ".join(f'CAST(NULL AS {t}) AS "{n}"' for n, t in columns)
     return f"SELECT {nulls} WHERE false"
@@ -313,9 +315,10 @@ def connect(
         elif _has_files(directory):
             hive_types = ", ".join(f"'{k}': '{v}'" for k, v in _PARTITION_TYPES.items())
             glob = _sql_string(f"{directory.as_posix()}/**/*.parquet")
-            source = (
-                f"read_parquet({glob}, hive_partitioning = true, union_by_name = true, "
-                f"hive_types = {{{hive_types}}})"
+            source = (  # UNION BY NAME: files older than a column (region) read it as NULL
+                f"(FROM {_empty_predictions()} UNION ALL BY NAME "
+                f"FROM read_parquet({glob}, hive_partitioning = true, union_by_name = true, "
+                f"hive_types = {{{hive_types}}}))"
             )
         else:
             source = _empty_predictions()

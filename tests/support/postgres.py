@@ -7,6 +7,14 @@ run as root), with durability switched off (``fsync=off``: a test cluster is thr
 empty database of its own; :meth:`PostgresServer.stop` stops the server and deletes the
 directory. Without the binaries (``/usr/lib/postgresql/*/bin`` or ``ROOST_PG_BIN``) the
 session fixture skips with the reason; ``.ci/run`` installs them on a fresh CI machine.
+
+Replication (tests/e2e/test_region_failover.py): ``start_server(replication=True)`` makes a
+primary that streams its WAL (``wal_level=replica``, WAL senders, a ``REPLICATION`` role; the
+default pg_hba of ``initdb --auth=trust`` already lets 127.0.0.1 connect for replication, and
+commits are flushed locally so they ship at once); :meth:`PostgresServer.create_standby` runs
+``pg_basebackup -R`` and starts a hot standby on another port; :meth:`PostgresServer.crash`
+stops a server with ``-m immediate`` and keeps its directory; :meth:`PostgresServer.promote`
+makes a standby the primary.
 """
 
 from __future__ import annotations
@@ -56,12 +64,18 @@ def _run_as() -> list[str]:
     return ["runuser", "-u", "postgres", "--"]
 
 
+REPLICATOR = "replicator"
+"""The role standbys stream WAL as (``start_server(replication=True)``)."""
+
+
 @dataclass
 class PostgresServer:
     bin_dir: Path
     root: Path  # data directory, socket and log live under it
     port: int
     _names: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    options: tuple[str, ...] = ()
+    """Extra ``-c name=value`` settings this server starts with."""
 
     @property
     def data_dir(self) -> Path:
@@ -94,6 +108,7 @@ class PostgresServer:
                 "-c full_page_writes=off",
                 "-c max_connections=300",
                 "-c shared_buffers=32MB",
+                *(f"-c {option}" for option in self.options),
             ]
         )
         try:
@@ -108,6 +123,44 @@ class PostgresServer:
         with contextlib.suppress(subprocess.CalledProcessError):
             self._pg_ctl("stop", "-m", "immediate", "-w")
         shutil.rmtree(self.root, ignore_errors=True)
+
+    def crash(self) -> None:
+        """``pg_ctl stop -m immediate`` (no shutdown checkpoint, like a lost machine); the data
+        directory stays."""
+        self._pg_ctl("stop", "-m", "immediate", "-w")
+
+    def promote(self, timeout_s: int = 60) -> None:
+        """``pg_ctl promote``: a standby leaves recovery and takes writes (waits until it has)."""
+        self._pg_ctl("promote", "-w", "-t", str(timeout_s))
+
+    def in_recovery(self) -> bool:
+        """Whether the server is a standby (``pg_is_in_recovery()``)."""
+        return bool(self.query("SELECT pg_is_in_recovery()")[0][0])
+
+    def query(self, sql: str, database: str = "postgres") -> list[tuple[object, ...]]:
+        """The rows of one statement, as the superuser."""
+        import psycopg
+
+        with psycopg.connect(
+            host="127.0.0.1", port=self.port, user=SUPERUSER, dbname=database, autocommit=True,
+            connect_timeout=5,
+        ) as conn:  # fmt: skip
+            return list(conn.execute(sql.encode()).fetchall())
+
+    def create_standby(self, *, options: tuple[str, ...] = ()) -> PostgresServer:
+        """A hot standby of this primary (``start_server(replication=True)``), started on a free
+        loopback port: ``pg_basebackup -R`` (streams WAL while copying, writes
+        ``standby.signal`` and ``primary_conninfo``) into a new temporary directory."""
+        root = _owned_tempdir("roost-pg-standby-")
+        subprocess.run(
+            [
+                *_run_as(), str(self.bin_dir / "pg_basebackup"), "-h", "127.0.0.1",
+                "-p", str(self.port), "-U", REPLICATOR, "-D", str(root / "data"), "-R",
+                "-X", "stream", "-c", "fast", "--no-sync",
+            ],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        return _start_on_free_port(self.bin_dir, root, ("hot_standby=on", *options))
 
     def execute(self, sql: str) -> None:
         """Run one statement outside a transaction (CREATE/DROP DATABASE) as the superuser."""
@@ -128,18 +181,50 @@ class PostgresServer:
         self.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def start_server() -> PostgresServer:
-    """initdb + pg_ctl start on a free loopback port; raises FileNotFoundError without binaries."""
+def _owned_tempdir(prefix: str) -> Path:
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    if os.geteuid() == 0:
+        _run_as()  # creates the postgres user if missing
+        shutil.chown(root, user="postgres")
+    return root
+
+
+def _start_on_free_port(bin_dir: Path, root: Path, options: tuple[str, ...]) -> PostgresServer:
+    last: Exception | None = None
+    for _ in range(3):  # the free port may be taken between choosing and binding it
+        server = PostgresServer(bin_dir, root, _free_port(), options=options)
+        try:
+            server.start()
+            return server
+        except RuntimeError as exc:
+            last = exc
+    shutil.rmtree(root, ignore_errors=True)
+    raise RuntimeError(f"could not start PostgreSQL: {last}")
+
+
+REPLICATION_OPTIONS = (
+    "wal_level=replica",
+    "max_wal_senders=5",
+    "wal_keep_size=64MB",
+    "synchronous_commit=local",  # a commit's WAL is flushed (and so shipped) at once
+    "full_page_writes=on",
+    "hot_standby_feedback=on",
+)
+
+
+def start_server(*, replication: bool = False) -> PostgresServer:
+    """initdb + pg_ctl start on a free loopback port; raises FileNotFoundError without binaries.
+
+    ``replication``: a primary standbys can stream from (:data:`REPLICATION_OPTIONS`, the
+    :data:`REPLICATOR` role); see :meth:`PostgresServer.create_standby`.
+    """
     bin_dir = find_bin_dir()
     if bin_dir is None:
         raise FileNotFoundError(
             "PostgreSQL binaries (initdb, pg_ctl) not found: install postgresql "
             "(apt-get install postgresql) or set ROOST_PG_BIN"
         )
-    root = Path(tempfile.mkdtemp(prefix="roost-pg-"))
-    if os.geteuid() == 0:
-        _run_as()  # creates the postgres user if missing
-        shutil.chown(root, user="postgres")
+    root = _owned_tempdir("roost-pg-")
     prefix = _run_as()
     subprocess.run(
         [
@@ -158,16 +243,10 @@ def start_server() -> PostgresServer:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    last: Exception | None = None
-    for _ in range(3):  # the free port may be taken between choosing and binding it
-        server = PostgresServer(bin_dir, root, _free_port())
-        try:
-            server.start()
-            return server
-        except RuntimeError as exc:
-            last = exc
-    shutil.rmtree(root, ignore_errors=True)
-    raise RuntimeError(f"could not start PostgreSQL: {last}")
+    server = _start_on_free_port(bin_dir, root, REPLICATION_OPTIONS if replication else ())
+    if replication:
+        server.execute(f"CREATE ROLE {REPLICATOR} WITH REPLICATION LOGIN")
+    return server
 
 
 TEMPLATE = "roost_registry_template"

@@ -403,6 +403,7 @@ EXPECTED_COLUMNS = [
     ("experiment", "VARCHAR"),
     ("route", "VARCHAR"),
     ("shadow", "BOOLEAN"),
+    ("region", "VARCHAR"),
 ]
 
 
