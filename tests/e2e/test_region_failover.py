@@ -21,6 +21,7 @@ target_session_attrs=prefer-standby``). A client sends requests to both the whol
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -34,6 +35,7 @@ from roost_testing import GatewayProcess, deploy_model, make_linear_onnx
 
 from registry import Registry, State
 from registry.dburl import RegistryUnavailable
+from registry.notify import RegistryWatcher
 from warehouse import run_query
 
 pytestmark = pytest.mark.slow
@@ -110,6 +112,20 @@ def servers() -> Iterator[tuple[PostgresServer, PostgresServer]]:
         if standby is not None:
             standby.stop()
         primary.stop()
+
+
+def watcher_on(url: str) -> tuple[bool, bool]:
+    """(standby, listening) of a change watcher (registry/notify.py) pointed at ``url``."""
+
+    async def probe() -> tuple[bool, bool]:
+        watcher = RegistryWatcher(url, standby_recheck_s=0.2)
+        watcher.start()
+        listening = await watcher.wait_listening(1.0)
+        standby = watcher.standby
+        await watcher.close()
+        return standby, listening
+
+    return asyncio.run(probe())
 
 
 def generation_on(conn: psycopg.Connection[tuple[int]]) -> int:
@@ -204,13 +220,16 @@ def test_registry_failover_between_regions(
         assert errors and float(errors[0].split()[-1]) >= 1, errors
         us_ready = httpx.get(f"{us.url}/v2/health/ready", timeout=5).json()
         assert not any("registry unreachable" in why for why in us_ready.get("reasons", []))
-        time.sleep(1.0)  # both keep serving v2 meanwhile (checked below: zero failures)
+        # no LISTEN on a hot standby: a watcher there says so and leaves it to the poll
+        assert watcher_on(standby.url("roost")) == (True, False)
+        time.sleep(0.5)  # both keep serving v2 meanwhile (checked below: zero failures)
 
         # 3. promote the standby: writes come back, both regions follow
         promoting = time.monotonic()
         standby.promote()
         promote_s = time.monotonic() - promoting
         assert not standby.in_recovery()
+        assert watcher_on(standby.url("roost")) == (False, True)  # LISTEN works there now
         deadline = time.monotonic() + 20
         while True:
             try:
@@ -258,6 +277,6 @@ def test_registry_failover_between_regions(
         f"after {write_refused_s:.2f} s, eu reports the registry unreachable after "
         f"{eu_unreachable_s:.2f} s; pg_ctl promote {promote_s:.2f} s, first write "
         f"{first_write_s:.2f} s after promote (writes unavailable {outage_s:.2f} s in all, "
-        f"incl. a deliberate 1 s); rollback served by eu after {eu_back_s:.2f} s, us after "
+        f"incl. 1.5 s of checks); rollback served by eu after {eu_back_s:.2f} s, us after "
         f"{us_back_s:.2f} s; requests {served} with 0 failures"
     )
