@@ -38,7 +38,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -54,6 +54,9 @@ from statsmodels.stats.proportion import (
 from analysis.samples import ArmSample, FloatArray, read_arms
 from registry.traffic import Experiment
 from warehouse.sql import EXPERIMENT_RESULTS_DIR, EXPERIMENT_RESULTS_SCHEMA
+
+if TYPE_CHECKING:
+    from registry.storage import Location
 
 Interval = tuple[float, float]
 
@@ -281,11 +284,13 @@ def read_experiment(
     config: ExperimentConfig | None = None,
     *,
     label_output: str = "label",
+    logs_location: Location | None = None,
 ) -> ExperimentResult:
     """:func:`analyse_experiment` over the requests ``experiment`` routed in ``[since, until)``
-    (see :func:`analysis.samples.read_arms`)."""
+    (see :func:`analysis.samples.read_arms`, also for ``logs_location``)."""
     arms = read_arms(
-        logs_dir, model, since, until, experiment=experiment.id, label_output=label_output
+        logs_dir, model, since, until, experiment=experiment.id, label_output=label_output,
+        logs_location=logs_location,
     )
     return analyse_experiment(model, experiment, arms, since, until, config)
 

@@ -36,13 +36,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
 from warehouse.sql import connect
+
+if TYPE_CHECKING:
+    from registry.storage import Location
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -161,13 +164,17 @@ def read_arms(
     experiment: str | None = None,
     routes: Sequence[str] | None = None,
     label_output: str = "label",
+    logs_location: Location | None = None,
 ) -> list[ArmSample]:
     """One :class:`ArmSample` per (variant, version) of ``model``'s requests in
     ``[since, until)`` (timezone-aware), ordered by variant then version.
 
     ``experiment`` keeps only requests that experiment routed (``route = 'experiment'``);
     ``routes`` keeps only those routes (e.g. ``("production", "canary")``: requests the router
-    randomised, not pinned or segment ones). ``logs_dir`` is ``RoostSettings.logs_dir``.
+    randomised, not pinned or segment ones). ``logs_dir`` is ``RoostSettings.logs_dir``;
+    ``logs_location`` (:func:`registry.storage.logs_location`) is where the sealed prediction
+    log lives when ``ROOST_LOGS_URL`` puts it elsewhere (object storage); feedback is always
+    read from ``logs_dir``.
     """
     if since.tzinfo is None or until.tzinfo is None:
         raise ValueError("since and until must be timezone-aware")
@@ -188,7 +195,7 @@ def read_arms(
         conditions.append(f"route IN ({', '.join(names) or 'NULL'})")
         params |= {f"route{i}": r for i, r in enumerate(routes)}
     arm_filter = "".join(f" AND {c}" for c in conditions)
-    con = connect(Path(logs_dir))
+    con = connect(Path(logs_dir), logs_location=logs_location)
     try:
         table = con.sql(_QUERY.format(arm_filter=arm_filter), params=params).to_arrow_table()
     finally:
@@ -228,6 +235,7 @@ def read_canary(
     *,
     canary_version: int | None = None,
     label_output: str = "label",
+    logs_location: Location | None = None,
 ) -> tuple[ArmSample, ArmSample]:
     """(production, canary): the requests the router sent to production and to the canary
     (routes ``production`` and ``canary`` only) in ``[since, until)``.
@@ -238,7 +246,7 @@ def read_canary(
     """
     arms = read_arms(
         logs_dir, model, since, until, routes=("production", "canary"),
-        label_output=label_output,
+        label_output=label_output, logs_location=logs_location,
     )
     production = [a for a in arms if a.arm == "production"]
     canary = [

@@ -32,6 +32,7 @@ from assets.drift import DAILY, GROUP
 from assets.resources import RegistryResource
 from assets.spec import ModelSpec
 from monitoring.concept import ConceptReport, concept_drift, validation_baselines
+from registry.storage import logs_location
 
 JOB = "concept_drift_job"
 SCHEDULE = "concept_drift_schedule"
@@ -82,8 +83,9 @@ def concept_asset(spec: ModelSpec) -> AssetsDefinition:
             baselines = validation_baselines(reg, spec.name)
         finally:
             reg.close()
-        report = concept_drift(registry.settings().logs_dir, spec.name, since,
-                               since + timedelta(days=1), baselines, window=WINDOW)
+        settings = registry.settings()
+        report = concept_drift(settings.logs_dir, spec.name, since, since + timedelta(days=1),
+                               baselines, window=WINDOW, logs_location=logs_location(settings))
         if not report.windows:
             return MaterializeResult(metadata={"status": "no data",
                                                "detail": "no feedback for that day"})

@@ -40,6 +40,7 @@ from dagster import (
 from assets.resources import RegistryResource
 from assets.spec import ModelSpec
 from monitoring.drift import DriftResult, NoData, feature_names_for, run_drift
+from registry.storage import logs_location
 
 GROUP = "monitoring"
 START_DATE_ENV = "ROOST_MONITORING_START_DATE"
@@ -113,8 +114,9 @@ def drift_asset(spec: ModelSpec) -> AssetsDefinition:
         finally:
             reg.close()
         try:
-            result = run_drift(registry.settings().logs_dir, spec, day, names,
-                               input_name=input_name)
+            settings = registry.settings()
+            result = run_drift(settings.logs_dir, spec, day, names, input_name=input_name,
+                               logs_location=logs_location(settings))
         except NoData as exc:
             context.log.warning(str(exc))
             return MaterializeResult(metadata={"status": "no data", "detail": str(exc)})

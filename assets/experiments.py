@@ -32,6 +32,7 @@ from dagster import (
 from analysis.experiments import ExperimentResult, read_experiment, write_experiment_results
 from assets.resources import RegistryResource
 from registry import RoostSettings
+from registry.storage import logs_location
 
 ASSET = "experiment_analysis"
 JOB = "experiment_analysis_job"
@@ -80,8 +81,10 @@ def analyse_running_experiments(
         policies = reg.policies()
     finally:
         reg.close()
+    location = logs_location(settings)  # ROOST_LOGS_URL: the sealed log may be on S3
     return [
-        read_experiment(settings.logs_dir, model, experiment, since, until)
+        read_experiment(settings.logs_dir, model, experiment, since, until,
+                        logs_location=location)
         for model, policy in sorted(policies.items())
         for experiment in policy.experiments
     ]

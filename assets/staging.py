@@ -115,16 +115,25 @@ def _label_of(outputs: list[dict[str, Any]]) -> list[int] | None:
 
 
 def production_samples(settings: RoostSettings, model: str, limit: int) -> list[Sample]:
-    """The model's ``limit`` most recent successful, non-shadow production requests."""
+    """The model's ``limit`` most recent successful, non-shadow production requests (from the
+    production scope's sealed log: local, or object storage when ``ROOST_LOGS_URL`` says so)."""
     import pyarrow.dataset as ds
 
-    root = settings.model_copy(update={"scope": "production"}).logs_dir / "predictions"
-    directory = root / f"model={model}"
-    if not directory.is_dir():
-        return []
-    table = ds.dataset(str(directory), format="parquet", partitioning="hive").to_table(
-        columns=["ts", "inputs", "outputs", "status", "shadow"]
-    )
+    from registry.storage import local_path, logs_location
+
+    location = logs_location(settings.model_copy(update={"scope": "production"}))
+    relative = f"predictions/model={model}"
+    if location.local:
+        directory = local_path(location.url) / relative
+        if not directory.is_dir():
+            return []
+        dataset = ds.dataset(str(directory), format="parquet", partitioning="hive")
+    else:
+        files = location.glob(f"{relative}/**/*.parquet")
+        if not files:
+            return []
+        dataset = ds.dataset(files, format="parquet", filesystem=location.fs)
+    table = dataset.to_table(columns=["ts", "inputs", "outputs", "status", "shadow"])
     frame = table.to_pandas()
     frame = frame[(frame["status"] == 200) & (~frame["shadow"])].sort_values("ts")
     samples: list[Sample] = []

@@ -41,12 +41,15 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from warehouse.sql import connect
+
+if TYPE_CHECKING:
+    from registry.storage import Location
 
 ECE_BINS = 10
 BASELINE_METRIC = "validation.accuracy.accuracy"
@@ -167,12 +170,14 @@ def binomial_p_value(correct: int, labelled: int, baseline: float) -> float:
 def read_labelled(
     logs_dir: Path, model: str, since: datetime, until: datetime,
     *, label_output: str = "label", proba_output: str = "probabilities",
+    logs_location: Location | None = None,
 ) -> pd.DataFrame:
     """Served predictions of ``[since, until)`` with feedback: ts, version, label, reward,
-    predicted (NULL unless one value) and proba (NULL unless two classes)."""
+    predicted (NULL unless one value) and proba (NULL unless two classes). ``logs_location``:
+    the sealed prediction log's location when not under ``logs_dir`` (``ROOST_LOGS_URL``)."""
     if since.tzinfo is None or until.tzinfo is None:
         raise ValueError("since and until must be timezone-aware")
-    con = connect(logs_dir)
+    con = connect(logs_dir, logs_location=logs_location)
     try:
         return con.execute(_QUERY, {
             "model": model, "since": since, "until": until,
@@ -215,10 +220,11 @@ def concept_drift(
     window: timedelta = timedelta(hours=1),
     alpha: float = DEFAULT_ALPHA,
     margin: float = DEFAULT_MARGIN,
+    logs_location: Location | None = None,
 ) -> ConceptReport:
     """Window metrics of ``model`` over ``[since, until)`` and the change test against
     ``baselines`` (version -> validation accuracy; a version without one is not tested)."""
-    frame = read_labelled(logs_dir, model, since, until)
+    frame = read_labelled(logs_dir, model, since, until, logs_location=logs_location)
     results: list[tuple[WindowMetrics, float | None]] = []
     if not frame.empty:
         frame["ts"] = pd.to_datetime(frame["ts"], utc=True)

@@ -48,6 +48,7 @@ from warehouse.sql import DRIFT_SCORES_DIR, DRIFT_SCORES_SCHEMA
 if TYPE_CHECKING:
     from assets.spec import ModelSpec
     from registry import Registry
+    from registry.storage import Location
 
 DRIFT_SHARE = 0.25
 """A model's day is drifted when at least this share of its features drifted."""
@@ -298,12 +299,16 @@ def run_drift(
     drift_share: float = DRIFT_SHARE,
     max_rows: int = CURRENT_MAX_ROWS,
     write: bool = True,
+    logs_location: Location | None = None,
 ) -> DriftResult:
     """Compare ``spec``'s logged inputs of ``day`` with its reference; write the HTML report
-    and the scores (unless ``write`` is false). Raises :class:`NoData` on a day without rows."""
+    and the scores (unless ``write`` is false). Raises :class:`NoData` on a day without rows.
+    ``logs_location``: where the sealed log is read from (``ROOST_LOGS_URL``); the report and
+    the scores are always written under ``logs_dir``."""
     names = list(feature_names)
     logged: LoggedInputs = read_logged_inputs(
-        logs_dir, spec.name, day, names, input_name=input_name, max_rows=max_rows
+        logs_dir, spec.name, day, names, input_name=input_name, max_rows=max_rows,
+        logs_location=logs_location,
     )
     if logged.frame.empty:
         raise NoData(f"model {spec.name!r}: no logged inputs with {len(names)} features on "

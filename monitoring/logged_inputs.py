@@ -18,16 +18,21 @@ requests costs its float matrix (8 bytes x rows x features) plus one batch. With
 requests are kept with a seeded probability so that about ``max_rows`` rows remain (a uniform
 sample; the drift tests compare distributions, which a 250 k-row sample pins down as well as
 the whole day), and the frame is trimmed to ``max_rows`` at the end.
+
+Where: ``<logs_dir>/predictions`` by default; with ``logs_location``
+(:func:`registry.storage.logs_location`, i.e. ``ROOST_LOGS_URL``) the sealed files are listed
+and streamed through that location's fsspec filesystem (S3: ranged GETs of the columns read).
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -35,8 +40,12 @@ import pandas as pd
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from registry.storage import local_path
 from warehouse.records import validate_model_name
 from warehouse.writer import PREDICTIONS_DIR
+
+if TYPE_CHECKING:
+    from registry.storage import Location
 
 BATCH_ROWS = 65_536
 _COLUMNS = ["inputs", "shadow", "status"]
@@ -57,28 +66,55 @@ class LoggedInputs:
     """Requests with no listed tensor of the features' width (summarised, other shapes)."""
 
 
+def _remote(logs_location: Location | None) -> Location | None:
+    """The location when it is object storage (read through fsspec), else None."""
+    return logs_location if logs_location is not None and not logs_location.local else None
+
+
+def _logs_root(logs_dir: Path, logs_location: Location | None) -> Path:
+    """The local logs root: ``logs_dir``, or a local ``logs_location``'s directory."""
+    if logs_location is not None and logs_location.local:
+        return local_path(logs_location.url)
+    return Path(logs_dir)
+
+
 def partition_dir(logs_dir: Path, model: str, day: date) -> Path:
     """``<logs_dir>/predictions/model=<model>/date=<day>``."""
     validate_model_name(model)
     return Path(logs_dir) / PREDICTIONS_DIR / f"model={model}" / f"date={day.isoformat()}"
 
 
-def partition_files(logs_dir: Path, model: str, day: date) -> list[Path]:
-    """The published Parquet files of one (model, day) partition, sorted by name."""
-    directory = partition_dir(logs_dir, model, day)
-    return sorted(directory.glob("*.parquet")) if directory.is_dir() else []
+def partition_files(
+    logs_dir: Path, model: str, day: date, *, logs_location: Location | None = None
+) -> list[str]:
+    """The published Parquet files of one (model, day) partition, sorted by name: local paths,
+    or paths in ``logs_location.fs`` when it is object storage."""
+    remote = _remote(logs_location)
+    if remote is not None:
+        validate_model_name(model)
+        return remote.glob(f"{PREDICTIONS_DIR}/model={model}/date={day.isoformat()}/*.parquet")
+    directory = partition_dir(_logs_root(logs_dir, logs_location), model, day)
+    return [str(p) for p in sorted(directory.glob("*.parquet"))] if directory.is_dir() else []
 
 
-def logged_days(logs_dir: Path, model: str) -> list[date]:
+def logged_days(
+    logs_dir: Path, model: str, *, logs_location: Location | None = None
+) -> list[date]:
     """The UTC days with a prediction-log partition for ``model``, oldest first."""
-    root = Path(logs_dir) / PREDICTIONS_DIR / f"model={validate_model_name(model)}"
+    relative = f"{PREDICTIONS_DIR}/model={validate_model_name(model)}"
+    remote = _remote(logs_location)
+    if remote is not None:
+        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in remote.glob(f"{relative}/date=*")]
+    else:
+        root = _logs_root(logs_dir, logs_location) / relative
+        names = [d.name for d in root.glob("date=*")] if root.is_dir() else []
     days = []
-    for directory in root.glob("date=*") if root.is_dir() else []:
+    for name in names:
         try:
-            days.append(date.fromisoformat(directory.name.removeprefix("date=")))
+            days.append(date.fromisoformat(name.removeprefix("date=")))
         except ValueError:
             continue
-    return sorted(days)
+    return sorted(set(days))
 
 
 def _tensor_rows(text: str, width: int, input_name: str | None) -> list[Any] | None:
@@ -104,9 +140,26 @@ def _tensor_rows(text: str, width: int, input_name: str | None) -> list[Any] | N
     return None
 
 
-def _batches(files: Sequence[Path]) -> Iterator[Any]:
+@contextlib.contextmanager
+def _parquet(path: str, remote: Location | None) -> Iterator[pq.ParquetFile]:
+    """One Parquet file, opened locally or through the object store's filesystem."""
+    with contextlib.ExitStack() as stack:
+        source: Any = stack.enter_context(remote.fs.open(path, "rb")) if remote else path
+        yield stack.enter_context(pq.ParquetFile(source))
+
+
+def _batches(files: Sequence[str], remote: Location | None = None) -> Iterator[Any]:
     for path in files:
-        yield from pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS, columns=_COLUMNS)
+        with _parquet(path, remote) as file:
+            yield from file.iter_batches(batch_size=BATCH_ROWS, columns=_COLUMNS)
+
+
+def _num_rows(files: Sequence[str], remote: Location | None) -> int:
+    total = 0
+    for path in files:
+        with _parquet(path, remote) as file:
+            total += file.metadata.num_rows
+    return total
 
 
 def read_logged_inputs(
@@ -118,22 +171,25 @@ def read_logged_inputs(
     input_name: str | None = None,
     max_rows: int | None = None,
     seed: int = 0,
+    logs_location: Location | None = None,
 ) -> LoggedInputs:
     """The feature rows ``model`` was asked about on ``day`` (UTC), as float64 columns.
 
-    ``input_name`` picks the tensor when a request has several (the signature's input).
+    ``input_name`` picks the tensor when a request has several (the signature's input);
+    ``logs_location`` is where the sealed log lives when not under ``logs_dir``.
     """
     names = list(feature_names)
     width = len(names)
     if width == 0:
         raise ValueError(f"model {model!r}: no feature names to read the logged inputs with")
-    files = partition_files(logs_dir, model, day)
-    total = sum(pq.ParquetFile(p).metadata.num_rows for p in files)
+    files = partition_files(logs_dir, model, day, logs_location=logs_location)
+    remote = _remote(logs_location)
+    total = _num_rows(files, remote)
     keep = 1.0 if not max_rows or total <= max_rows else max_rows / total
     rng = np.random.default_rng(seed)
     blocks: list[np.ndarray] = []
     out = LoggedInputs(frame=pd.DataFrame(columns=names, dtype=np.float64), requests=0, rows=0)
-    for batch in _batches(files):
+    for batch in _batches(files, remote):
         shadow = batch.column("shadow").fill_null(False)
         failed = pc.greater_equal(batch.column("status"), 400).fill_null(True)
         out.skipped_shadow += pc.sum(shadow).as_py() or 0

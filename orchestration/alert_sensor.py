@@ -38,6 +38,7 @@ from monitoring.alerts.logsource import LogSource
 from monitoring.alerts.notifier import RULES_SOURCE, Notifier, TickReport, Transition
 from orchestration.alert_events import alerts_path, emit_alert
 from registry import Registry, RoostSettings
+from registry.storage import logs_location
 
 ALERT_SENSOR = "alert_sensor"
 STATE_DIR = "alerting"
@@ -73,7 +74,7 @@ def alert_tick(settings: RoostSettings, now: datetime, *, rules_file: Path | Non
     logs_dir = settings.logs_dir
     reg = Registry.from_settings(settings)
     try:
-        with LogSource(logs_dir, reg) as source:
+        with LogSource(logs_dir, reg, logs_location=logs_location(settings)) as source:
             states = evaluate(config.rules, source, now)
     finally:
         reg.close()

@@ -58,6 +58,7 @@ from assets.spec import CanarySettings, ModelSpec
 from orchestration.alert_events import emit_alert
 from registry import Conflict, Registry, RoostSettings
 from registry.rollout import RolloutPhase, RolloutStatus
+from registry.storage import Location, logs_location
 
 CANARY_SENSOR = "canary_sensor"
 ACTOR = "dagster:canary_sensor"
@@ -114,12 +115,17 @@ def evaluate_rollout(
     logs_dir: Path,
     now: datetime,
     handled: Mapping[str, Any] | None = None,
+    *,
+    location: Location | None = None,
 ) -> Outcome:
-    """Analyse one canary step and act on the decision, compare-and-set on ``status.revision``."""
+    """Analyse one canary step and act on the decision, compare-and-set on ``status.revision``.
+
+    ``location``: where the sealed prediction log lives (:func:`registry.storage.logs_location`;
+    ``ROOST_LOGS_URL`` may put it on object storage); None: under ``logs_dir``."""
     config, dwell_s = canary_config(spec, status)
     since = status.step_started_at or status.started_at
     production, canary = read_canary(logs_dir, status.model, since, now,
-                                     canary_version=status.version)
+                                     canary_version=status.version, logs_location=location)
     look = min(status.step + 1, config.looks)
     analysis = compare(production, canary, config, look)
     if (status.percent >= 100 and analysis.decision == "hold"
@@ -172,8 +178,11 @@ def canary_tick(
     logs_dir: Path,
     cursor: Mapping[str, Any],
     now: datetime,
+    *,
+    location: Location | None = None,
 ) -> tuple[list[Outcome], list[str], dict[str, Any]]:
-    """One tick over every running, unpaused canary: (outcomes, notes on skipped ones, cursor)."""
+    """One tick over every running, unpaused canary: (outcomes, notes on skipped ones, cursor).
+    ``location``: as for :func:`evaluate_rollout`."""
     handled: dict[str, Any] = dict(cursor.get("models", {}))
     outcomes: list[Outcome] = []
     notes: list[str] = []
@@ -187,7 +196,7 @@ def canary_tick(
             notes.append(f"{status.model} v{status.version}: paused at {status.percent:g}%")
             continue
         result = evaluate_rollout(reg, status, specs.get(status.model), logs_dir, now,
-                                  handled.get(status.model))
+                                  handled.get(status.model), location=location)
         outcomes.append(result)
         handled[status.model] = {
             "rollout": result.rollout, "revision": result.revision, "action": result.action,
@@ -299,11 +308,13 @@ def make_canary_sensor(
                         "rolls it back.")
     def canary(context: SensorEvaluationContext, registry: RegistryResource) -> SensorResult:
         now = now_of()
-        logs_dir = registry.settings().logs_dir
+        settings = registry.settings()
+        logs_dir = settings.logs_dir
         reg = registry.get_registry()
         try:
             outcomes, notes, cursor = canary_tick(
-                reg, by_name, logs_dir, load_cursor(context.cursor), now)
+                reg, by_name, logs_dir, load_cursor(context.cursor), now,
+                location=logs_location(settings))
         finally:
             reg.close()
         events: list[AssetObservation] = []

@@ -31,6 +31,7 @@ def erase(user_id: str, dry_run: bool, wait_s: float, actor: str | None, as_json
     """Remove every prediction and feedback row of a user (Parquet and unsealed write-ahead
     log), safely while gateways keep writing; audited (a digest of the id, counts, files)."""
     from orchestration.cli import _read_registry, _settings, friendly_errors
+    from registry.storage import logs_location
     from warehouse.erasure import erase_user, record_erasure
     from warehouse.minimise import UserIdHasher
 
@@ -43,7 +44,7 @@ def erase(user_id: str, dry_run: bool, wait_s: float, actor: str | None, as_json
             click.echo("note: ROOST_USER_ID_KEY is not set: matching the id as given", err=True)
         try:
             report = erase_user(settings.logs_dir, user_id, hasher=hasher, dry_run=dry_run,
-                                wait_s=wait_s)  # fmt: skip
+                                wait_s=wait_s, logs_location=logs_location(settings))
             if registry is not None:
                 record_erasure(registry, report, actor)
         finally:

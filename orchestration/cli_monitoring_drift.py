@@ -30,16 +30,18 @@ def _analyse(model: str, since: date | None, max_rows: int) -> list[dict[str, An
     from assets.spec import all_specs
     from monitoring.drift import NoData, feature_names_for, run_drift
     from monitoring.logged_inputs import logged_days
+    from registry.storage import logs_location
 
     settings = _cli()._settings()
     specs = {s.name: s for s in all_specs(settings.home)}
     if model not in specs:
         raise NotFound(f"no model spec named {model!r} (known: {', '.join(sorted(specs))})")
     spec = specs[model]
-    days = logged_days(settings.logs_dir, model)
+    location = logs_location(settings)  # ROOST_LOGS_URL: the sealed log may be on S3
+    days = logged_days(settings.logs_dir, model, logs_location=location)
     days = [d for d in days if d >= since] if since else days[-1:]
     if not days:
-        raise NotFound(f"model {model!r} has no logged inputs in {settings.logs_dir}"
+        raise NotFound(f"model {model!r} has no logged inputs in {location.url}"
                        + (f" since {since}" if since else ""))
     try:
         registry = _cli()._read_registry()
@@ -54,7 +56,7 @@ def _analyse(model: str, since: date | None, max_rows: int) -> list[dict[str, An
     for day in days:
         try:
             result = run_drift(settings.logs_dir, spec, day, names, input_name=input_name,
-                               max_rows=max_rows)
+                               max_rows=max_rows, logs_location=location)
         except NoData as exc:
             click.echo(f"note: {exc}", err=True)
             continue

@@ -33,6 +33,12 @@ Protocol (every step before the next):
 
 ``dry_run`` does steps 3-5 read-only and reports what would go; it writes nothing, not even a
 tombstone. Erasers serialise on ``erasure/ERASE.lock``.
+
+**Local only.** When ``ROOST_LOGS_URL`` puts the sealed log on object storage, :func:`erase_user`
+refuses (:class:`~registry.errors.InvalidRequest`) rather than report an erasure it did not do:
+the tombstones and the seal barrier (steps 1-2) are files and flocks on one host's disk, so the
+gateways of other hosts would keep sealing the user's rows to the shared bucket after the
+rewrite. Erasing there needs the tombstones in shared storage first.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from registry.errors import InvalidRequest
 from warehouse.feedback import FEEDBACK_DIR
 from warehouse.minimise import UserIdHasher
 from warehouse.tombstones import ERASURE_DIR, Tombstones, user_digest
@@ -59,6 +66,7 @@ from warehouse.writer import PREDICTIONS_DIR
 
 if TYPE_CHECKING:
     from registry.service import Registry
+    from registry.storage import Location
 
 ERASE_LOCK = "ERASE.lock"
 COMMIT_LAG_S = 1.0
@@ -320,11 +328,23 @@ def erase_user(
     dry_run: bool = False,
     wait_s: float = 30.0,
     now: datetime | None = None,
+    logs_location: Location | None = None,
 ) -> ErasureReport:
     """Remove (or, ``dry_run``, find) every row of ``user_id`` logged up to now; see the module
-    docstring for the protocol. ``hasher`` must hold the key the gateways store ids under."""
+    docstring for the protocol. ``hasher`` must hold the key the gateways store ids under.
+
+    ``logs_location`` (:func:`registry.storage.logs_location`): where the sealed log lives;
+    object storage is refused with :class:`~registry.errors.InvalidRequest` (see "Local
+    only" above), before anything is read or written."""
     if not user_id:
         raise ValueError("user: expected a non-empty user id")
+    if logs_location is not None and not logs_location.local:
+        raise InvalidRequest(
+            f"erasure works on a local prediction log only; ROOST_LOGS_URL puts the sealed log "
+            f"on object storage ({logs_location.url}): nothing was erased (the tombstones and "
+            f"the seal barrier are per host, so other hosts' gateways would keep sealing this "
+            f"user's rows)"
+        )
     started = time.monotonic()
     logs_dir = Path(logs_dir)
     stored = hasher.stored_forms(user_id)

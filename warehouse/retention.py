@@ -17,6 +17,12 @@ days, on 2025-03-31 the partition ``date=2025-03-01`` (30 days old) is kept and
 landed in it meanwhile) and its parent is fsynced. The run appends one ``retention`` record to
 the registry's audit trail listing each partition deleted with its files and row count (from
 the Parquet footers); nothing is recorded when nothing expired.
+
+**Object storage.** When ``ROOST_LOGS_URL`` puts the sealed prediction log elsewhere (e.g.
+``s3://bucket/logs``, and ``<url>-staging`` for the staging scope), the predictions of every
+scope are expired there too: the objects of each expired ``date=`` partition are listed, their
+footers read for the row count, then deleted (``fs.rm``; an object store has no directories to
+remove). Their ``path`` in the report is the partition's URL. Feedback always stays local.
 """
 
 from __future__ import annotations
@@ -30,12 +36,16 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow.parquet as pq
 
+from registry.storage import Location, local_path, logs_location
 from warehouse.feedback import FEEDBACK_DIR
 from warehouse.writer import PREDICTIONS_DIR
 
 if TYPE_CHECKING:
     from registry.service import Registry
     from registry.settings import RoostSettings
+
+SCOPES = ("production", "staging")
+"""The scopes whose object-storage prefixes retention visits (``<url>``, ``<url>-staging``)."""
 
 AUDIT_ACTION = "retention"
 FEATURES_DIR = "features"
@@ -46,7 +56,7 @@ class ExpiredPartition:
     kind: str
     """``predictions``, ``feedback`` or ``features``."""
     path: str
-    """Relative to the home."""
+    """Relative to the home (absolute outside it; the partition's URL on object storage)."""
     day: date
     files: int
     rows: int
@@ -130,6 +140,17 @@ def _delete_partition(directory: Path) -> None:
     _fsync_dir(directory.parent)
 
 
+def _scope_of(root: Path) -> str | None:
+    """The scope whose logs root ``root`` is (``logs``: production, ``logs-<scope>``)."""
+    if root.name == "logs":
+        return "production"
+    return root.name.removeprefix("logs-") if root.name.startswith("logs-") else None
+
+
+def _sealed_location(settings: RoostSettings, scope: str) -> Location:
+    return logs_location(settings.model_copy(update={"scope": scope}))
+
+
 def _targets(settings: RoostSettings) -> list[tuple[str, Path, int]]:
     roots = {settings.logs_dir}
     if settings.home.is_dir():
@@ -139,8 +160,52 @@ def _targets(settings: RoostSettings) -> list[tuple[str, Path, int]]:
     for root in sorted(roots):
         targets.append((PREDICTIONS_DIR, root / PREDICTIONS_DIR, days))
         targets.append((FEEDBACK_DIR, root / FEEDBACK_DIR, days))
+        scope = _scope_of(root)
+        if settings.logs_url and scope in SCOPES:  # ROOST_LOGS_URL on another local directory
+            location = _sealed_location(settings, scope)
+            if location.local and local_path(location.url) != root:
+                targets.append((PREDICTIONS_DIR, local_path(location.url) / PREDICTIONS_DIR, days))
     targets.append((FEATURES_DIR, settings.home / FEATURES_DIR, settings.feature_retention_days))
     return targets
+
+
+def _remote_locations(settings: RoostSettings) -> list[Location]:
+    """The sealed log's location of every scope, when ``ROOST_LOGS_URL`` is object storage."""
+    if not settings.logs_url:
+        return []
+    locations = [_sealed_location(settings, scope) for scope in SCOPES]
+    return [loc for loc in locations if not loc.local]
+
+
+def _count_remote_rows(location: Location, files: list[str]) -> int:
+    rows = 0
+    for path in files:
+        with contextlib.suppress(OSError, ValueError), location.fs.open(path, "rb") as handle:
+            rows += pq.ParquetFile(handle).metadata.num_rows
+    return rows
+
+
+def _remote_expired(
+    location: Location, days: int, today: date
+) -> list[tuple[date, str, list[str]]]:
+    """(day, partition path in ``location.fs``, its files) of every expired ``date=`` partition
+    of the sealed predictions at ``location``, oldest first (one recursive listing)."""
+    partitions: dict[str, list[str]] = {}
+    for path in location.glob(f"{PREDICTIONS_DIR}/**/*.parquet"):
+        partitions.setdefault(path.rsplit("/", 1)[0], []).append(path)
+    found = []
+    for directory, files in partitions.items():
+        day = partition_day(Path(directory.rsplit("/", 1)[-1]))
+        if day is not None and is_expired(day, today, days):
+            found.append((day, directory, sorted(files)))
+    return sorted(found)
+
+
+def _relative_to_home(directory: Path, home: Path) -> str:
+    try:
+        return directory.relative_to(home).as_posix()
+    except ValueError:  # ROOST_LOGS_URL on a local directory outside the home
+        return directory.as_posix()
 
 
 def apply_retention(
@@ -164,12 +229,22 @@ def apply_retention(
             assert day is not None
             report.partitions.append(
                 ExpiredPartition(
-                    kind, directory.relative_to(settings.home).as_posix(), day, len(files),
+                    kind, _relative_to_home(directory, settings.home), day, len(files),
                     _count_rows(files),
                 )
             )
             if not dry_run:
                 _delete_partition(directory)
+    for location in _remote_locations(settings):
+        days = settings.prediction_retention_days
+        for day, partition, remote_files in _remote_expired(location, days, today):
+            relative = partition.removeprefix(location.root).lstrip("/")
+            report.partitions.append(
+                ExpiredPartition(PREDICTIONS_DIR, location.url_of(relative), day,
+                                 len(remote_files), _count_remote_rows(location, remote_files))
+            )
+            if not dry_run:
+                location.fs.rm(remote_files)
     if registry is not None and not dry_run and report.partitions:
         registry.record_event(AUDIT_ACTION, details=report.audit_details(), actor=actor)
     return report

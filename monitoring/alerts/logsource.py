@@ -13,13 +13,16 @@ import logging
 from datetime import date, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 
 from monitoring.alerts.source import Artifact, PendingArtifact, RequestCounts, oldest_pending
 from registry import NotFound, Registry
 from warehouse import connect
+
+if TYPE_CHECKING:
+    from registry.storage import Location
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +55,14 @@ FROM k
 
 
 class LogSource:
-    """Alert figures from ``logs_dir`` (and ``registry`` for model freshness)."""
+    """Alert figures from ``logs_dir`` (and ``registry`` for model freshness); the sealed
+    prediction log from ``logs_location`` when given (``ROOST_LOGS_URL``, e.g. object storage)."""
 
-    def __init__(self, logs_dir: Path, registry: Registry | None = None) -> None:
+    def __init__(self, logs_dir: Path, registry: Registry | None = None, *,
+                 logs_location: Location | None = None) -> None:
         self.logs_dir = Path(logs_dir)
         self._registry = registry
-        self._con = connect(self.logs_dir, sandboxed=False)
+        self._con = connect(self.logs_dir, sandboxed=False, logs_location=logs_location)
         self._artifacts: dict[str, list[Artifact]] | None = None
 
     def close(self) -> None:
