@@ -52,6 +52,23 @@ of a foreign transaction rises by ``0.15 * drift`` and merchant risk becomes
 ``merchant_risk ** (1 / (1 + 0.6 drift))`` (higher). The label keeps the same logistic function of
 the features, so drift also raises the fraud rate, as covariate shift would (about 5% at
 ``drift = 0``, 10% at 0.5 and 15% at 1 for the default arguments).
+
+**Protected attribute.** Each customer gets an ``age_band``, ``"40_plus"`` with probability
+:data:`AGE_40_PLUS_SHARE` (0.35) else ``"under_40"`` (the US ADEA protects workers aged 40 and
+over), drawn from a *separate* stream, ``numpy.random.default_rng([seed, 14])``, so adding it
+changed none of the draws above. It is a column of the frame, NOT a feature
+(:data:`FRAUD_FEATURES` leaves it out): at ``bias = 0`` (the default) nothing in steps 1-4 depends
+on it, so the clean demo is fair by construction (any gap a model shows between the bands is
+sampling noise). Fairness is measured against it (:mod:`monitoring.fairness`); at serving time it
+travels as request metadata (a ``roost-attr-age_band`` header), never as a model input.
+
+**Bias.** ``bias`` in [0, 1] makes the data discriminate against ``"40_plus"`` customers through
+proxies, as biased historical data does: for their transactions the chance of a foreign
+transaction rises by ``0.5 * bias``, merchant risk becomes ``merchant_risk ** (1 / (1 + 3 bias))``
+and the fraud logit gains ``2.5 * bias`` (the same deterministic-transform rule as drift: the
+draws do not change, ``bias = 0`` is the fair data exactly). A model trained on or judged by
+such data flags the band far more often: with ``bias = 1`` the demographic-parity difference
+and the four-fifths rule both fail (tests/governance/test_fairness.py).
 """
 
 from __future__ import annotations
@@ -65,6 +82,10 @@ import numpy as np
 import pandas as pd
 
 LABEL = "label"
+PROTECTED_ATTRIBUTE = "age_band"
+"""The fraud data's protected attribute column (not a feature; see the module docstring)."""
+AGE_BANDS = ("under_40", "40_plus")
+AGE_40_PLUS_SHARE = 0.35
 
 FRAUD_FEATURES: list[str] = [
     "amount",
@@ -196,11 +217,13 @@ def generate_fraud_transactions(
     start: datetime = datetime(2026, 1, 1, tzinfo=UTC),
     days: int = 90,
     drift: float = 0.0,
+    bias: float = 0.0,
 ) -> Dataset:
     """Synthetic card transactions with a fraud label; see the module docstring for the process.
 
     Columns: ``customer_id`` (int64), ``event_timestamp`` (UTC), the float features in
-    :data:`FRAUD_FEATURES` order, and ``label`` (int64, 1 = fraud). Rows are in time order.
+    :data:`FRAUD_FEATURES` order, ``label`` (int64, 1 = fraud) and the protected attribute
+    ``age_band`` (string, not a feature). Rows are in time order.
     """
     n_rows = _check_int("n_rows", n_rows, 1)
     n_customers = _check_int("n_customers", n_customers, 1)
@@ -211,6 +234,11 @@ def generate_fraud_transactions(
     drift = float(drift)
     if not 0.0 <= drift <= 1.0:  # also rejects NaN
         raise ValueError(f"drift must be in [0, 1], got {drift}")
+    if isinstance(bias, bool) or not isinstance(bias, int | float | np.floating):
+        raise ValueError(f"bias must be a number in [0, 1], got {bias!r}")
+    bias = float(bias)
+    if not 0.0 <= bias <= 1.0:
+        raise ValueError(f"bias must be in [0, 1], got {bias}")
     if not isinstance(start, datetime):
         raise ValueError(f"start must be a datetime, got {start!r}")
     if start.tzinfo is None or start.utcoffset() is None:
@@ -238,15 +266,18 @@ def generate_fraud_transactions(
     country_shift = rng.integers(1, len(_COUNTRIES), n_rows)
     merchant_base = rng.beta(2.0, 8.0, n_rows)
     label_u = rng.random(n_rows)
+    # the protected attribute: its own stream, so the draws above are those of older releases
+    older = np.random.default_rng([seed, 14]).random(n_customers) < AGE_40_PLUS_SHARE
+    in_band = older[cust].astype(np.float64)  # 1.0 for a 40_plus customer's transactions
 
     # 3. features (drift = deterministic transforms of the same draws)
     amount = np.round(np.exp(log_spend[cust] + amount_noise) * (1.0 + drift), 2)
     amount = np.maximum(amount, 0.01)
-    p_foreign = 0.03 + 0.05 * _sigmoid(risk[cust]) + 0.15 * drift
+    p_foreign = 0.03 + 0.05 * _sigmoid(risk[cust]) + 0.15 * drift + 0.5 * bias * in_band
     abroad = (home[cust] + country_shift) % len(_COUNTRIES)  # any country but home
     country = np.where(foreign_u < p_foreign, abroad, home[cust])
     is_foreign = (country != home[cust]).astype(np.float64)
-    merchant_risk = merchant_base ** (1.0 / (1.0 + 0.6 * drift))
+    merchant_risk = merchant_base ** (1.0 / (1.0 + 0.6 * drift + 3.0 * bias * in_band))
     customer_age_days = opened_before[cust] + seconds / _DAY
 
     order = np.lexsort((seconds, cust))  # by customer, then time
@@ -273,6 +304,7 @@ def generate_fraud_transactions(
         + c["log_amount_vs_avg"] * np.log(amount_vs_avg)
         + c["txn_count_24h"] * np.minimum(txn_count_24h, 6.0)
         + c["new_account"] * np.exp(-customer_age_days / 90.0)
+        + 2.5 * bias * in_band  # 0 unless bias > 0 (see "Bias" in the module docstring)
     )
     label = (label_u < _sigmoid(z)).astype(np.int64)
 
@@ -290,6 +322,7 @@ def generate_fraud_transactions(
             "avg_amount_30d": avg_amount_30d,
             "amount_vs_avg_30d": amount_vs_avg,
             LABEL: label,
+            PROTECTED_ATTRIBUTE: np.where(older[cust], AGE_BANDS[1], AGE_BANDS[0]),
         }
     )
     frame = frame.sort_values(["event_timestamp", "customer_id"], kind="stable")
@@ -302,5 +335,6 @@ def generate_fraud_transactions(
         description=(
             f"synthetic card transactions: n_rows={n_rows}, n_customers={n_customers}, "
             f"seed={seed}, start={start_ts.isoformat()}, days={days}, drift={drift}"
+            + (f", bias={bias}" if bias else "")
         ),
     )

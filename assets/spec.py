@@ -28,6 +28,14 @@ the two built-in demo specs. One spec generates one lineage of Dagster assets (s
       min_requests: 200
       p99_ratio_budget: 1.2   # canary p99 may be this multiple of production's ...
       p99_floor_ms: 5.0       # ... and this many ms above it (noise at small latencies)
+    fairness:                 # optional: a blocking check and a monitored asset (issue 14)
+      attributes: [age_band]  # held-out columns / `roost-attr-<name>` request headers
+      favorable_label: 0      # the outcome applicants want (0: "not fraud")
+      min_di_ratio: 0.8       # four-fifths rule on the favorable-outcome rates
+      max_dp_difference: 0.1
+      max_eo_difference: 0.2
+    residency:                # optional: gateways of other regions refuse this model (451)
+      allowed_regions: [eu]
 
 An invalid file raises :class:`SpecError` naming the file and the offending field.
 """
@@ -146,6 +154,42 @@ class CanarySettings(_Strict):
         return value
 
 
+_ATTRIBUTE = re.compile(r"[a-z][a-z0-9_]{0,31}")
+
+
+class FairnessSettings(_Strict):
+    """Fairness bars per protected attribute (:mod:`monitoring.fairness`): checked on held-out
+    data before promotion (a blocking check) and on logged predictions with feedback."""
+
+    attributes: list[str] = Field(min_length=1)
+    """Protected attributes: held-out columns, and ``roost-attr-<name>`` headers when served."""
+    favorable_label: Literal[0, 1] = 1
+    min_di_ratio: Annotated[float | None, Field(gt=0.0, le=1.0)] = 0.8
+    """Disparate-impact ratio (lowest / highest favorable-outcome rate); EEOC four-fifths."""
+    max_dp_difference: Annotated[float | None, Field(ge=0.0, le=1.0)] = None
+    """Largest allowed gap in favorable-outcome rates between groups."""
+    max_eo_difference: Annotated[float | None, Field(ge=0.0, le=1.0)] = None
+    """Largest allowed equalized-odds difference (max of the TPR and FPR gaps)."""
+    min_group_size: Annotated[int, Field(ge=1)] = 30
+    """Groups with fewer rows are reported but not judged (too noisy)."""
+
+    @field_validator("attributes")
+    @classmethod
+    def _names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not _ATTRIBUTE.fullmatch(name):
+                raise ValueError(f"{name!r}: lower-case letters, digits and '_', at most 32")
+        if len(set(value)) != len(value):
+            raise ValueError("attributes must be unique")
+        return value
+
+
+class ResidencySettings(_Strict):
+    """Regions (``ROOST_REGION`` values) whose gateways may serve the model and hold its logs."""
+
+    allowed_regions: list[str] = Field(min_length=1)
+
+
 class ModelSpec(_Strict):
     """One served model and the path its versions take to production."""
 
@@ -158,6 +202,8 @@ class ModelSpec(_Strict):
     canary: CanarySettings = CanarySettings()
     feature_service: str | None = None
     """A Feast FeatureService the model's training data comes from (the fraud demo)."""
+    fairness: FairnessSettings | None = None
+    residency: ResidencySettings | None = None
 
     @field_validator("name")
     @classmethod

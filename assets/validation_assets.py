@@ -53,7 +53,8 @@ CANDIDATE_STATES = (State.REGISTERED, State.VALIDATING)
 
 
 def check_names(spec: ModelSpec) -> tuple[str, ...]:
-    return ONNX_CHECKS if spec.is_onnx else TRAINER_CHECKS
+    names = ONNX_CHECKS if spec.is_onnx else TRAINER_CHECKS
+    return (*names, "fairness") if spec.fairness is not None else names  # assets/fairness.py
 
 
 class CandidateConfig(Config):
@@ -123,8 +124,21 @@ def _report(
     spec: ModelSpec, reg: Registry, artifact: dict[str, Any], inputs: Any
 ) -> ValidationReport:
     model, version = artifact["model"], int(artifact["version"])
-    bar = spec.validation
     schema = _schema_outcome(reg, model, version)
+    report = _checks(spec, reg, model, version, inputs, schema)
+    if spec.fairness is not None:  # a blocking check like the others (assets/fairness.py)
+        from assets.fairness import held_out_fairness
+
+        onnx_bytes = reg.load_artifact(model, version)
+        report.outcomes.append(
+            held_out_fairness(spec, onnx_bytes, inputs if spec.is_onnx else None)
+        )
+    return report
+
+
+def _checks(spec: ModelSpec, reg: Registry, model: str, version: int, inputs: Any,
+            schema: CheckOutcome) -> ValidationReport:
+    bar = spec.validation
     if spec.is_onnx:
         data: Dataset = inputs
         onnx_bytes = reg.load_artifact(model, version)

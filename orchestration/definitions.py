@@ -14,6 +14,7 @@ from assets.concept import concept_definitions
 from assets.demo import DEMO_MODELS, DEMO_SPECS, demo_schedules
 from assets.drift import drift_definitions
 from assets.experiments import experiment_definitions
+from assets.fairness import fairness_definitions
 from assets.features import fraud_feature_assets
 from assets.lineage import build_lineages
 from assets.observer import registry_observer, serving_assets
@@ -44,6 +45,8 @@ def build_definitions(home: Path | None = None) -> Definitions:
     drift_assets, drift_schedules = drift_definitions(specs)
     concept_assets, concept_schedules = concept_definitions(specs)
     assets += drift_assets + concept_assets
+    fairness_assets, fairness_schedules = fairness_definitions(specs)  # specs declaring it
+    assets += fairness_assets
     demo_groups = [spec.prefix for spec in DEMO_SPECS] + ["features"]
     demo_job = define_asset_job(
         "demo_pipeline",
@@ -58,7 +61,7 @@ def build_definitions(home: Path | None = None) -> Definitions:
         jobs=[demo_job, *(job for lineage in lineages for job in lineage.jobs()),
               *operator_jobs()],
         schedules=[*demo_schedules(), *experiment_schedules, *gc_schedules, *retention_schedules,
-                   *drift_schedules, *concept_schedules],
+                   *drift_schedules, *concept_schedules, *fairness_schedules],
         sensors=[registry_observer(specs), make_canary_sensor(specs), make_alert_sensor()],
         resources={"registry": RegistryResource(), "features": FeatureStoreResource()},
     )

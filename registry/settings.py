@@ -136,6 +136,20 @@ class RoostSettings(BaseSettings):
     """How deeply a request's JSON may nest (objects and arrays, counted from the document's
     root); deeper gets 400. The JSON serializer that writes the prediction log stops at 254."""
 
+    explain_max_rows: int = Field(default=20, ge=1)
+    """Rows one ``:explain`` / ``/explain`` request may ask for (``ROOST_EXPLAIN_MAX_ROWS``);
+    more is answered 413 naming this setting."""
+
+    explain_max_evals: int = Field(default=2000, ge=3)
+    """Model evaluations per explained row at most (``ROOST_EXPLAIN_MAX_EVALS``; each runs the
+    background sample); a request's ``max_evals`` above it is answered 400."""
+
+    explain_timeout_s: float = Field(default=10.0, gt=0)
+    """Wall-clock budget of one explanation (``ROOST_EXPLAIN_TIMEOUT_S``); past it: 504."""
+
+    explain_background_rows: int = Field(default=100, ge=1)
+    """Rows of the background sample stored with a version for its explanations."""
+
     scope: Literal["production", "staging"] = "production"
     """Which versions the gateway serves (``ROOST_SCOPE``). ``production``: the deployment table
     (production, canary, experiments, shadows). ``staging``: per model, the versions in STAGING

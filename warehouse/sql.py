@@ -50,6 +50,13 @@ Views (columns are stable; new ones are only ever added):
 
         SELECT alertname, model, starts_at, ends_at FROM alerts WHERE status = 'resolved';
 
+``fairness``
+    Fairness of logged decisions (``assets/fairness.py``), Parquet files under
+    ``<logs_dir>/monitoring/fairness`` in :data:`FAIRNESS_SCHEMA`, one row per (model, day,
+    protected attribute); ``passed = false`` names the violated bars::
+
+        SELECT model, date, attribute, di_ratio FROM fairness WHERE NOT passed;
+
 ``experiment_results``
     Experiment analyses under ``<logs_dir>/analysis/experiment_results``
     (:data:`EXPERIMENT_RESULTS_SCHEMA`).
@@ -95,6 +102,9 @@ AUDIT_VIEW = "audit"
 DRIFT_SCORES_VIEW = "drift_scores"
 DRIFT_SCORES_DIR = "monitoring/drift_scores"
 """Under the logs root: Parquet files in :data:`DRIFT_SCORES_SCHEMA` (any names)."""
+FAIRNESS_VIEW = "fairness"
+FAIRNESS_DIR = "monitoring/fairness"
+"""Under the logs root: Parquet files in :data:`FAIRNESS_SCHEMA` (``<model>-<date>.parquet``)."""
 
 _INT, _FLOAT = pa.int64(), pa.float64()
 EXPERIMENT_RESULTS_SCHEMA: pa.Schema = pa.schema(
@@ -129,6 +139,16 @@ DRIFT_SCORES_SCHEMA: pa.Schema = pa.schema(
 for a hypothesis test, drifted when below; the distance otherwise, drifted when above);
 ``share_drifted`` the share of the model's features drifted that day (the same on each of its
 rows); ``reference_rows``/``current_rows`` the sample sizes."""
+
+FAIRNESS_SCHEMA: pa.Schema = pa.schema(
+    [("model", pa.string()), ("date", pa.date32()), ("attribute", pa.string()), ("n", _INT),
+     ("labelled", _INT), ("groups", _INT), ("favorable_label", _INT), ("di_ratio", _FLOAT),
+     ("dp_difference", _FLOAT), ("eo_difference", _FLOAT), ("eop_difference", _FLOAT),
+     ("judged", pa.bool_()), ("passed", pa.bool_()), ("violations", pa.string()),
+     ("selection_rates", pa.string()), ("computed_at", pa.timestamp("us", tz="UTC"))]
+)
+"""One row per (model, day, protected attribute): the view ``fairness`` (monitoring/fairness.py
+defines the metrics; ``selection_rates`` is a JSON object of favorable rates by group)."""
 
 AUDIT_SCHEMA: pa.Schema = pa.schema(
     [("id", _INT), ("ts", pa.timestamp("us", tz="UTC")), ("actor", pa.string()),
@@ -334,6 +354,9 @@ def connect(
         drift_dir = Path(logs_dir).absolute() / DRIFT_SCORES_DIR
         drift = _experiment_results_source(drift_dir, DRIFT_SCORES_SCHEMA)
         con.execute(f"CREATE VIEW {DRIFT_SCORES_VIEW} AS {drift}")
+        fairness_dir = Path(logs_dir).absolute() / FAIRNESS_DIR
+        fairness = _experiment_results_source(fairness_dir, FAIRNESS_SCHEMA)
+        con.execute(f"CREATE VIEW {FAIRNESS_VIEW} AS {fairness}")
         con.execute(f"CREATE VIEW {WITH_FEEDBACK_VIEW} AS {_with_feedback_source(False)}")
         con.execute(f"CREATE VIEW {SHADOW_WITH_FEEDBACK_VIEW} AS {_with_feedback_source(True)}")
         con.register("_audit_records", audit_table(registry))
@@ -345,7 +368,8 @@ def connect(
         if sandboxed:
             allowed = ", ".join(
                 _sql_string(d.as_posix() + "/")
-                for d in (directory, feedback_dir, results_dir, alerts_dir, drift_dir)
+                for d in (directory, feedback_dir, results_dir, alerts_dir, drift_dir,
+                          fairness_dir)
             )
             con.execute(f"SET allowed_directories = [{allowed}]")
             con.execute("SET enable_external_access = false")

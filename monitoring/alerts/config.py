@@ -127,6 +127,22 @@ class FreshnessRule(_Rule):
     max_age_s: Duration = Field(default=3600.0, alias="max_age", gt=0)
 
 
+class FairnessRule(_Rule):
+    """The latest fairness results (the ``fairness`` view, written by each model's
+    ``<p>_fairness`` asset, assets/fairness.py) violate a bar: a disparate-impact ratio below
+    ``min_di_ratio`` (0.8: the EEOC four-fifths rule), or a demographic-parity / equalized-odds
+    difference above ``max_dp_difference`` / ``max_eo_difference``. Only attributes with a
+    verdict (two groups with enough rows) count; no results younger than ``max_age``: no data."""
+
+    kind: Literal["fairness"]
+    min_di_ratio: float | None = Field(default=0.8, gt=0, le=1)
+    max_dp_difference: float | None = Field(default=None, ge=0, le=1)
+    max_eo_difference: float | None = Field(default=None, ge=0, le=1)
+    attributes: list[str] | None = None
+    """Only these protected attributes; ``None``: every attribute in the results."""
+    max_age_s: Duration = Field(default=2 * 86400.0, alias="max_age", gt=0)
+
+
 class BurnRateRule(_Rule):
     """Error-budget burn rate of an availability SLO above ``factor`` over BOTH windows.
 
@@ -143,7 +159,8 @@ class BurnRateRule(_Rule):
 
 
 Rule = Annotated[
-    LatencyRule | ErrorRateRule | DriftRule | AccuracyRule | FreshnessRule | BurnRateRule,
+    LatencyRule | ErrorRateRule | DriftRule | AccuracyRule | FreshnessRule | BurnRateRule
+    | FairnessRule,
     Field(discriminator="kind"),
 ]
 
@@ -226,7 +243,7 @@ def _where(loc: tuple[int | str, ...], raw: Any) -> str:
     """``rules[2] (HighLatency).threshold_ms`` for a pydantic error location."""
     parts: list[str] = []
     items = list(loc)
-    kinds = {"latency", "error_rate", "drift", "accuracy", "freshness", "burn_rate"}
+    kinds = {"latency", "error_rate", "drift", "accuracy", "freshness", "burn_rate", "fairness"}
     if len(items) >= 2 and items[0] in ("rules", "receivers") and isinstance(items[1], int):
         section, index = str(items[0]), items[1]
         entries = raw.get(section) if isinstance(raw, dict) else None

@@ -25,6 +25,7 @@ from monitoring.alerts.config import (
     BurnRateRule,
     DriftRule,
     ErrorRateRule,
+    FairnessRule,
     FreshnessRule,
     LatencyRule,
     Rule,
@@ -151,6 +152,39 @@ def _freshness(rule: FreshnessRule, source: MetricSource, model: str,
                   f"{format_duration(rule.max_age_s)}.", version=float(pending.version))
 
 
+def _fairness(rule: FairnessRule, source: MetricSource, model: str,
+              now: datetime) -> AlertState:
+    since = (now - timedelta(seconds=rule.max_age_s)).date()
+    rows = [f for f in source.fairness(model, since) if f.judged
+            and (rule.attributes is None or f.attribute in rule.attributes)]
+    if not rows:
+        return _state(rule, model, False, None, f"{model}: no recent fairness results",
+                      f"No judged fairness results since {since}.")
+    broken: list[str] = []
+    for f in rows:
+        if rule.min_di_ratio is not None and f.di_ratio is not None \
+                and f.di_ratio < rule.min_di_ratio:
+            broken.append(f"{f.attribute}: DI ratio {f.di_ratio:.3f} < {rule.min_di_ratio:g}")
+        if rule.max_dp_difference is not None and f.dp_difference is not None \
+                and f.dp_difference > rule.max_dp_difference:
+            broken.append(f"{f.attribute}: DP difference {f.dp_difference:.3f} > "
+                          f"{rule.max_dp_difference:g}")
+        if rule.max_eo_difference is not None and f.eo_difference is not None \
+                and f.eo_difference > rule.max_eo_difference:
+            broken.append(f"{f.attribute}: EO difference {f.eo_difference:.3f} > "
+                          f"{rule.max_eo_difference:g}")
+    ratios = [f.di_ratio for f in rows if f.di_ratio is not None]
+    value = min(ratios) if ratios else None
+    day = rows[0].day
+    shown = "; ".join(broken) if broken else "within bars"
+    four_fifths = " (four-fifths rule)" if rule.min_di_ratio == 0.8 else ""
+    return _state(rule, model, bool(broken), value, f"{model}: fairness on {day}: {shown}",
+                  f"Fairness of {model}'s logged decisions on {day} by "
+                  f"{', '.join(sorted({f.attribute for f in rows}))}: {shown}. Bars: DI ratio >= "
+                  f"{rule.min_di_ratio}{four_fifths}, DP difference <= {rule.max_dp_difference}, "
+                  f"EO difference <= {rule.max_eo_difference}.", violations=float(len(broken)))
+
+
 def _burn(rule: BurnRateRule, source: MetricSource, model: str | None,
           now: datetime) -> AlertState:
     rates: list[float | None] = []
@@ -201,6 +235,8 @@ def evaluate(rules: Sequence[Rule], source: MetricSource, now: datetime) -> list
                 states.append(_accuracy(rule, source, model, now))
             elif isinstance(rule, FreshnessRule):
                 states.append(_freshness(rule, source, model, now))
+            elif isinstance(rule, FairnessRule):
+                states.append(_fairness(rule, source, model, now))
             else:
                 states.append(_burn(rule, source, model, now))
     return states

@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 
-from monitoring.alerts.source import Artifact, PendingArtifact, RequestCounts, oldest_pending
+from monitoring.alerts.source import (
+    Artifact,
+    FairnessFigures,
+    PendingArtifact,
+    RequestCounts,
+    oldest_pending,
+)
 from registry import NotFound, Registry
 from warehouse import connect
 
@@ -139,3 +145,19 @@ class LogSource:
 
     def pending_artifact(self, model: str) -> PendingArtifact | None:
         return oldest_pending(self._versions().get(model, []))
+
+    def fairness(self, model: str, since: date) -> list[FairnessFigures]:
+        """The latest day's rows of the ``fairness`` view (assets/fairness.py) for ``model``."""
+        try:
+            rows = self._con.execute(
+                "SELECT date, attribute, arg_max(di_ratio, computed_at), "
+                "arg_max(dp_difference, computed_at), arg_max(eo_difference, computed_at), "
+                "arg_max(judged, computed_at) FROM fairness WHERE model = $model AND date = "
+                "(SELECT max(date) FROM fairness WHERE model = $model AND date >= $since) "
+                "GROUP BY date, attribute ORDER BY attribute",
+                {"model": model, "since": since}).fetchall()
+        except duckdb.Error as exc:  # a file in another schema: no data, said in the log
+            log.warning("cannot read the fairness results of %s: %s", model, exc)
+            return []
+        return [FairnessFigures(model, day, attribute, di, dp, eo, bool(judged))
+                for day, attribute, di, dp, eo, judged in rows]

@@ -32,6 +32,19 @@ class RequestCounts:
 
 
 @dataclass(frozen=True)
+class FairnessFigures:
+    """One protected attribute's fairness on one day (a row of the ``fairness`` view)."""
+
+    model: str
+    day: date
+    attribute: str
+    di_ratio: float | None
+    dp_difference: float | None
+    eo_difference: float | None = None
+    judged: bool = True
+
+
+@dataclass(frozen=True)
 class PendingArtifact:
     """The oldest version of a model on its way to production."""
 
@@ -73,6 +86,11 @@ class MetricSource(Protocol):
         """The oldest in-flight version registered after the production version, if any."""
         ...
 
+    def fairness(self, model: str, since: date) -> list[FairnessFigures]:
+        """The model's fairness figures of its latest day dated ``since`` or later, one per
+        attribute (empty: no data)."""
+        ...
+
 
 @dataclass(frozen=True)
 class Request:
@@ -110,6 +128,7 @@ class MetricHistory:
     requests: list[Request] = field(default_factory=list)
     drift: list[DriftReport] = field(default_factory=list)
     artifacts: list[Artifact] = field(default_factory=list)
+    fairness_results: list[FairnessFigures] = field(default_factory=list)
 
     def add(self, requests: Iterable[Request]) -> MetricHistory:
         self.requests.extend(requests)
@@ -121,6 +140,7 @@ class MetricHistory:
 
     def models(self) -> list[str]:
         names = {r.model for r in self.requests} | {a.model for a in self.artifacts}
+        names |= {f.model for f in self.fairness_results}
         return sorted(names | {d.model for d in self.drift})
 
     def request_counts(self, model: str | None, start: datetime, end: datetime) -> RequestCounts:
@@ -150,6 +170,19 @@ class MetricHistory:
 
     def pending_artifact(self, model: str) -> PendingArtifact | None:
         return oldest_pending(a for a in self.artifacts if a.model == model)
+
+    def fairness(self, model: str, since: date) -> list[FairnessFigures]:
+        return latest_fairness(f for f in self.fairness_results
+                               if f.model == model and f.day >= since)
+
+
+def latest_fairness(figures: Iterable[FairnessFigures]) -> list[FairnessFigures]:
+    """The figures of the latest day among ``figures``."""
+    rows = list(figures)
+    if not rows:
+        return []
+    last = max(f.day for f in rows)
+    return [f for f in rows if f.day == last]
 
 
 def oldest_pending(artifacts: Iterable[Artifact]) -> PendingArtifact | None:

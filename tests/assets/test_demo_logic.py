@@ -77,7 +77,9 @@ def test_fraud_dataset_shape_and_types(fraud: Dataset) -> None:
     assert len(frame) == 20_000
     assert fraud.feature_names == FRAUD_FEATURES
     assert 6 <= len(fraud.feature_names) <= 10
-    assert list(frame.columns) == ["customer_id", "event_timestamp", *FRAUD_FEATURES, "label"]
+    assert list(frame.columns) == [
+        "customer_id", "event_timestamp", *FRAUD_FEATURES, "label", "age_band"
+    ]
     assert frame["customer_id"].dtype == np.int64
     assert str(frame["event_timestamp"].dt.tz) == "UTC"
     assert frame["event_timestamp"].is_monotonic_increasing
