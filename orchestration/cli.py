@@ -678,3 +678,4 @@ __import__("orchestration.cli_gc").cli_gc.add_gc_command(main)  # gc [--dry-run]
 __import__("orchestration.cli_monitoring").cli_monitoring.add_monitoring_commands(main)  # erase
 __import__("orchestration.cli_monitoring_drift").cli_monitoring_drift.add_drift_commands(main)
 __import__("orchestration.cli_db").cli_db.add_db_commands(main)  # db upgrade|current
+__import__("orchestration.cli_governance").cli_governance.add_governance_commands(main)  # quantize
