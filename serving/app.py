@@ -13,6 +13,7 @@ from serving.admin_api import admin
 from serving.dataplane import SERVER_VERSION
 from serving.drain import Drain
 from serving.edge import install as install_edge
+from serving.explain_api import explanations
 from serving.feedback_api import feedback
 from serving.gateway import Gateway
 from serving.repository_api import repository
@@ -64,5 +65,6 @@ def create_app(settings: RoostSettings, gateway: Gateway | Registry | None = Non
     app.include_router(repository)
     app.include_router(admin)
     app.include_router(feedback)
+    app.include_router(explanations)
 
     return app

@@ -195,6 +195,9 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", rf"/v2/models/{MODEL}(?:/versions/([^/]+))?/infer", "predict", _infer,
           draining=_REFUSE, compress=True),
     Route("POST", r"/v1/models/([^/:]+):predict", "predict", draining=_REFUSE, compress=True),
+    Route("POST", rf"/v2/models/{MODEL}(?:/versions/([^/]+))?/explain", "predict",
+          draining=_REFUSE),  # serving/explain_api.py
+    Route("POST", r"/v1/models/([^/:]+):explain", "predict", draining=_REFUSE),
     Route("POST", r"/v1/feedback", "predict"),
     Route("GET", r"/v2/health/ready", None, draining=_NOT_READY),
     Route("GET", r"/v2/health/live", None),
