@@ -25,7 +25,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,9 +114,14 @@ def _label_of(outputs: list[dict[str, Any]]) -> list[int] | None:
     return None
 
 
-def production_samples(settings: RoostSettings, model: str, limit: int) -> list[Sample]:
+def production_samples(
+    settings: RoostSettings, model: str, limit: int,
+    consented: Callable[[str | None], bool] | None = None,
+) -> list[Sample]:
     """The model's ``limit`` most recent successful, non-shadow production requests (from the
-    production scope's sealed log: local, or object storage when ``ROOST_LOGS_URL`` says so)."""
+    production scope's sealed log: local, or object storage when ``ROOST_LOGS_URL`` says so);
+    ``consented(user_id)`` False drops a row (users who withdrew ``training`` consent,
+    :func:`registry.consent.training_filter`)."""
     import pyarrow.dataset as ds
 
     from registry.storage import local_path, logs_location
@@ -133,9 +138,11 @@ def production_samples(settings: RoostSettings, model: str, limit: int) -> list[
         if not files:
             return []
         dataset = ds.dataset(files, format="parquet", filesystem=location.fs)
-    table = dataset.to_table(columns=["ts", "inputs", "outputs", "status", "shadow"])
+    table = dataset.to_table(columns=["ts", "inputs", "outputs", "status", "shadow", "user_id"])
     frame = table.to_pandas()
     frame = frame[(frame["status"] == 200) & (~frame["shadow"])].sort_values("ts")
+    if consented is not None:
+        frame = frame[[consented(u) for u in frame["user_id"]]]
     samples: list[Sample] = []
     for inputs, outputs in zip(
         reversed(frame["inputs"].tolist()), reversed(frame["outputs"].tolist()), strict=True
@@ -292,7 +299,11 @@ def run_staging_tests(
 ) -> StagingReport:
     """Start a staging gateway for ``spec``'s model, replay traffic at ``version``, judge it."""
     bar = spec.staging
-    samples = production_samples(settings, spec.name, bar.replay_sample)
+    from registry.consent import ConsentStore, training_filter
+    from warehouse.minimise import UserIdHasher
+
+    consent = ConsentStore(registry, UserIdHasher.from_settings(settings, warn=False))
+    samples = production_samples(settings, spec.name, bar.replay_sample, training_filter(consent))
     source = "production-log"
     if not samples:
         samples, source = held_out_samples(spec, registry, version, bar.replay_sample), "held-out"

@@ -47,6 +47,15 @@ class RoostSettings(BaseSettings):
     stamped on every prediction-log and feedback row (the ``region`` column). Each region
     keeps its own prediction log (its own ``ROOST_HOME`` / ``ROOST_LOGS_URL`` bucket)."""
 
+    residency_policy: Path | None = None
+    """``ROOST_RESIDENCY_POLICY``: a YAML file pinning models and users to regions (``models:
+    {fraud: [eu]}``, ``users: {<id>: [eu]}``) and naming object-store log locations' regions
+    (``storage_regions: {"s3://logs-eu/": eu}``); see serving/governance.py."""
+
+    consent_refresh_s: float = Field(default=5.0, ge=0.0)
+    """``ROOST_CONSENT_REFRESH_S``: how stale a gateway's view of logging-consent withdrawals
+    may be (registry/consent.py); 0 reads the registry on every request of a known user."""
+
     host: str = "127.0.0.1"
     """Address the gateway and the Dagster webserver bind to."""
 

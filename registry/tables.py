@@ -146,3 +146,16 @@ class RolloutRow(Base):
     revision: Mapped[int] = mapped_column(Integer, default=1)
     actor: Mapped[str] = mapped_column(String(128))
     replaced_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class ConsentRow(Base):
+    """A user's consent for one purpose (registry/consent.py); ``user`` is the id in the form
+    the prediction log stores it (its ``ROOST_USER_ID_KEY`` hash when a key is set)."""
+
+    __tablename__ = "consent"
+
+    user: Mapped[str] = mapped_column(String(128), primary_key=True)
+    purpose: Mapped[str] = mapped_column(String(32), primary_key=True)
+    granted: Mapped[bool] = mapped_column(default=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    actor: Mapped[str] = mapped_column(String(128))

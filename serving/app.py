@@ -10,12 +10,14 @@ from fastapi import FastAPI
 
 from registry import Registry, RoostSettings
 from serving.admin_api import admin
+from serving.consent_api import consent
 from serving.dataplane import SERVER_VERSION
 from serving.drain import Drain
 from serving.edge import install as install_edge
 from serving.explain_api import explanations
 from serving.feedback_api import feedback
 from serving.gateway import Gateway
+from serving.governance import install as install_governance
 from serving.repository_api import repository
 from serving.rest import health, v1, v2
 
@@ -42,6 +44,7 @@ def create_app(settings: RoostSettings, gateway: Gateway | Registry | None = Non
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await parts.start()
+        install_governance(parts.dataplane, settings, reg)  # residency, consent (issue 14)
         try:
             yield
         finally:
@@ -65,6 +68,7 @@ def create_app(settings: RoostSettings, gateway: Gateway | Registry | None = Non
     app.include_router(repository)
     app.include_router(admin)
     app.include_router(feedback)
+    app.include_router(consent)
     app.include_router(explanations)
 
     return app

@@ -53,6 +53,7 @@ from warehouse.minimise import log_exclude_of
 
 if TYPE_CHECKING:
     from features.online import OnlineFeatures
+    from serving.governance import Governance
 
 __all__ = ["CallContext", "DataPlane", "InferResult", "RecordsRequest", "Rejected"]
 
@@ -67,6 +68,9 @@ RECENT_REQUESTS = 100_000  # served request ids remembered in memory for feedbac
 
 class DataPlane:
     """Transport-independent handlers for metadata, readiness and inference."""
+
+    governance: Governance | None = None
+    """Residency refusals, consent-minimised logging (serving/governance.py; app.py installs)."""
 
     def __init__(
         self,
@@ -154,6 +158,8 @@ class DataPlane:
         request_id = request.id or context.request_id or self._new_id()
         call = PipelineState(time.perf_counter(), request_id)
         try:
+            if self.governance is not None:  # 451 before routing: nothing computed or logged
+                self.governance.admit(model, context.user_id)
             loaded, decision = call.loaded, call.decision = self.route(
                 model, version, request, context
             )

@@ -203,6 +203,7 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", r"/v2/health/live", None),
     Route(None, r"/docs|/docs/oauth2-redirect|/openapi\.json", None),
     Route(None, rf"/admin/models/{MODEL}(?:/.*)?", "admin"),
+    Route(None, r"/admin/consent/[^/]+", "admin"),  # serving/consent_api.py
     Route(None, r"/admin/.*", "admin"),
     Route(None, rf"/v2/repository/models/{MODEL}/(?:load|unload)", "admin"),
     Route(None, r"/v[12]/models/([^/:]+)(?:[/:].*)?", "read"),  # metadata and readiness

@@ -27,6 +27,7 @@ from serving.shadows import ShadowCopy
 from warehouse import LogUnavailable, PredictionLogWriter, PredictionRecord
 
 if TYPE_CHECKING:
+    from serving.governance import Governance
     from serving.pipeline import CallContext, InferResult, PipelineState
 
 __all__ = ["PredictionRecorder", "outputs_json"]
@@ -48,6 +49,7 @@ class PredictionRecorder:
         self.writer = writer
         self.metrics = metrics
         self.region = region  # ROOST_REGION: every record says which region served it
+        self.governance: Governance | None = None  # consent and attributes (governance.py)
 
     async def success(
         self, result: InferResult, context: CallContext, inputs: str, started: float
@@ -89,6 +91,9 @@ class PredictionRecorder:
     ) -> None:
         """A shadow's answer (``shadow = true``, under the primary's request id); not
         durable-waited: nobody receives this answer."""
+        user_id = copy.user_id
+        if self.governance is not None:
+            user_id, inputs, outputs = self.governance.for_log(user_id, {}, inputs, outputs)
         self.writer.append(
             PredictionRecord(
                 request_id=copy.request_id,
@@ -99,7 +104,7 @@ class PredictionRecorder:
                 outputs=outputs,
                 latency_ms=(time.perf_counter() - started) * 1000.0,
                 status=status,
-                user_id=copy.user_id,
+                user_id=user_id,
                 protocol=copy.protocol,
                 error=error,
                 variant=f"shadow-v{copy.version}",
@@ -126,6 +131,11 @@ class PredictionRecorder:
         fsync``), so the transport answers only then; raises ``LogUnavailable`` (503) if the log
         cannot store it. The metric's latency includes that wait."""
         variant = decision.variant if decision else ""
+        user_id = context.user_id
+        if self.governance is not None:  # attributes logged; consent-minimised records
+            user_id, inputs, outputs = self.governance.for_log(
+                user_id, context.headers, inputs, outputs
+            )
         waiter = self.writer.append_durable(
             PredictionRecord(
                 request_id=request_id,
@@ -136,7 +146,7 @@ class PredictionRecorder:
                 outputs=outputs,
                 latency_ms=(time.perf_counter() - started) * 1000.0,
                 status=status,
-                user_id=context.user_id,
+                user_id=user_id,
                 protocol=context.protocol,
                 error=error,
                 variant=decision.variant if decision else None,
