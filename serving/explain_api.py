@@ -23,6 +23,7 @@ response's ``id`` (the body's ``id``, else ``X-Request-Id``, else a new one).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections import OrderedDict
@@ -54,7 +55,7 @@ from serving.protocol.types import DecodeLimits, InferRequest
 from serving.protocol.validation import validate_against_signature
 from serving.rest import REQUEST_ID_HEADER, USER_HEADER, GatewayDep
 from serving.routing_table import LoadedVersion
-from warehouse import PredictionRecord
+from warehouse import LogUnavailable, PredictionRecord
 
 __all__ = ["explanations"]
 
@@ -180,6 +181,9 @@ async def _run(
     except RoostError as exc:
         status, error = exc.status_code, exc.message
         raise
+    except Exception as exc:  # logged as a failure, then rendered 500 by the app
+        status, error = 500, f"explanation failed: {type(exc).__name__}: {exc}"
+        raise
     finally:
         record = PredictionRecord(
             request_id=request_id, ts=datetime.now(UTC), model=info.model, version=info.version,
@@ -190,7 +194,11 @@ async def _run(
         )
         waiter = plane.log_writer.append_durable(record)
         if waiter is not None:
-            await waiter
+            if status == 200:
+                await waiter  # LogUnavailable (503): the answer waits for its record
+            else:
+                with contextlib.suppress(LogUnavailable):  # never replace the error
+                    await waiter
     return Response(orjson.dumps(body), media_type="application/json")
 
 

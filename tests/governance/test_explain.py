@@ -19,7 +19,13 @@ from roost_testing import deploy_model, make_linear_onnx, running_gateway
 
 from registry import Registry, RoostSettings
 from registry.errors import DeadlineExceeded
-from registry.explain import BACKGROUND_METRIC, attach_background, decode_background, explain
+from registry.explain import (
+    BACKGROUND_METRIC,
+    attach_background,
+    decode_background,
+    explain,
+    is_tree_ensemble,
+)
 from registry.quantize import session
 from warehouse.sql import run_query
 
@@ -125,3 +131,22 @@ def test_explain_is_bounded_in_time() -> None:
     X = np.ones((2, len(FEATURES)), np.float32)
     with pytest.raises(DeadlineExceeded, match="ROOST_EXPLAIN_TIMEOUT_S"):
         explain(sess, X, np.zeros_like(X), max_evals=100, timeout_s=1e-9)
+
+
+def test_tree_ensembles_use_the_permutation_method() -> None:
+    """A scikit-learn forest exported to ONNX (TreeEnsembleClassifier): same method, reported
+    as ``tree_ensemble``; attributions add up to the explained probability."""
+    from skl2onnx import to_onnx
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.ensemble import RandomForestClassifier
+
+    X, y = load_breast_cancer(return_X_y=True)
+    X = X[:, :8].astype(np.float32)
+    forest = RandomForestClassifier(n_estimators=5, max_depth=3, random_state=0).fit(X, y)
+    data = to_onnx(forest, X[:1], options={"zipmap": False}).SerializeToString()
+    assert is_tree_ensemble(data) and not is_tree_ensemble(linear_regressor_onnx())
+    sess = session(data)
+    result = explain(sess, X[:3], X[100:150], max_evals=200, timeout_s=60)
+    assert result.output == "probabilities" and result.targets == [1, 1, 1]
+    proba = sess.run(["probabilities"], {sess.get_inputs()[0].name: X[:3]})[0][:, 1]
+    np.testing.assert_allclose(result.values.sum(axis=1) + result.base_values, proba, atol=1e-5)
