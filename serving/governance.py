@@ -147,13 +147,13 @@ class ResidencyPolicy:
                     f"log location {logs_location} is in region {where!r}")
 
     def admit(self, model: str, user_id: str | None, stored: str | None) -> None:
-        if model in self.refused:
-            raise ResidencyRefused(f"residency: {self.refused[model]}; refusing to serve it")
         allowed = self.models.get(model)
         if allowed is not None and self.region not in allowed:
             raise ResidencyRefused(
                 f"residency: model {model!r} may only be served in regions {list(allowed)}; "
                 f"this gateway is in region {self.region!r} (ROOST_REGION)")
+        if model in self.refused:
+            raise ResidencyRefused(f"residency: {self.refused[model]}; refusing to serve it")
         for key in (user_id, stored):
             pinned = self.users.get(key) if key is not None else None
             if pinned is not None and self.region not in pinned:
