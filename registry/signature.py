@@ -6,6 +6,7 @@ order of a single 2-D input so that record-style requests (KServe v1 ``instances
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -46,8 +47,10 @@ ONNX_TO_OIP: dict[str, str] = {
 }
 
 
+@functools.lru_cache(maxsize=64)
 def numpy_to_oip(dtype: np.dtype[Any]) -> str:
-    """The OIP datatype of a numpy dtype (strings and objects are BYTES)."""
+    """The OIP datatype of a numpy dtype (strings and objects are BYTES); cached: every output
+    of every response asks, with a handful of dtypes."""
     if dtype.kind in ("U", "S", "O"):
         return "BYTES"
     for name, candidate in OIP_TO_NUMPY.items():

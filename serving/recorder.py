@@ -21,7 +21,7 @@ from registry.errors import DeadlineExceeded
 from serving.batching import ExecutionTimeout, InstancesStuck, QueueFull
 from serving.breaker import BreakerOpen
 from serving.metrics import GatewayMetrics
-from serving.protocol.json_codec import tensor_to_json
+from serving.protocol.json_codec import tensor_json
 from serving.router import Decision
 from serving.shadows import ShadowCopy
 from warehouse import LogUnavailable, PredictionLogWriter, PredictionRecord
@@ -34,7 +34,12 @@ __all__ = ["PredictionRecorder", "outputs_json"]
 
 
 def outputs_json(outputs: list[tuple[str, np.ndarray]]) -> str:
-    return orjson.dumps([tensor_to_json(name, array) for name, array in outputs]).decode()
+    """The outputs as v2 JSON tensors; numeric data serialized by orjson straight from numpy
+    (each value in its own precision, e.g. FP32's shortest form), as the response is."""
+    return orjson.dumps(
+        [tensor_json(name, array, numpy_data=True) for name, array in outputs],
+        option=orjson.OPT_SERIALIZE_NUMPY,
+    ).decode()
 
 
 class PredictionRecorder:
