@@ -222,19 +222,23 @@ def materialize_model(home: Path) -> bytes:
 
     from dagster import DagsterInstance, materialize
 
-    from assets.demo import DEMO_MODELS
-    from assets.pipeline import build_model_pipeline
-    from assets.resources import RegistryResource
+    from assets.demo import DEMO_SPECS
+    from assets.lineage import build_lineage
+    from assets.resources import FeatureStoreResource, RegistryResource
     from registry import Registry, RoostSettings
 
     logging.getLogger("dagster").setLevel(logging.WARNING)
-    spec = next(s for s in DEMO_MODELS if s.served_name == MODEL)
-    assets, checks = build_model_pipeline(spec)
+    spec = next(s for s in DEMO_SPECS if s.name == MODEL)
+    lineage = build_lineage(spec)  # candidate -> validation -> staging -> canary -> production
+    assets, checks = lineage.assets, lineage.checks
     chatter = io.StringIO()  # Dagster's DEBUG event log: shown only if the run fails
     with contextlib.redirect_stderr(chatter):
         result = materialize(
             [*assets, *checks],
-            resources={"registry": RegistryResource(home=str(home))},
+            resources={
+                "registry": RegistryResource(home=str(home)),
+                "features": FeatureStoreResource(home=str(home)),
+            },
             instance=DagsterInstance.ephemeral(),
             raise_on_error=False,
         )

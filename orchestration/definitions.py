@@ -18,6 +18,7 @@ from assets.fairness import fairness_definitions
 from assets.features import fraud_feature_assets
 from assets.lineage import build_lineages
 from assets.observer import registry_observer, serving_assets
+from assets.quantize import quantize_job
 from assets.registry_gc import registry_gc_definitions
 from assets.resources import FeatureStoreResource, RegistryResource
 from assets.retention import retention_definitions
@@ -59,7 +60,7 @@ def build_definitions(home: Path | None = None) -> Definitions:
         assets=assets,
         asset_checks=[c for lineage in lineages for c in lineage.checks],
         jobs=[demo_job, *(job for lineage in lineages for job in lineage.jobs()),
-              *operator_jobs()],
+              *operator_jobs(), quantize_job],
         schedules=[*demo_schedules(), *experiment_schedules, *gc_schedules, *retention_schedules,
                    *drift_schedules, *concept_schedules, *fairness_schedules],
         sensors=[registry_observer(specs), make_canary_sensor(specs), make_alert_sensor()],

@@ -108,6 +108,9 @@ def test_definitions_hold_the_demo_assets_checks_jobs_schedule_and_resources(
     materialize = repo.get_job("materialize_online_features")
     assert set(materialize.asset_layer.selected_asset_keys) == {AssetKey("online_features")}
     assert schedule.job_name == "materialize_online_features"
+    # operator jobs an operator launches from the UI with typed config
+    for name in ("promote", "pause_rollout", "resume_rollout", "rollback", "quantize_model"):
+        assert repo.has_job(name), name
     assert sorted(s.name for s in repo.sensor_defs) == [
         "alert_sensor", "canary_sensor", "registry_observer"
     ]
