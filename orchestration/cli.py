@@ -21,9 +21,18 @@ R = TypeVar("R")
 
 
 @cache
-def _home() -> HomeLookup:
-    """Where this command's home is and why (looked up once per process)."""
+def _home_for(env_home: str | None, cwd: str) -> HomeLookup:
     return find_home()
+
+
+def _home() -> HomeLookup:
+    """Where this command's home is and why: looked up once per ROOST_HOME and working
+    directory, so an in-process caller (CliRunner, a test) that changes either is not handed
+    the home an earlier command found."""
+    return _home_for(os.environ.get("ROOST_HOME"), os.getcwd())
+
+
+_home.cache_clear = _home_for.cache_clear  # type: ignore[attr-defined]
 
 
 def _settings() -> RoostSettings:
