@@ -39,12 +39,10 @@ def _settings() -> RoostSettings:
     """Settings with the home :func:`~registry.settings.find_home` finds (ROOST_HOME, else the
     nearest ``.roost/`` holding a registry at or above the current directory, else ``./.roost``).
 
-    A found home is exported as ROOST_HOME, so the processes a command starts (``serve``'s
-    workers, ``up``'s Dagster) use the same one.
+    Commands that start processes (``serve``'s workers, ``up``'s Dagster) export the home as
+    ROOST_HOME themselves, so those use the same one; others leave the environment alone.
     """
-    lookup = _home()
-    os.environ.setdefault("ROOST_HOME", str(lookup.path))
-    return RoostSettings(home=lookup.path)
+    return RoostSettings(home=_home().path)
 
 
 def _registry() -> Registry:
@@ -145,6 +143,7 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
     import uvicorn
 
     settings = _settings()
+    os.environ["ROOST_HOME"] = str(settings.home)  # the workers and their settings
     workers = workers or settings.workers
     if host:
         os.environ["ROOST_HOST"] = host
