@@ -105,19 +105,47 @@ def status_table(status: RolloutStatus) -> str:
               help="Canary percents, increasing, ending at 100 (default: 1,5,10,25,50,100).")
 @click.option("--reason", default="promote", help="Why (recorded in the audit trail).")
 @click.option("--actor", default=None, help="Who (default: ROOST_ACTOR).")
+@click.option("--no-staging-tests", "skip_tests", is_flag=True,
+              help="Only start the rollout (STAGING); run the staging tests and the canary from "
+                   "the model's `<model>_rollout` job in the Dagster UI instead.")
 @_errors
 def promote(model: str, version: int, schedule: str | None, reason: str,
-            actor: str | None) -> None:
-    """Start the staged rollout of a VALIDATED VERSION: staging, then a stepped canary."""
-    steps = parse_schedule(schedule) if schedule is not None else None
-    registry = _registry()
-    status = registry.start_rollout(
-        model, version, schedule=steps, actor=_actor(registry, actor), reason=reason
+            actor: str | None, skip_tests: bool) -> None:
+    """Start the staged rollout of a VALIDATED VERSION: staging tests against a staging
+    gateway, then the canary's first step; the canary sensor walks the rest."""
+    from assets.spec import all_specs
+    from assets.staging import run_staging_tests
+
+    settings = _cli()._settings()
+    spec = next((s for s in all_specs(settings.home) if s.name == model), None)
+    steps = parse_schedule(schedule) if schedule is not None else (
+        tuple(spec.canary.schedule) if spec is not None else None  # the spec's, as the job
     )
+    registry = _registry()
+    who = _actor(registry, actor)
+    if spec is None and not skip_tests:
+        raise RoostError(
+            f"no model spec for '{model}': its staging tests need one (`roost model add "
+            f"{model} ...`), or pass --no-staging-tests"
+        )
+    status = registry.start_rollout(model, version, schedule=steps, actor=who, reason=reason)
     click.echo(
         f"{describe(status)}; canary schedule {', '.join(f'{p:g}%' for p in status.schedule)} "
         f"(see `roost rollout status {model}`)"
     )
+    if skip_tests or spec is None:
+        return
+    click.echo(f"running {model}'s staging tests against a staging gateway ...")
+    report = run_staging_tests(spec, version, registry, settings)
+    evidence = report.evidence()
+    if not report.passed:
+        registry.staging_failed(model, version, reason=f"staging tests: {report.reason}",
+                                evidence=evidence, actor=who)
+        raise RoostError(f"staging tests of {model} v{version} failed: {report.reason}")
+    registry.staging_passed(model, version, evidence=evidence, actor=who)
+    status = registry.begin_canary(model, version, actor=who)
+    click.echo(f"staging tests passed ({report.reason}); canary at {status.percent:g}%: the "
+               "canary sensor steps, promotes or rolls it back")
 
 
 @click.group("rollout")

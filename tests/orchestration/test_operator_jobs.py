@@ -123,3 +123,32 @@ def test_promote_runs_the_staging_tests_and_starts_the_canary(
     materialized = {e.asset_key.path[0] for e in result.get_asset_materialization_events()
                     if e.asset_key is not None}
     assert materialized == {f"{MODEL}_staging_tests", f"{MODEL}_canary_deployment"}
+
+
+def test_roost_promote_runs_the_staging_tests_and_starts_the_canary(
+    two: Registry, settings: RoostSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI's `roost promote` does what the `promote` job does."""
+    from click.testing import CliRunner
+
+    from orchestration.cli import main
+
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame(rng.normal(size=(40, 4)).astype(np.float32),
+                         columns=["a", "b", "c", "d"])
+    frame["label"] = (frame["a"] > 0).astype(int)
+    frame.to_csv(tmp_path / "held.csv", index=False)
+    write_spec(settings.home, parse_spec({
+        "name": MODEL, "held_out": {"path": str(tmp_path / "held.csv")},
+        "staging": {"replay_sample": 20, "gateway": "in_process", "latency_budget_ms": 2000},
+        "canary": {"schedule": [5, 100]},
+    }))
+    monkeypatch.setenv("ROOST_HOME", str(settings.home))
+    out = CliRunner().invoke(main, ["promote", MODEL, "2", "--actor", "carol"])
+    assert out.exit_code == 0, out.output
+    assert "staging tests passed" in out.output and "canary at 5%" in out.output
+    status = two.get_rollout(MODEL)
+    assert status is not None and (status.phase, status.percent) == (RolloutPhase.CANARY, 5.0)
+    actions = [(r.action, r.actor) for r in two.audit_records(MODEL)]
+    for step in ("rollout_start", "rollout_staging_passed", "rollout_canary"):
+        assert (step, "carol") in actions, actions
