@@ -102,9 +102,8 @@ def test_rollback_brings_the_replaced_version_back(
     assert record and any("v2 complaints" in str(r.details) for r in record)
 
 
-def test_promote_runs_the_staging_tests_and_starts_the_canary(
-    two: Registry, settings: RoostSettings, tmp_path: Path
-) -> None:
+def spec_with_held_out_data(settings: RoostSettings, tmp_path: Path, schedule: list[float]) -> None:
+    """A spec for MODEL with 40 held-out rows (label: a > 0) and in-process staging tests."""
     rng = np.random.default_rng(0)
     frame = pd.DataFrame(rng.normal(size=(40, 4)).astype(np.float32),
                          columns=["a", "b", "c", "d"])
@@ -113,8 +112,14 @@ def test_promote_runs_the_staging_tests_and_starts_the_canary(
     write_spec(settings.home, parse_spec({
         "name": MODEL, "held_out": {"path": str(tmp_path / "held.csv")},
         "staging": {"replay_sample": 20, "gateway": "in_process", "latency_budget_ms": 2000},
-        "canary": {"schedule": [2, 100]},
+        "canary": {"schedule": schedule},
     }))
+
+
+def test_promote_runs_the_staging_tests_and_starts_the_canary(
+    two: Registry, settings: RoostSettings, tmp_path: Path
+) -> None:
+    spec_with_held_out_data(settings, tmp_path, schedule=[2, 100])
     result = run(promote, settings, "start_rollout", {"model": MODEL, "version": 2})
     assert result.success, result.all_events
     status = two.get_rollout(MODEL)
@@ -133,16 +138,7 @@ def test_roost_promote_runs_the_staging_tests_and_starts_the_canary(
 
     from orchestration.cli import main
 
-    rng = np.random.default_rng(1)
-    frame = pd.DataFrame(rng.normal(size=(40, 4)).astype(np.float32),
-                         columns=["a", "b", "c", "d"])
-    frame["label"] = (frame["a"] > 0).astype(int)
-    frame.to_csv(tmp_path / "held.csv", index=False)
-    write_spec(settings.home, parse_spec({
-        "name": MODEL, "held_out": {"path": str(tmp_path / "held.csv")},
-        "staging": {"replay_sample": 20, "gateway": "in_process", "latency_budget_ms": 2000},
-        "canary": {"schedule": [5, 100]},
-    }))
+    spec_with_held_out_data(settings, tmp_path, schedule=[5, 100])
     monkeypatch.setenv("ROOST_HOME", str(settings.home))
     out = CliRunner().invoke(main, ["promote", MODEL, "2", "--actor", "carol"])
     assert out.exit_code == 0, out.output
