@@ -18,17 +18,13 @@ from typing import Any
 
 from dagster import (
     AssetExecutionContext,
-    AssetKey,
     AssetsDefinition,
-    DefaultScheduleStatus,
     MaterializeResult,
     MetadataValue,
     asset,
-    build_schedule_from_partitioned_job,
-    define_asset_job,
 )
 
-from assets.drift import DAILY, GROUP
+from assets.drift import DAILY, GROUP, daily_schedule
 from assets.resources import RegistryResource
 from assets.spec import ModelSpec
 from monitoring.concept import ConceptReport, concept_drift, validation_baselines
@@ -98,16 +94,11 @@ def concept_asset(spec: ModelSpec) -> AssetsDefinition:
 def concept_definitions(
     specs: Sequence[ModelSpec],
 ) -> tuple[list[AssetsDefinition], list[Any]]:
-    """Every spec's concept drift asset and the daily schedule of their job (an unresolved
-    partitioned schedule: Definitions resolves it)."""
-    assets = [concept_asset(spec) for spec in specs]
-    job = define_asset_job(
-        JOB, selection=[AssetKey(asset_name(spec)) for spec in specs], partitions_def=DAILY,
-        description="Accuracy, calibration and reward of every model for one UTC day.",
+    """Every spec's concept drift asset and the daily schedule of their job."""
+    schedule = daily_schedule(
+        JOB, [asset_name(spec) for spec in specs], hour=2,
+        job_description="Accuracy, calibration and reward of every model for one UTC day.",
+        schedule_name=SCHEDULE,
+        schedule_description="Yesterday's concept drift of every model (UTC).",
     )
-    schedule = build_schedule_from_partitioned_job(
-        job, name=SCHEDULE, hour_of_day=2, minute_of_hour=0,
-        default_status=DefaultScheduleStatus.RUNNING,
-        description="Yesterday's concept drift of every model (UTC).",
-    )
-    return assets, [schedule]
+    return [concept_asset(spec) for spec in specs], [schedule]

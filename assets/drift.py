@@ -49,7 +49,24 @@ JOB = "data_drift_job"
 SCHEDULE = "data_drift_schedule"
 
 DAILY = DailyPartitionsDefinition(start_date=os.environ.get(START_DATE_ENV, DEFAULT_START_DATE))
-"""One partition per complete UTC day (shared by the concept drift assets)."""
+"""One partition per complete UTC day (shared by the concept drift and fairness assets)."""
+
+
+def daily_schedule(
+    job_name: str, asset_names: Sequence[str], *, hour: int, minute: int = 0,
+    job_description: str, schedule_name: str, schedule_description: str,
+) -> Any:
+    """A job over ``asset_names``' :data:`DAILY` partitions and its schedule for yesterday, at
+    ``hour:minute`` UTC, running by default (an unresolved partitioned schedule: Definitions
+    resolves it). The drift, concept drift and fairness assets each have one."""
+    job = define_asset_job(
+        job_name, selection=[AssetKey(name) for name in asset_names], partitions_def=DAILY,
+        description=job_description,
+    )
+    return build_schedule_from_partitioned_job(
+        job, name=schedule_name, hour_of_day=hour, minute_of_hour=minute,
+        default_status=DefaultScheduleStatus.RUNNING, description=schedule_description,
+    )
 
 
 def asset_name(spec: ModelSpec) -> str:
@@ -129,16 +146,10 @@ def drift_asset(spec: ModelSpec) -> AssetsDefinition:
 def drift_definitions(
     specs: Sequence[ModelSpec],
 ) -> tuple[list[AssetsDefinition], list[Any]]:
-    """Every spec's drift asset and the daily schedule of their job (an unresolved
-    partitioned schedule: Definitions resolves it)."""
-    assets = [drift_asset(spec) for spec in specs]
-    job = define_asset_job(
-        JOB, selection=[AssetKey(asset_name(spec)) for spec in specs], partitions_def=DAILY,
-        description="Data drift of every model's logged inputs for one UTC day.",
+    """Every spec's drift asset and the daily schedule of their job."""
+    schedule = daily_schedule(
+        JOB, [asset_name(spec) for spec in specs], hour=0, minute=30,
+        job_description="Data drift of every model's logged inputs for one UTC day.",
+        schedule_name=SCHEDULE, schedule_description="Yesterday's data drift of every model (UTC).",
     )
-    schedule = build_schedule_from_partitioned_job(
-        job, name=SCHEDULE, hour_of_day=0, minute_of_hour=30,
-        default_status=DefaultScheduleStatus.RUNNING,
-        description="Yesterday's data drift of every model (UTC).",
-    )
-    return assets, [schedule]
+    return [drift_asset(spec) for spec in specs], [schedule]

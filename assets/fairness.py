@@ -29,23 +29,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from dagster import (
     AssetExecutionContext,
-    AssetKey,
     AssetsDefinition,
-    DefaultScheduleStatus,
     MaterializeResult,
     MetadataValue,
     asset,
-    build_schedule_from_partitioned_job,
-    define_asset_job,
 )
 
 from assets.demo_data import Dataset
-from assets.drift import DAILY, GROUP
+from assets.drift import DAILY, GROUP, daily_schedule
 from assets.held_out import load_held_out
 from assets.resources import RegistryResource
 from assets.spec import ModelSpec
 from assets.validation import CheckOutcome, Metadata
 from monitoring.fairness import AttributeFairness, FairnessBars, attribute_fairness, markdown_report
+from registry.storage import Location, logs_location
 from warehouse import connect
 from warehouse.sql import FAIRNESS_DIR, FAIRNESS_SCHEMA
 
@@ -122,9 +119,11 @@ WHERE model = $model AND date = $day AND status < 400
 """
 
 
-def logged_frame(logs_dir: Path, model: str, day: date, output: str = "label") -> pd.DataFrame:
-    """One day's served predictions of ``model``: decision, label (NaN: none), attributes."""
-    con = connect(logs_dir, sandboxed=False)
+def logged_frame(logs_dir: Path, model: str, day: date, output: str = "label", *,
+                 logs_location: Location | None = None) -> pd.DataFrame:
+    """One day's served predictions of ``model``: decision, label (NaN: none), attributes;
+    the sealed log read at ``logs_location`` (``ROOST_LOGS_URL``) when given."""
+    con = connect(logs_dir, sandboxed=False, logs_location=logs_location)
     try:
         frame = con.execute(_LOGGED, {"model": model, "day": day, "output": output}).df()
     finally:
@@ -212,8 +211,9 @@ def fairness_asset(spec: ModelSpec) -> AssetsDefinition:
     ) -> MaterializeResult:  # type: ignore[type-arg]
         assert spec.fairness is not None
         day = date.fromisoformat(context.partition_key)
-        logs_dir = registry.settings().logs_dir
-        frame = logged_frame(logs_dir, spec.name, day)
+        settings = registry.settings()
+        logs_dir = settings.logs_dir
+        frame = logged_frame(logs_dir, spec.name, day, logs_location=logs_location(settings))
         if frame.empty:
             return MaterializeResult(metadata={"status": "no data",
                                                "detail": f"no served predictions on {day}"})
@@ -240,11 +240,10 @@ def fairness_definitions(specs: Sequence[ModelSpec]) -> tuple[list[AssetsDefinit
     declared = [s for s in specs if s.fairness is not None]
     if not declared:
         return [], []
-    job = define_asset_job(
-        JOB, selection=[AssetKey(asset_name(s)) for s in declared], partitions_def=DAILY,
-        description="Fairness of every model's logged decisions for one UTC day.")
-    schedule = build_schedule_from_partitioned_job(
-        job, name=SCHEDULE, hour_of_day=1, minute_of_hour=0,
-        default_status=DefaultScheduleStatus.RUNNING,
-        description="Yesterday's fairness of every model declaring it (UTC).")
+    schedule = daily_schedule(
+        JOB, [asset_name(s) for s in declared], hour=1,
+        job_description="Fairness of every model's logged decisions for one UTC day.",
+        schedule_name=SCHEDULE,
+        schedule_description="Yesterday's fairness of every model declaring it (UTC).",
+    )
     return [fairness_asset(s) for s in declared], [schedule]

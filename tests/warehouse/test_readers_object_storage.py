@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -98,6 +99,24 @@ def test_read_arms_sees_rows_only_in_s3(
     summary = [(a.arm, a.version, a.requests, a.server_errors, a.labelled) for a in arms]
     assert summary == [("canary", 2, 100, 10, 90), ("production", 1, 300, 0, 300)]
 
+
+
+def test_fairness_reads_the_day_from_s3(settings: RoostSettings, location: Location) -> None:
+    """The daily fairness asset's reader: decisions and logged attributes of rows only in S3."""
+    from assets.fairness import logged_frame
+
+    records = [
+        replace(_record(n, T0 + timedelta(seconds=n),
+                        inputs=json.dumps({"inputs": [], "attributes": {"age_band": band}})),
+                outputs=json.dumps([{"name": "label", "datatype": "INT64", "shape": [1],
+                                     "data": [n % 2]}]))
+        for n, band in enumerate(["40_plus", "under_40", "under_40"])
+    ]
+    _seal(location, settings.logs_dir / "upload", records)
+    assert logged_frame(settings.logs_dir, MODEL, T0.date()).empty
+    frame = logged_frame(settings.logs_dir, MODEL, T0.date(), logs_location=location)
+    assert sorted(zip(frame["age_band"], frame["predicted"], strict=True)) == [
+        ("40_plus", 0.0), ("under_40", 0.0), ("under_40", 1.0)]
 
 def test_log_source_counts_s3_rows(settings: RoostSettings, location: Location) -> None:
     records = [_record(i, T0 + timedelta(seconds=i), status=500 if i % 4 == 0 else 200)
