@@ -16,9 +16,7 @@ from typing import Any
 
 from dagster import (
     AssetExecutionContext,
-    AssetKey,
     AssetsDefinition,
-    DefaultScheduleStatus,
     MaterializeResult,
     MetadataValue,
     ScheduleDefinition,
@@ -26,11 +24,11 @@ from dagster import (
     TableRecord,
     TableSchema,
     asset,
-    define_asset_job,
 )
 
 from analysis.experiments import ExperimentResult, read_experiment, write_experiment_results
 from assets.resources import RegistryResource
+from assets.schedules import asset_cron_schedule
 from registry import RoostSettings
 from registry.storage import logs_location
 
@@ -118,17 +116,14 @@ def experiment_analysis(
     return MaterializeResult(metadata=metadata)
 
 
-def experiment_job() -> Any:
-    return define_asset_job(JOB, selection=[AssetKey(ASSET)],
-                            description="Refresh the analysis of every running A/B experiment.")
-
-
 def experiment_schedule(settings: RoostSettings | None = None) -> ScheduleDefinition:
     """The schedule (``ROOST_EXPERIMENT_SCHEDULE``) that refreshes :data:`ASSET`."""
-    cron = (settings or RoostSettings()).experiment_schedule
-    return ScheduleDefinition(name=SCHEDULE, job=experiment_job(), cron_schedule=cron,
-                              default_status=DefaultScheduleStatus.RUNNING,
-                              description="Refresh the experiment analysis.")
+    return asset_cron_schedule(
+        ASSET, job=JOB, schedule=SCHEDULE,
+        cron=(settings or RoostSettings()).experiment_schedule,
+        job_description="Refresh the analysis of every running A/B experiment.",
+        description="Refresh the experiment analysis.",
+    )
 
 
 def experiment_definitions(

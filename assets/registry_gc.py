@@ -26,19 +26,17 @@ from typing import Any
 
 from dagster import (
     AssetExecutionContext,
-    AssetKey,
     AssetsDefinition,
-    DefaultScheduleStatus,
     MaterializeResult,
     MetadataValue,
     ScheduleDefinition,
     asset,
-    define_asset_job,
 )
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from assets.resources import RegistryResource
+from assets.schedules import asset_cron_schedule
 from registry import Registry, RoostSettings, State, audit
 from registry.errors import Conflict
 from registry.policies import policy_of
@@ -212,12 +210,12 @@ def registry_gc(
 
 def registry_gc_schedule(settings: RoostSettings | None = None) -> ScheduleDefinition:
     """The schedule (``ROOST_REGISTRY_GC_SCHEDULE``, daily) that runs :data:`ASSET`."""
-    job = define_asset_job(JOB, selection=[AssetKey(ASSET)],
-                           description="Archive old DEPRECATED versions, delete their artifacts.")
-    cron = (settings or RoostSettings()).registry_gc_schedule
-    return ScheduleDefinition(name=SCHEDULE, job=job, cron_schedule=cron,
-                              default_status=DefaultScheduleStatus.RUNNING,
-                              description="Registry garbage collection.")
+    return asset_cron_schedule(
+        ASSET, job=JOB, schedule=SCHEDULE,
+        cron=(settings or RoostSettings()).registry_gc_schedule,
+        job_description="Archive old DEPRECATED versions, delete their artifacts.",
+        description="Registry garbage collection.",
+    )
 
 
 def registry_gc_definitions(

@@ -12,9 +12,7 @@ from typing import Any
 
 from dagster import (
     AssetExecutionContext,
-    AssetKey,
     AssetsDefinition,
-    DefaultScheduleStatus,
     MaterializeResult,
     MetadataValue,
     ScheduleDefinition,
@@ -22,10 +20,10 @@ from dagster import (
     TableRecord,
     TableSchema,
     asset,
-    define_asset_job,
 )
 
 from assets.resources import RegistryResource
+from assets.schedules import asset_cron_schedule
 from registry import RoostSettings
 from warehouse.retention import RetentionReport, apply_retention
 
@@ -74,17 +72,14 @@ def retention(
     return MaterializeResult(metadata=metadata)
 
 
-def retention_job() -> Any:
-    return define_asset_job(JOB, selection=[AssetKey(ASSET)],
-                            description="Delete expired log and feature partitions.")
-
-
 def retention_schedule(settings: RoostSettings | None = None) -> ScheduleDefinition:
     """The daily schedule (``ROOST_RETENTION_SCHEDULE``) that runs :data:`ASSET`."""
-    cron = (settings or RoostSettings()).retention_schedule
-    return ScheduleDefinition(name=SCHEDULE, job=retention_job(), cron_schedule=cron,
-                              default_status=DefaultScheduleStatus.RUNNING,
-                              description="Delete expired partitions, daily.")
+    return asset_cron_schedule(
+        ASSET, job=JOB, schedule=SCHEDULE,
+        cron=(settings or RoostSettings()).retention_schedule,
+        job_description="Delete expired log and feature partitions.",
+        description="Delete expired partitions, daily.",
+    )
 
 
 def retention_definitions(
