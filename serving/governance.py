@@ -107,6 +107,8 @@ class ConsentGate:
                 if now - self._read_at >= self.refresh_s:
                     self._withdrawn = self.store.withdrawn("logging")  # a small indexed read
                     self._read_at = now
+        if not self._withdrawn:  # the common case: no per-request hashing of the id
+            return False
         try:
             return self.store.stored(user_id) in self._withdrawn
         except RoostError:  # an id the registry would not take was never withdrawn
