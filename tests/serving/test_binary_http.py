@@ -28,7 +28,7 @@ from tritonclient.utils import InferenceServerException
 from registry import Registry, RoostSettings
 from registry.errors import InvalidRequest
 from registry.signature import OIP_TO_NUMPY
-from serving import binary
+from serving.protocol import binary_codec as binary
 from serving.protocol.render import render_inputs
 from warehouse import run_query
 

@@ -25,7 +25,8 @@ from roost_testing import deploy_model, make_echo_onnx, make_linear_onnx, runnin
 
 from registry import InvalidRequest, Registry, RoostSettings
 from registry.signature import OIP_TO_NUMPY, Signature, TensorSpec
-from serving import binary, oip
+from serving import protocol as oip
+from serving.protocol import binary_codec as binary
 from serving.protocol.render import json_preview, render_inputs
 
 DATATYPES = list(OIP_TO_NUMPY)

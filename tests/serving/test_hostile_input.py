@@ -32,8 +32,9 @@ from registry import InvalidRequest, Registry, RoostSettings, ServingConfig
 from registry.artifacts import ArtifactStore
 from registry.service import check_model_name
 from registry.signature import Signature, TensorSpec
-from serving import binary, oip
+from serving import protocol as oip
 from serving.dataplane import DataPlane
+from serving.protocol import binary_codec as binary
 
 service_pb2 = pytest.importorskip("tritonclient.grpc.service_pb2")
 service_pb2_grpc = pytest.importorskip("tritonclient.grpc.service_pb2_grpc")

@@ -11,7 +11,7 @@ import pytest
 
 from registry.errors import InvalidRequest, RoostError
 from registry.signature import OIP_TO_NUMPY, Signature, TensorSpec
-from serving.oip import (
+from serving.protocol import (
     InferRequest,
     RequestedOutput,
     RequestInput,
