@@ -7,6 +7,8 @@ chain and version numbers stay consistent under concurrent writers on SQLite and
 from __future__ import annotations
 
 import re
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -166,10 +168,10 @@ def _make_engine(url: str, *, immediate: bool) -> Engine:
         # Take transaction control from pysqlite so that BEGIN IMMEDIATE below is honoured.
         dbapi_conn.isolation_level = None
         cursor = dbapi_conn.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        _use_wal(cursor)
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -178,6 +180,22 @@ def _make_engine(url: str, *, immediate: bool) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
+
+
+def _use_wal(cursor: Any) -> None:
+    """Put the SQLite file in WAL mode (persistent: later connections find it set). Switching
+    needs an exclusive lock that SQLite may refuse at once ("database is locked") while other
+    connections open the same fresh file, busy timeout or not, so the switch is retried."""
+    for attempt in range(50):
+        if str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
+            return
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == 49:
+                raise
+            time.sleep(0.02 * (attempt + 1))
 
 
 class Registry(RolloutMethods):
