@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.roost-installed
-PACKAGES := registry serving warehouse features assets orchestration analysis monitoring
+PACKAGES := registry serving warehouse features assets orchestration analysis monitoring llm
 
 .PHONY: install install-gpu install-k8s up test lint bench clean
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from registry.errors import InvalidRequest
 
-BACKENDS = ("onnxruntime", "triton")
+BACKENDS = ("onnxruntime", "triton", "llm", "openai")
 TRITON_PROTOCOLS = ("http", "grpc")
 NAN_POLICIES = ("allow", "reject")
 _STRING_KNOBS = frozenset(

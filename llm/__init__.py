@@ -1,0 +1,1 @@
+"""The project's own small language model: tokenizer, training, ONNX export with a KV cache."""

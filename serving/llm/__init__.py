@@ -1,0 +1,1 @@
+"""LLM serving: an iteration-level (continuous batching) engine and OpenAI-compatible APIs."""
