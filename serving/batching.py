@@ -34,7 +34,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -90,6 +90,13 @@ class BatcherStats:
     timeouts: int = 0
     last_batch_rows: int = 0
     batch_sizes: collections.Counter[int] = field(default_factory=collections.Counter)
+
+
+def _timed_run(runner: SyncRunFn, feeds: Tensors) -> tuple[Tensors, float]:
+    """``runner(feeds)`` and how long the call itself took (s)."""
+    started = time.perf_counter()
+    outputs = runner(feeds)
+    return outputs, time.perf_counter() - started
 
 
 class DynamicBatcher:
@@ -239,13 +246,15 @@ class DynamicBatcher:
                         raise self._timed_out(started, None) from None
                 elif self._inline and self._typical_s < INLINE_BELOW_S:
                     # A thread round trip costs more than a model this fast; run it right here.
-                    outputs = runner(merged)
+                    outputs, took_s = _timed_run(cast(SyncRunFn, runner), merged)
+                    self._learn(took_s)
                 else:
-                    call = executor.submit(runner, merged)
+                    call = executor.submit(_timed_run, cast(SyncRunFn, runner), merged)
                     timer = asyncio.timeout(timeout_s)
                     try:
                         async with timer:
-                            outputs = await asyncio.wrap_future(call)
+                            outputs, took_s = await asyncio.wrap_future(call)
+                            self._learn(took_s)
                     except TimeoutError:
                         if not timer.expired():
                             raise
@@ -393,11 +402,16 @@ class DynamicBatcher:
         if pending.probe and self.breaker is not None:
             self.breaker.probe_abandoned()
 
+    def _learn(self, took_s: float) -> None:
+        """Track the model's own time per batch (measured on the thread that ran it: a thread
+        round trip under load costs more than a small model, and counting it would keep a
+        fast model off the event loop for good)."""
+        self._typical_s = took_s if self._typical_s == float("inf") else (
+            0.9 * self._typical_s + 0.1 * took_s
+        )
+
     def _record(self, batch: list[_Pending], started: float) -> None:
         took = time.monotonic() - started
-        self._typical_s = took if self._typical_s == float("inf") else (
-            0.9 * self._typical_s + 0.1 * took
-        )
         rows = sum(p.rows for p in batch)
         stats = self.stats
         stats.batches += 1
