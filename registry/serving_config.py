@@ -11,6 +11,7 @@ from registry.errors import InvalidRequest
 BACKENDS = ("onnxruntime", "triton", "llm", "openai")
 TRITON_PROTOCOLS = ("http", "grpc")
 NAN_POLICIES = ("allow", "reject")
+LLM_BATCHING = ("continuous", "static")
 _STRING_KNOBS = frozenset(
     {
         "backend",
@@ -19,6 +20,9 @@ _STRING_KNOBS = frozenset(
         "triton_model",
         "triton_model_version",
         "nan_policy",
+        "batching",
+        "upstream_url",
+        "upstream_model",
     }
 )
 _HOST_PORT = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>[0-9]{1,5})$")
@@ -70,6 +74,26 @@ class ServingConfig:
     nan_policy: str = "allow"
     """What a floating-point input holding NaN or +/-Inf gets: ``allow`` (passed to the model)
     or ``reject`` (400 naming the input). JSON cannot carry them; binary and gRPC data can."""
+    # -- text generation (backend llm and openai; docs/llm-serving.md; vLLM's names) --------
+    max_num_seqs: int = 16
+    """Most sequences in one decode step (the running batch); more wait in the queue, which
+    holds ``max_queue_size`` sequences (one more is refused with 503 and Retry-After)."""
+    max_num_batched_tokens: int = 2048
+    """Most tokens one engine step processes: a decode token per running sequence plus the
+    prompts prefilled in that step. A longer prompt is refused (400)."""
+    kv_cache_budget_mb: float = 256.0
+    """Memory for the sequences' KV caches; a sequence reserves prompt + max_tokens positions
+    when it starts, and waits while the budget cannot hold it."""
+    batching: str = "continuous"
+    """``continuous`` (sequences join and leave the batch at every step) or ``static`` (a batch
+    is formed once and nobody joins until all of it has finished; for comparison)."""
+    upstream_url: str | None = None
+    """backend openai: the upstream's base URL, ``http(s)://host:port/v1`` (as OpenAI clients'
+    ``base_url``); its ``/completions`` and ``/chat/completions`` are called."""
+    upstream_model: str | None = None
+    """backend openai: the model name the upstream knows (None: the Roost model name)."""
+    upstream_timeout_s: float = 60.0
+    """backend openai: longest wait for the upstream's answer (or its next streamed chunk)."""
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> ServingConfig:
@@ -130,6 +154,7 @@ class ServingConfig:
                 f"nan_policy: expected one of {', '.join(NAN_POLICIES)}, got {self.nan_policy!r}"
             )
         problems.extend(self._backend_problems())
+        problems.extend(self._llm_problems())
         if problems:
             raise InvalidRequest("; ".join(problems))
 
@@ -154,6 +179,29 @@ class ServingConfig:
             )
         if not 0 < self.triton_timeout_s <= 3600:
             problems.append("triton_timeout_s: expected > 0 and <= 3600 seconds")
+        return problems
+
+    def _llm_problems(self) -> list[str]:
+        problems = []
+        for knob in ("max_num_seqs", "max_num_batched_tokens"):
+            value = getattr(self, knob)
+            if int(value) != value or value < 1:
+                problems.append(f"{knob}: expected an integer >= 1, got {value!r}")
+        if self.kv_cache_budget_mb <= 0:
+            problems.append("kv_cache_budget_mb: expected > 0")
+        if self.batching not in LLM_BATCHING:
+            problems.append(f"batching: expected continuous or static, got {self.batching!r}")
+        if self.upstream_url is not None:
+            if not self.upstream_url.startswith(("http://", "https://")):
+                problems.append(
+                    f"upstream_url: expected http(s)://host:port/v1, got {self.upstream_url!r}"
+                )
+        elif self.backend == "openai":
+            problems.append("upstream_url: required when backend is openai (http(s)://host/v1)")
+        if self.upstream_model is not None and not self.upstream_model.strip():
+            problems.append("upstream_model: expected a non-empty model name")
+        if not 0 < self.upstream_timeout_s <= 3600:
+            problems.append("upstream_timeout_s: expected > 0 and <= 3600 seconds")
         return problems
 
     def to_dict(self) -> dict[str, Any]:
