@@ -56,6 +56,9 @@ def create_app(settings: RoostSettings, gateway: Gateway | Registry | None = Non
         lifespan=lifespan,
         docs_url="/docs",
         redoc_url=None,
+        # FastAPI's native OpenTelemetry hooks ask the OTel providers on every request (~3 us);
+        # Roost's own metrics are Prometheus (serving/metrics.py).
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     app.state.registry = reg
