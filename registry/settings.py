@@ -80,19 +80,23 @@ class RoostSettings(BaseSettings):
     log_flush_interval_s: float = 2.0
     """... or once the oldest buffered row is this old."""
 
-    log_durability: Literal["fsync", "buffered"] = "fsync"
-    """When the gateway answers relative to its prediction-log record (``ROOST_LOG_DURABILITY``).
+    log_durability: Literal["fsync", "write", "buffered"] = "fsync"
+    """When the gateway answers relative to its prediction-log record (``ROOST_LOG_DURABILITY``;
+    the trio of MySQL's ``innodb_flush_log_at_trx_commit`` 1 / 2 / 0, see docs/durability.md).
 
-    ``fsync`` (default, RPO 0): the record goes to a write-ahead log and the response is sent
-    only after the fdatasync covering it; concurrent requests share one sync (group commit). Cost
-    measured on a 2-CPU VM with local SSD (benchmarks/durability.py, breast-cancer, wrk): about
-    +0.5-0.8 ms at the median; throughput 0.46x of ``buffered`` with 1 connection (one sync per
-    request), 0.66x with 8, 0.93x with 64, where a group covers tens of requests.
-    ``buffered``: the record is written to the write-ahead log without waiting and without any
-    fsync; a crash of the process loses the records of the last few milliseconds (the crash test
-    lost 0-11 acknowledged records per SIGKILL), a crash of the machine loses whatever the
-    kernel had not written back yet.
+    ``fsync`` (default, RPO 0): the record is written to the write-ahead log and the response is
+    sent only after the fdatasync covering it; concurrent requests share one sync (group
+    commit). ``write``: the response is sent once the record is written to the log file
+    (``write(2)``): a killed or crashed process loses nothing, a power loss or kernel crash at
+    most the last ``log_sync_interval_ms`` (a background fdatasync follows within it).
+    ``buffered``: the record is written to the log without waiting and without any fsync; a
+    crash of the process loses the records of the last moments, a crash of the machine whatever
+    the kernel had not written back yet. Costs: benchmarks/durability.py.
     """
+
+    log_sync_interval_ms: float = Field(default=5.0, gt=0, le=1000)
+    """``log_durability: write``: the longest a written record waits for its background
+    fdatasync (``ROOST_LOG_SYNC_INTERVAL_MS``); what a power loss can take."""
 
     log_segment_bytes: int = Field(default=64 * 1024 * 1024, ge=64 * 1024)
     """A write-ahead-log segment is sealed into Parquet at this size (or at ``log_flush_rows``

@@ -7,15 +7,28 @@ Each segment is an Arrow IPC *stream*: the schema message, then one record-batch
 commit group (no end-of-stream marker), in :data:`WAL_SCHEMA` (the Parquet columns plus ``model``
 and ``wal_seq``, the record's sequence number in its writer).
 
-Group commit: :meth:`WriteAheadLog.append` puts the record on a list under a lock and wakes the
-committer thread, which takes *every* record appended since its last commit, serializes them as
-one record batch, writes it with one ``write`` and makes it durable with one ``fdatasync``, then
-completes each record's waiter (asyncio futures through one ``call_soon_threadsafe`` per event
-loop and group). Requests that arrive while a group is being synced form the next group, so the
-cost of a sync is shared by every request in flight. With ``durability="buffered"`` the thread
-writes the same segments but never syncs, and callers do not wait: a process crash loses only
-what was appended in the last few milliseconds, a machine crash loses what the kernel had not
-written back yet.
+Group commit: :meth:`WriteAheadLog.append` puts the record on a list under a lock. On an event
+loop it schedules one callback on that loop (``call_soon``), which runs after the callbacks that
+are ready now and so takes *every* record appended in that loop iteration: it serializes them as
+one record batch and writes it with one ``write(2)`` on the loop (tens of microseconds, no thread
+hop). Appends from other threads are written the same way by the syncer thread. Then, by
+``durability`` (:class:`Durability`; the three levels of MySQL's
+``innodb_flush_log_at_trx_commit``, see docs/durability.md):
+
+* ``fsync``: the group's waiters wait for the syncer thread, which fdatasyncs the segment (and,
+  once, its directory) and completes every waiter written before the sync began (asyncio futures
+  through one ``call_soon_threadsafe`` per event loop and round). Groups written while a sync
+  runs are covered by the next one, so a sync's cost is shared by every request in flight, and
+  the loop never waits for the disk.
+* ``write``: the waiters complete as soon as the group is written (the page cache survives a
+  killed process); the syncer fdatasyncs within ``sync_interval_s`` of the first unsynced write,
+  which bounds what a power loss can take.
+* ``buffered``: nobody waits and nothing is synced.
+
+Nothing that can take milliseconds runs on the loop: a new segment is created there (``open``
+and the schema's ``write``) but its directory entry is fsynced by the syncer before the first
+record in it is acknowledged; closed segments are synced and closed by the syncer, and sealed
+(Parquet, fsyncs, unlink) by the compactor thread.
 
 A segment is closed once it holds ``segment_rows`` rows, ``segment_bytes`` bytes, or its first
 row is ``segment_age_s`` old; the compactor thread then *seals* it: it reads the segment, drops
@@ -40,6 +53,7 @@ import dataclasses
 import errno
 import fcntl
 import logging
+import operator
 import os
 import re
 import threading
@@ -75,6 +89,9 @@ WAL_SCHEMA: pa.Schema = pa.schema(
 )
 """Columns of a WAL segment: the Parquet columns, the ``model`` partition key and ``wal_seq``."""
 
+_WAL_STRUCT = pa.struct(list(WAL_SCHEMA))
+_record_fields = operator.attrgetter(*(f.name for f in WAL_SCHEMA if f.name != "wal_seq"))
+
 _SEGMENT = re.compile(r"seg-(\d{19})-(\d{6,})\.arrow")
 _NEW_DIR_PREFIX = ".new-"
 _STALE_NEW_DIR_S = 600.0
@@ -86,12 +103,19 @@ Sealer = Callable[[pa.Table, str], object]
 
 
 class Durability(StrEnum):
-    """How the gateway treats a prediction-log record before it answers the request."""
+    """How the gateway treats a prediction-log record before it answers the request (the
+    trio of MySQL's ``innodb_flush_log_at_trx_commit`` 1 / 2 / 0; docs/durability.md)."""
 
     FSYNC = "fsync"
-    """The response waits until the record's group is fsynced (RPO 0)."""
+    """The response waits until the record is written and fdatasynced (RPO 0, also on power
+    loss)."""
+    WRITE = "write"
+    """The response waits until the record is written to the segment (``write(2)``: in the
+    kernel's page cache, so a killed process loses nothing); a background fdatasync follows
+    within ``sync_interval_s``, which bounds what a power loss can take."""
     BUFFERED = "buffered"
-    """The response does not wait and nothing is fsynced: a crash can lose recent records."""
+    """The response does not wait and nothing is fsynced: a crash of the process can lose the
+    records of the last moments, a crash of the machine what the kernel had not written back."""
 
 
 class LogUnavailable(ServiceUnavailable):
@@ -156,14 +180,10 @@ def list_segments(directory: Path) -> list[Path]:
 
 def records_to_wal_batch(records: Sequence[PredictionRecord], first_seq: int) -> pa.RecordBatch:
     """The records as one record batch in :data:`WAL_SCHEMA`, numbered from ``first_seq``."""
-    n = len(records)
-    arrays = [
-        pa.array([getattr(r, field.name) for r in records], field.type)
-        for field in WAL_SCHEMA
-        if field.name != "wal_seq"
-    ]
-    arrays.append(pa.array(np.arange(first_seq, first_seq + n, dtype=np.int64)))
-    return pa.RecordBatch.from_arrays(arrays, schema=WAL_SCHEMA)
+    # One conversion of row tuples to a struct array: about a third of the time of one
+    # ``pa.array`` per column for the lone record of a request at one connection.
+    rows = [(*_record_fields(r), first_seq + i) for i, r in enumerate(records)]
+    return pa.RecordBatch.from_struct_array(pa.array(rows, type=_WAL_STRUCT))
 
 
 def warm_up() -> None:
@@ -191,6 +211,9 @@ def read_segment(path: Path, *, truncate: bool = False) -> SegmentContents:
     kept once, first occurrence first.
     """
     data = path.read_bytes()
+    table = _read_whole(data)
+    if table is not None:
+        return _dedupe(path, SegmentContents(table, len(data), len(data)))
     reader = pa.BufferReader(pa.py_buffer(data))
     batches: list[pa.RecordBatch] = []
     valid = 0
@@ -219,6 +242,40 @@ def read_segment(path: Path, *, truncate: bool = False) -> SegmentContents:
         except (pa.ArrowException, OSError, ValueError) as exc:
             logger.warning("prediction log: %s: torn tail after byte %d (%s)", path, valid, exc)
     table = pa.Table.from_batches(batches, schema=WAL_SCHEMA)
+    contents = _dedupe(path, SegmentContents(table, valid, len(data)))
+    if truncate and contents.torn:
+        with open(path, "r+b") as handle:
+            handle.truncate(valid)
+            handle.flush()
+            os.fsync(handle.fileno())
+        logger.warning(
+            "prediction log: truncated torn tail of %s (%d -> %d bytes)", path, len(data), valid
+        )
+    return contents
+
+
+def _read_whole(data: bytes) -> pa.Table | None:
+    """The common case in one call (Arrow's C++ reader, not a Python loop per message, so a
+    seal holds the GIL for less): a segment in today's schema whose every message is whole.
+    None when it is not (an older schema, a torn or malformed tail): read it message by
+    message."""
+    reader = pa.BufferReader(pa.py_buffer(data))
+    try:
+        stream = pa.ipc.open_stream(reader)
+        if not stream.schema.equals(WAL_SCHEMA):
+            return None
+        table = stream.read_all()
+        table.validate(full=True)
+    except (pa.ArrowException, OSError, ValueError):
+        return None
+    if reader.tell() != len(data):
+        return None
+    return table.combine_chunks()
+
+
+def _dedupe(path: Path, contents: SegmentContents) -> SegmentContents:
+    """Rows that appear twice (same ``wal_seq``) kept once, first occurrence first."""
+    table = contents.table
     if table.num_rows:
         seq = table.column("wal_seq").to_numpy()
         _, first = np.unique(seq, return_index=True)
@@ -228,16 +285,7 @@ def read_segment(path: Path, *, truncate: bool = False) -> SegmentContents:
                 path,
                 table.num_rows - len(first),
             )
-            table = table.take(pa.array(np.sort(first)))
-    contents = SegmentContents(table, valid, len(data))
-    if truncate and contents.torn:
-        with open(path, "r+b") as handle:
-            handle.truncate(valid)
-            handle.flush()
-            os.fsync(handle.fileno())
-        logger.warning(
-            "prediction log: truncated torn tail of %s (%d -> %d bytes)", path, len(data), valid
-        )
+            contents.table = table.take(pa.array(np.sort(first)))
     return contents
 
 
@@ -282,7 +330,11 @@ class _OpenSegment:
     fd: int
     created: float  # monotonic
     rows: int = 0
-    size: int = 0
+    size: int = 0  # bytes written
+    synced: int = 0  # bytes known to be on disk (fdatasync returned after they were written)
+    synced_rows: int = 0
+    dir_synced: bool = False  # the directory entry was fsynced
+    waiters: list[Waiter] = dataclasses.field(default_factory=list)  # fsync: written, unsynced
 
 
 class WriteAheadLog:
@@ -301,6 +353,7 @@ class WriteAheadLog:
         sealer: Sealer,
         *,
         durability: Durability | str = Durability.FSYNC,
+        sync_interval_s: float = 0.005,
         segment_rows: int = 5000,
         segment_age_s: float = 2.0,
         segment_bytes: int = 64 * 1024 * 1024,
@@ -313,6 +366,9 @@ class WriteAheadLog:
         self.directory = self.root / writer_id
         self.sealer = sealer
         self.durability = Durability(durability)
+        if not sync_interval_s > 0:
+            raise ValueError(f"sync_interval_s must be > 0, got {sync_interval_s}")
+        self.sync_interval_s = sync_interval_s
         self.segment_rows = segment_rows
         self.segment_age_s = segment_age_s
         self.segment_bytes = segment_bytes
@@ -320,13 +376,17 @@ class WriteAheadLog:
         self.orphan_scan_s = orphan_scan_s
         self.max_retry_backoff_s = max_retry_backoff_s
 
-        self._lock = threading.Lock()  # guards _pending, _waiters, _closed
+        self._lock = threading.Lock()  # guards _pending, _waiters, _flush_loop, _closed
         self._pending: list[PredictionRecord] = []
         self._waiters: list[Waiter] = []
+        self._flush_loop: asyncio.AbstractEventLoop | None = None  # a loop flush is scheduled
         self._closed: list[tuple[Path, int]] = []  # closed segments (path, rows), oldest first
         self._wake = threading.Event()
         self._compact_wake = threading.Event()
-        self._commit_lock = threading.Lock()  # one commit at a time; guards _segment, _seq
+        self._commit_lock = threading.Lock()  # one write at a time; guards the segments, _seq
+        self._sync_lock = threading.Lock()  # one sync round at a time (it closes retired fds)
+        self._retiring: list[_OpenSegment] = []  # written to, to be synced, closed and sealed
+        self._dirty_since: float | None = None  # monotonic time of the first unsynced write
         self._seal_lock = threading.Lock()  # one sealer at a time
         self._segment: _OpenSegment | None = None
         self._seq = 0
@@ -346,7 +406,9 @@ class WriteAheadLog:
         self.recovered_total = 0
         """Rows sealed from segments of dead writers (and of an earlier life of this one)."""
         self.groups_total = 0
-        """Commit groups written (one write and, with fsync, one fdatasync each)."""
+        """Commit groups written (one ``write`` each)."""
+        self.syncs_total = 0
+        """fdatasyncs of segments (one covers every group written to the segment before it)."""
         self.failed_total = 0
         """Rows whose group could not be written: their waiters got :class:`LogUnavailable`."""
 
@@ -414,66 +476,87 @@ class WriteAheadLog:
     # -- hot path ---------------------------------------------------------------------------
 
     def append(self, record: PredictionRecord, waiter: Waiter | None = None) -> None:
-        """Queue ``record`` for the next commit group; ``waiter`` completes once it is durable
-        (or gets :class:`LogUnavailable`). Thread-safe."""
+        """Queue ``record`` for the next commit group; ``waiter`` completes once the record is
+        written (``write``), or written and fdatasynced (``fsync``), or gets
+        :class:`LogUnavailable`. Thread-safe.
+
+        Called on an event loop (and after ``start()``), the group is written by a callback on
+        that loop, after the callbacks that are ready now, so every record appended in one loop
+        iteration shares one ``write``; from a thread, the syncer thread writes it.
+        """
+        loop = _running_loop()
         with self._lock:
             self._pending.append(record)
             if waiter is not None:
                 self._waiters.append(waiter)
-        if not self._wake.is_set():
+            if loop is not None and self._threads:
+                if self._flush_loop is not None:
+                    return  # a flush is scheduled (on this loop or another): it takes this too
+                self._flush_loop = loop
+            else:
+                loop = None
+        if loop is not None:
+            loop.call_soon(self._flush_on_loop)
+        elif not self._wake.is_set():
             self._wake.set()
+
+    def _flush_on_loop(self) -> None:
+        try:
+            self._write_pending()
+        except Exception:  # never raise into the event loop; the waiters got their error
+            logger.exception("prediction log: writing a commit group failed")
 
     # -- committing -------------------------------------------------------------------------
 
     def _new_segment(self) -> _OpenSegment:
+        """Create the next segment and write its schema. Not synced here (it may run on the
+        event loop): the syncer fsyncs the directory and the file before it acknowledges a
+        record in it."""
         created = max(time.time_ns(), self._last_created_ns + 1)
         self._last_created_ns = created
         number = self._segment_number
         self._segment_number += 1
         path = self.directory / segment_name(created, number)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        schema = WAL_SCHEMA.serialize()
         try:
-            _write_all(fd, WAL_SCHEMA.serialize())
-            if self.durability is Durability.FSYNC:
-                _sync_data(fd)
-                _fsync_path(self.directory)  # the new file's directory entry
+            _write_all(fd, schema)
         except BaseException:
             os.close(fd)
             with contextlib.suppress(OSError):
                 path.unlink()
             raise
-        size = os.fstat(fd).st_size
-        return _OpenSegment(path, fd, time.monotonic(), size=size)
+        return _OpenSegment(path, fd, time.monotonic(), size=len(schema))
 
-    def commit(self) -> int:
-        """Write every record appended so far as one group (one fdatasync); return its size."""
+    def _write_pending(self) -> int:
+        """Write every record appended so far as one record batch with one ``write``; return
+        how many. ``fsync``: the waiters wait for the syncer; otherwise they complete now."""
         with self._commit_lock:
             with self._lock:
                 records, waiters = self._pending, self._waiters
                 self._pending, self._waiters = [], []
+                self._flush_loop = None
             if not records:
                 return 0
-            segment = self._segment
             try:
                 if self._lock_fd is None:
                     self.open()
+                segment = self._segment
                 if segment is None:
                     segment = self._segment = self._new_segment()
                 data = records_to_wal_batch(records, self._seq).serialize()
                 try:
                     _write_all(segment.fd, data)
-                    if self.durability is Durability.FSYNC:
-                        _sync_data(segment.fd)
                 except BaseException:
-                    # After a failed write or sync the file's state is unknown: cut it back to
-                    # the last good group and start a new segment for the next one.
+                    # After a failed write the file's state is unknown: cut it back to the last
+                    # good group and start a new segment for the next one.
                     with contextlib.suppress(OSError):
                         os.ftruncate(segment.fd, segment.size)
-                    self._close_segment()
+                    self._retire()
                     raise
             except Exception as exc:
                 self.failed_total += len(records)
-                logger.error("prediction log: could not commit %d record(s): %s", len(records), exc)
+                logger.error("prediction log: could not write %d record(s): %s", len(records), exc)
                 _settle(waiters, f"the prediction log could not store the record: {exc}")
                 return 0
             self._seq += len(records)
@@ -481,53 +564,153 @@ class WriteAheadLog:
             segment.size += len(data)
             self.committed_total += len(records)
             self.groups_total += 1
-            _settle(waiters, None)
+            was_dirty = self._dirty_since is not None
+            if self.durability is not Durability.BUFFERED and not was_dirty:
+                self._dirty_since = time.monotonic()
+            if self.durability is Durability.FSYNC:
+                segment.waiters.extend(waiters)
+            else:
+                _settle(waiters, None)
             if (
                 segment.rows >= self.segment_rows
                 or segment.size >= self.segment_bytes
                 or time.monotonic() - segment.created >= self.segment_age_s
             ):
-                self._close_segment()
-            return len(records)
+                self._retire()
+        if self.durability is Durability.FSYNC or (
+            self.durability is Durability.WRITE and not was_dirty
+        ):
+            if not self._wake.is_set():
+                self._wake.set()
+        return len(records)
 
-    def _close_segment(self) -> None:
-        """Close the open segment and queue it for sealing (caller holds ``_commit_lock``)."""
+    def _retire(self) -> None:
+        """Stop writing to the open segment (caller holds ``_commit_lock``); the syncer syncs
+        and closes it and queues it for sealing."""
         segment, self._segment = self._segment, None
-        if segment is None:
-            return
-        with contextlib.suppress(OSError):
-            os.close(segment.fd)
-        with self._lock:
-            self._closed.append((segment.path, segment.rows))
-        self._compact_wake.set()
+        if segment is not None:
+            self._retiring.append(segment)
+            self._wake.set()
+
+    def _sync_round(self) -> None:
+        """Make what was written durable: fdatasync each segment written since its last sync
+        (and, once, its directory), complete the waiters, close retired segments and queue them
+        for sealing. ``buffered`` never syncs."""
+        with self._sync_lock:
+            with self._commit_lock:
+                retiring, self._retiring = self._retiring, []
+                work = []
+                for segment in (*retiring, self._segment):
+                    if segment is None:
+                        continue
+                    work.append((segment, segment.size, segment.rows, segment.waiters))
+                    segment.waiters = []
+                self._dirty_since = None
+            for segment, size, rows, waiters in work:
+                if size > segment.synced and self.durability is not Durability.BUFFERED:
+                    try:
+                        if not segment.dir_synced:
+                            _fsync_path(self.directory)  # the new file's directory entry
+                            segment.dir_synced = True
+                        _sync_data(segment.fd)
+                    except Exception as exc:
+                        self._sync_failed(segment, waiters, exc)
+                        continue
+                    self.syncs_total += 1
+                    segment.synced, segment.synced_rows = size, rows
+                _settle(waiters, None)
+            for segment in retiring:
+                with contextlib.suppress(OSError):
+                    os.close(segment.fd)
+                with self._lock:
+                    self._closed.append((segment.path, segment.rows))
+            if retiring:
+                self._compact_wake.set()
+
+    def _sync_failed(self, segment: _OpenSegment, waiters: list[Waiter], exc: Exception) -> None:
+        """A failed fdatasync: the segment's unsynced bytes are in an unknown state. ``fsync``:
+        cut them off and fail every record in them; ``write``: their records were already
+        acknowledged, so keep them. Either way the next record goes to a new segment."""
+        with self._commit_lock:
+            waiters = waiters + segment.waiters
+            segment.waiters = []
+            if self._segment is segment:
+                self._retire()
+            if self.durability is Durability.FSYNC:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(segment.fd, segment.synced)
+                segment.size, segment.rows = segment.synced, segment.synced_rows
+        self.failed_total += len(waiters)
+        logger.error(
+            "prediction log: fdatasync of %s failed (%d waiting record(s) refused): %s",
+            segment.path, len(waiters), exc,
+        )  # fmt: skip
+        _settle(waiters, f"the prediction log could not store the record: {exc}")
+
+    def commit(self) -> int:
+        """Write every record appended so far as one group and sync it now, in this thread;
+        return how many records were written."""
+        written = self._write_pending()
+        self._sync_round()
+        return written
 
     def rotate(self) -> None:
         """Close the open segment now (it becomes sealable)."""
         with self._commit_lock:
-            self._close_segment()
+            self._retire()
+        self._sync_round()
 
     def _rotate_if_old(self) -> None:
         with self._commit_lock:
             segment = self._segment
             if segment is not None and time.monotonic() - segment.created >= self.segment_age_s:
-                self._close_segment()
+                self._retire()
+
+    def _next_round_in(self) -> float:
+        """Seconds until the syncer has work: records to write or sync, a segment to close."""
+        if self._pending or self._retiring:
+            return 0.0 if self._flush_loop is None else 0.01  # a loop flush takes them
+        segment = self._segment
+        if segment is None:
+            return self.segment_age_s
+        if segment.waiters:
+            return 0.0
+        now = time.monotonic()
+        due = segment.created + self.segment_age_s
+        dirty_since = self._dirty_since
+        if dirty_since is not None:
+            due = min(due, dirty_since + self.sync_interval_s)
+        return max(0.0, due - now)
 
     def _commit_loop(self) -> None:
+        """The syncer: writes records appended from threads, syncs (at once for ``fsync``
+        waiters, within ``sync_interval_s`` for ``write``), closes old segments."""
         while True:
-            segment = self._segment
-            timeout = self.segment_age_s
-            if segment is not None:
-                timeout = max(0.0, segment.created + self.segment_age_s - time.monotonic())
-            self._wake.wait(timeout)
+            timeout = self._next_round_in()
+            if timeout > 0:
+                self._wake.wait(timeout)
             self._wake.clear()
             try:
-                self.commit()
+                self._write_pending()
+                if self._due():
+                    self._sync_round()
                 self._rotate_if_old()
-            except Exception:  # never let the committer die
-                logger.exception("prediction log: commit thread error")
+            except Exception:  # never let the syncer die
+                logger.exception("prediction log: sync thread error")
                 time.sleep(0.1)
             if self._stopping.is_set() and not self._pending:
                 return
+
+    def _due(self) -> bool:
+        """Whether a sync round is due now (waiters, a retired segment, or ``write``'s
+        interval elapsed)."""
+        segment = self._segment
+        if self._retiring or (segment is not None and segment.waiters):
+            return True
+        dirty_since = self._dirty_since
+        return dirty_since is not None and (
+            time.monotonic() - dirty_since >= self.sync_interval_s or self._stopping.is_set()
+        )
 
     # -- sealing ----------------------------------------------------------------------------
 
@@ -718,10 +901,19 @@ def _write_all(fd: int, data: bytes | pa.Buffer) -> None:
         view = view[written:]
 
 
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
 def _settle(waiters: list[Waiter], error: str | None) -> None:
-    """Complete the waiters: one ``call_soon_threadsafe`` per event loop."""
+    """Complete the waiters: directly on this thread's running loop, else one
+    ``call_soon_threadsafe`` per event loop."""
     if not waiters:
         return
+    current = _running_loop()
     by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
     for waiter in waiters:
         if isinstance(waiter, asyncio.Future):
@@ -732,6 +924,9 @@ def _settle(waiters: list[Waiter], error: str | None) -> None:
             else:
                 waiter.set_exception(LogUnavailable(error))
     for loop, futures in by_loop.items():
+        if loop is current:
+            _settle_futures(futures, error)
+            continue
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
             loop.call_soon_threadsafe(_settle_futures, futures, error)
 

@@ -2,9 +2,11 @@
 
 * :class:`PredictionLogWriter` takes records on the request hot path. Built by
   :meth:`PredictionLogWriter.from_settings` (as the gateway does) it puts them in a write-ahead
-  log (:mod:`warehouse.wal`): group commit with one ``fdatasync`` per group, and
-  :meth:`~PredictionLogWriter.append_durable` gives the caller a future that completes once its
-  record is durable, so the gateway answers only then (``durability="fsync"``, RPO 0). Closed
+  log (:mod:`warehouse.wal`): group commit with one ``write`` per group and one ``fdatasync``
+  per round of groups, and :meth:`~PredictionLogWriter.append_durable` gives the caller a future
+  that completes once its record is durable, so the gateway answers only then
+  (``durability="fsync"``, RPO 0; ``"write"``: once it is in the WAL file, synced within
+  ``sync_interval_s``; docs/durability.md). Closed
   WAL segments are sealed into the sink by a compactor thread within
   ``flush_interval_s``-and-a-bit. Built without ``wal_dir`` it is the plain buffer it always was:
   records sit in memory until ``flush_rows`` rows are buffered or the oldest is
@@ -330,7 +332,8 @@ class PredictionLogWriter:
     **WAL mode** (``wal_dir`` given; what :meth:`from_settings` builds): records go to a
     :class:`~warehouse.wal.WriteAheadLog` in ``wal_dir/<writer_id>``. With
     ``durability="fsync"``, :meth:`append_durable` returns a future that completes once the
-    record's commit group is fsynced (:meth:`append_sync` blocks instead); with ``"buffered"``
+    record's commit group is fsynced (:meth:`append_sync` blocks instead); with ``"write"``
+    once it is written to the segment (fsynced within ``sync_interval_s``); with ``"buffered"``
     nothing waits and nothing is fsynced. A WAL segment is closed at ``flush_rows`` rows,
     ``segment_bytes`` bytes or ``flush_interval_s`` age and then sealed into ``sink`` (its
     ``write_table`` when it has one, so sealing is idempotent; else ``write_batch``) by a
@@ -357,6 +360,7 @@ class PredictionLogWriter:
         max_retry_backoff_s: float = 30.0,
         wal_dir: Path | None = None,
         durability: Durability | str = Durability.FSYNC,
+        sync_interval_s: float = 0.005,
         segment_bytes: int = 64 * 1024 * 1024,
         writer_id: str | None = None,
         recover_orphans: bool = True,
@@ -403,6 +407,7 @@ class PredictionLogWriter:
                 writer_id,
                 self._seal,
                 durability=durability,
+                sync_interval_s=sync_interval_s,
                 segment_rows=flush_rows,
                 segment_age_s=flush_interval_s,
                 segment_bytes=segment_bytes,
@@ -422,6 +427,7 @@ class PredictionLogWriter:
             flush_interval_s=settings.log_flush_interval_s,
             wal_dir=settings.logs_dir / WAL_DIR,
             durability=settings.log_durability,
+            sync_interval_s=settings.log_sync_interval_ms / 1000.0,
             segment_bytes=settings.log_segment_bytes,
             user_ids=UserIdHasher.from_settings(settings),
             tombstones=Tombstones(settings.logs_dir),
@@ -483,13 +489,14 @@ class PredictionLogWriter:
 
     def append_durable(self, record: PredictionRecord) -> asyncio.Future[None] | None:
         """Take one record; return a future of the running event loop that completes once the
-        record is durable (or fails with :class:`~warehouse.wal.LogUnavailable`), or None when
-        there is nothing to wait for (``durability="buffered"``, or buffer mode).
+        record is durable (``fsync``: written and fdatasynced; ``write``: written to the WAL
+        file) or fails with :class:`~warehouse.wal.LogUnavailable`; None when there is nothing
+        to wait for (``durability="buffered"``, or buffer mode).
 
         Call it from a coroutine. Starts the WAL's threads if they are not running.
         """
         wal = self.wal
-        if wal is None or wal.durability is not Durability.FSYNC:
+        if wal is None or wal.durability is Durability.BUFFERED:
             self.append(record)
             return None
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -505,7 +512,7 @@ class PredictionLogWriter:
         ``TimeoutError`` after ``timeout`` seconds.
         """
         wal = self.wal
-        if wal is None or wal.durability is not Durability.FSYNC:
+        if wal is None or wal.durability is Durability.BUFFERED:
             self.append(record)
             return
         future: concurrent.futures.Future[None] = concurrent.futures.Future()
