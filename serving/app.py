@@ -44,10 +44,12 @@ def create_app(settings: RoostSettings, gateway: Gateway | Registry | None = Non
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await parts.start()
-        install_governance(parts.dataplane, settings, reg)  # residency, consent (issue 14)
+        governance = install_governance(parts.dataplane, settings, reg)  # residency, consent
         try:
             yield
         finally:
+            if governance.consent is not None:
+                await governance.consent.stop()
             await parts.stop()
 
     app = FastAPI(

@@ -56,5 +56,5 @@ async def set_consent(body: ConsentBody, plane: DataPlaneDep, registry: Registry
                                       actor=who.actor)
     gate = getattr(getattr(plane, "governance", None), "consent", None)
     if gate is not None:
-        gate.invalidate()  # this gateway applies it to the next request
+        await asyncio.to_thread(gate.refresh)  # this gateway applies it to the next request
     return json_response({"purposes": [r.to_dict() for r in changed]})

@@ -14,8 +14,9 @@ same time, and the inputs JSON is what monitoring already parses.)
 record (so the caller's answer still waits for it, and availability, latency and error-rate
 figures stay whole) with ``user_id`` NULL, ``inputs`` = :data:`MINIMAL_INPUTS`, ``outputs`` empty
 and no attributes. Shadows of such a request are minimised the same way. Withdrawals are read
-from the registry at most every ``ROOST_CONSENT_REFRESH_S`` seconds (default 5) per gateway; the
-admin API of a gateway applies its own changes at once.
+from the registry every ``ROOST_CONSENT_REFRESH_S`` seconds (default 5) per gateway by a
+background task, never on a request's path; the admin API of a gateway applies its own changes
+at once.
 
 **Residency.** A model (spec ``residency.allowed_regions``, or the ``models`` of the
 ``ROOST_RESIDENCY_POLICY`` YAML file) or a user (the file's ``users``, keyed by the id as given
@@ -35,9 +36,11 @@ global), nor where callers send data.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import re
 import threading
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +50,8 @@ import orjson
 import yaml
 
 from registry import RoostError
+
+log = logging.getLogger("roost.serving")
 
 if TYPE_CHECKING:
     from registry import Registry, RoostSettings
@@ -86,27 +91,55 @@ def with_attributes(inputs: str, attributes: Mapping[str, str]) -> str:
 
 
 class ConsentGate:
-    """Who withdrew ``logging``: the registry's answer, cached for ``refresh_s`` seconds."""
+    """Who withdrew ``logging``: the registry's answer, re-read every ``refresh_s`` seconds by a
+    background task off the event loop (:meth:`start`), so no request waits on the registry."""
 
     def __init__(self, store: ConsentStore, refresh_s: float = 5.0) -> None:
         self.store = store
         self.refresh_s = refresh_s
         self._withdrawn: frozenset[str] = frozenset()
-        self._read_at = -float("inf")
+        self._stale = True  # read on first use (a gate nobody started still answers)
         self._lock = threading.Lock()
+        self._task: asyncio.Task[None] | None = None
 
     def invalidate(self) -> None:
-        self._read_at = -float("inf")
+        """Read the registry again on the next request (after a change through this gateway)."""
+        self._stale = True
+
+    def refresh(self) -> None:
+        """Read who withdrew ``logging`` now (a small indexed read; blocking)."""
+        withdrawn = self.store.withdrawn("logging")
+        with self._lock:
+            self._withdrawn, self._stale = withdrawn, False
+
+    def start(self) -> None:
+        """Read once, then keep the answer fresh in the background (call on the event loop)."""
+        self.refresh()
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self._refresh_forever(), name="roost-consent-refresh"
+            )
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_s)
+            try:
+                await asyncio.to_thread(self.refresh)
+            except Exception as exc:  # registry unreachable: keep the last answer
+                log.warning("consent refresh failed (keeping the last answer): %s", exc)
 
     def logging_withdrawn(self, user_id: str | None) -> bool:
         if user_id is None:
             return False
-        now = time.monotonic()
-        if now - self._read_at >= self.refresh_s:
-            with self._lock:
-                if now - self._read_at >= self.refresh_s:
-                    self._withdrawn = self.store.withdrawn("logging")  # a small indexed read
-                    self._read_at = now
+        if self._stale:
+            self.refresh()
         if not self._withdrawn:  # the common case: no per-request hashing of the id
             return False
         try:
@@ -238,4 +271,6 @@ def install(plane: Any, settings: RoostSettings, registry: Registry) -> Governan
                             policy if policy.models or policy.users else None, hasher)
     plane.governance = governance
     plane.recorder.governance = governance
+    if governance.consent is not None:
+        governance.consent.start()
     return governance

@@ -154,3 +154,32 @@ def test_consent_table_is_in_the_migrated_schema(tmp_path: Path) -> None:
         assert inspect(reg.engine).has_table("consent")
     finally:
         reg.close()
+
+
+
+def test_consent_gate_refreshes_in_the_background_not_on_a_request(
+        registry: Registry) -> None:
+    """A withdrawal made elsewhere (another gateway, the CLI) reaches a started gate within its
+    refresh interval through the background task; requests only read memory."""
+    import asyncio
+
+    from serving.governance import ConsentGate
+
+    hasher = UserIdHasher("secret")
+
+    async def scenario() -> None:
+        gate = ConsentGate(ConsentStore(registry, hasher), refresh_s=0.05)
+        gate.start()
+        try:
+            assert not gate.logging_withdrawn("bob")
+            ConsentStore(registry, hasher).set("bob", ["logging"], False, actor="cli")
+            assert not gate.logging_withdrawn("bob")  # not read on the request's path
+            for _ in range(100):
+                await asyncio.sleep(0.02)
+                if gate.logging_withdrawn("bob"):
+                    break
+            assert gate.logging_withdrawn("bob") and not gate.logging_withdrawn("carol")
+        finally:
+            await gate.stop()
+
+    asyncio.run(scenario())
