@@ -18,6 +18,7 @@ from serving.explain_api import explanations
 from serving.feedback_api import feedback
 from serving.gateway import Gateway
 from serving.governance import install as install_governance
+from serving.llm.api import openai_api
 from serving.repository_api import repository
 from serving.rest import health, v1, v2
 
@@ -75,5 +76,6 @@ def create_app(settings: RoostSettings, gateway: Gateway | Registry | None = Non
     app.include_router(feedback)
     app.include_router(consent)
     app.include_router(explanations)
+    app.include_router(openai_api)  # text generation: OpenAI API, OIP generate (serving/llm/)
 
     return app

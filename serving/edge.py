@@ -199,6 +199,10 @@ ROUTES: tuple[Route, ...] = (
           draining=_REFUSE),  # serving/explain_api.py
     Route("POST", r"/v1/models/([^/:]+):explain", "predict", draining=_REFUSE),
     Route("POST", r"/v1/feedback", "predict"),
+    # text generation (serving/llm/api.py): the model is in the body, the handler checks scope
+    Route("POST", r"/v1/completions|/v1/chat/completions", "predict", draining=_REFUSE),
+    Route("POST", rf"/v2/models/{MODEL}(?:/versions/([^/]+))?/generate(?:_stream)?", "predict",
+          draining=_REFUSE),
     Route("GET", r"/v2/health/ready", None, draining=_NOT_READY),
     Route("GET", r"/v2/health/live", None),
     Route(None, r"/docs|/docs/oauth2-redirect|/openapi\.json", None),

@@ -43,6 +43,8 @@ class VersionLoader:
         samples = warmup_inputs(info)
         for backend in backends:
             backend.warm_up(runs, samples)
+            if self.metrics is not None and hasattr(backend, "attach"):  # serving/llm engines
+                backend.attach(self.metrics.llm.observer(info.model, str(info.version)))
         name = f"{info.model}:{info.version}"
         model, version, metrics = info.model, str(info.version), self.metrics
         breaker = CircuitBreaker.for_config(

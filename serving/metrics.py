@@ -22,6 +22,7 @@ from prometheus_client import (
 from prometheus_client import multiprocess as prom_multiprocess
 
 from serving.breaker import BreakerState
+from serving.llm.metrics import LLMMetrics
 
 LATENCY_BUCKETS = (
     0.0001,
@@ -162,6 +163,7 @@ class GatewayMetrics:
             multiprocess_mode="livemax",
         )
         self._serving_models: set[str] = set()
+        self.llm = LLMMetrics(reg)  # roost_llm_*: text generation (serving/llm/metrics.py)
         self.registry_poll_errors = Counter(
             "roost_registry_poll_errors",
             "Registry polls that failed; the gateway kept serving its last known table.",

@@ -90,6 +90,15 @@ class PredictionRecorder:
                 exc.status_code, exc.message, call.decision,
             )
 
+    async def text_generation(
+        self, model: str, version: int, request_id: str, context: CallContext, inputs: str,
+        outputs: str, started: float, decision: Decision,
+    ) -> None:
+        """A finished text generation (serving/llm/): ``inputs``/``outputs`` as JSON text."""
+        await self._record(
+            model, version, request_id, context, inputs, outputs, started, 200, None, decision
+        )
+
     def shadow(
         self, copy: ShadowCopy, inputs: str, outputs: str, started: float, status: int,
         error: str | None,

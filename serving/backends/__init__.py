@@ -4,11 +4,18 @@ from registry import RoostSettings, ServingConfig, VersionInfo
 from serving.backends.base import ModelBackend, Tensors
 from serving.backends.onnx import OnnxBackend, synthesize_inputs, warmup_inputs
 from serving.backends.triton import TritonBackend
+from serving.llm.backend import LLMBackend
+from serving.llm.remote import OpenAIBackend
 
 Backend = ModelBackend
 """A version's execution instance (kept as a short alias)."""
 
-BACKENDS: dict[str, type[ModelBackend]] = {"onnxruntime": OnnxBackend, "triton": TritonBackend}
+BACKENDS: dict[str, type[ModelBackend]] = {
+    "onnxruntime": OnnxBackend,
+    "triton": TritonBackend,
+    "llm": LLMBackend,  # text generation in the gateway (serving/llm/)
+    "openai": OpenAIBackend,  # an OpenAI-compatible upstream, e.g. vLLM
+}
 """``ServingConfig.backend`` -> the implementation (mypy checks each satisfies the protocol)."""
 
 

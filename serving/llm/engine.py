@@ -54,9 +54,6 @@ class TokenEvent:
 class EngineObserver(Protocol):
     """What the engine reports (serving/llm/metrics.py turns it into Prometheus figures)."""
 
-    def first_token(self, seconds: float) -> None: ...
-    def inter_token(self, seconds: float) -> None: ...
-    def tokens(self, prompt: int, generated: int) -> None: ...
     def occupancy(self, running: int, waiting: int, kv_used: int, kv_total: int) -> None: ...
 
 
@@ -169,6 +166,8 @@ class LLMEngine:
                 error = RoostError(f"the model failed: {exc}")
                 for seq in [*admitted, *running]:
                     self._finish(seq, "", None, error)
+            with self._cond:
+                self._report()
 
     def _step(self, admitted: list[Sequence], running: list[Sequence]) -> None:
         model = self.model
@@ -190,13 +189,8 @@ class LLMEngine:
         params = state.params
         token = sample(logits, params, state.rng)
         now = time.perf_counter()
-        observer = self.observer
         if state.ttft is None:
             state.ttft = now - state.arrived
-            if observer is not None:
-                observer.first_token(state.ttft)
-        elif observer is not None:
-            observer.inter_token(now - state.last)
         state.last = now
         seq.output.append(token)
         if token == self.model.config.eos_token_id and not params.ignore_eos:
@@ -220,8 +214,6 @@ class LLMEngine:
             if seq in self.scheduler.running:
                 self.scheduler.finish(seq)
         state.cache = None
-        if self.observer is not None:
-            self.observer.tokens(len(seq.prompt), len(seq.output))
         if not seq.aborted:
             state.sink(TokenEvent(
                 text, len(seq.output), len(seq.prompt), reason, state.ttft, error
@@ -229,8 +221,6 @@ class LLMEngine:
 
     def _aborted(self, seq: Sequence) -> None:
         seq.state.cache = None
-        if self.observer is not None and seq.output:
-            self.observer.tokens(len(seq.prompt), len(seq.output))
 
     def _report(self) -> None:
         if self.observer is not None:
@@ -250,7 +240,11 @@ class Generation:
         self.engine = engine
         self.prompt_tokens = len(prompt)
         self.done = False
-        self.seq = engine.submit(prompt, params, lambda ev: loop.call_soon_threadsafe(put, ev))
+
+        def sink(event: TokenEvent) -> None:
+            loop.call_soon_threadsafe(put, event)
+
+        self.seq = engine.submit(prompt, params, sink)
 
     def __aiter__(self) -> Generation:
         return self
