@@ -31,8 +31,8 @@ class _Sampling(BaseModel):
 
     model: str = Field(min_length=1)
     """The Roost model name; ``name:version`` pins a version (no routing)."""
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     n: int = 1
     seed: int | None = None
     stop: str | list[str] | None = None
@@ -81,7 +81,7 @@ class CompletionRequest(_Sampling):
     """``POST /v1/completions``."""
 
     prompt: str | list[str]
-    max_tokens: int | None = Field(16, ge=1)
+    max_tokens: int | None = Field(default=16, ge=1)
     echo: bool = False
 
     @field_validator("prompt")
@@ -128,8 +128,8 @@ class ChatCompletionRequest(_Sampling):
     """``POST /v1/chat/completions``."""
 
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
 
     def to_generation(self) -> GenerationRequest:
         return GenerationRequest(
@@ -145,9 +145,9 @@ class GenerateParameters(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    max_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     seed: int | None = None
     stop: str | list[str] | None = None
     ignore_eos: bool = False
@@ -159,7 +159,7 @@ class GenerateRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     text_input: str
-    parameters: GenerateParameters = Field(default_factory=lambda: GenerateParameters())
+    parameters: GenerateParameters = Field(default_factory=GenerateParameters)
 
     def to_generation(self) -> GenerationRequest:
         p = self.parameters
