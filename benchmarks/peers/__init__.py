@@ -9,3 +9,7 @@
 Import with ``benchmarks/`` on ``sys.path`` (as every benchmark script does): the starters
 return :class:`harness.Target` objects, so the same wrk and gRPC drivers load every server.
 """
+
+from peers.mlserver import start_mlserver
+
+__all__ = ["start_mlserver"]
