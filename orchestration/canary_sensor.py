@@ -27,6 +27,7 @@ written again. Writes show on the model's ``<p>_canary_deployment`` asset as an
 
 # Dagster reads these annotations at definition time: no `from __future__ import annotations`.
 import json
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -59,6 +60,8 @@ from orchestration.alert_events import emit_alert
 from registry import Conflict, Registry, RoostSettings
 from registry.rollout import RolloutPhase, RolloutStatus
 from registry.storage import Location, logs_location
+
+log = logging.getLogger("roost.orchestration")
 
 CANARY_SENSOR = "canary_sensor"
 ACTOR = "dagster:canary_sensor"
@@ -195,8 +198,14 @@ def canary_tick(
         if status.paused:
             notes.append(f"{status.model} v{status.version}: paused at {status.percent:g}%")
             continue
-        result = evaluate_rollout(reg, status, specs.get(status.model), logs_dir, now,
-                                  handled.get(status.model), location=location)
+        try:
+            result = evaluate_rollout(reg, status, specs.get(status.model), logs_dir, now,
+                                      handled.get(status.model), location=location)
+        except Exception as exc:  # one model's unreadable log must not stop the others' canaries
+            log.exception("canary analysis of %s v%s failed", status.model, status.version)
+            notes.append(f"{status.model} v{status.version}: analysis failed, left at "
+                         f"{status.percent:g}% ({type(exc).__name__}: {exc})")
+            continue
         outcomes.append(result)
         handled[status.model] = {
             "rollout": result.rollout, "revision": result.revision, "action": result.action,

@@ -298,3 +298,45 @@ def test_required_labels_hold_a_canary_that_has_no_feedback_yet(
     assert outcome.analysis is not None and outcome.analysis.decision == "hold"
     after = registry.get_rollout(MODEL)
     assert after is not None and (after.step, after.percent) == (canary.step, canary.percent)
+
+
+
+def test_one_models_failed_analysis_does_not_stop_another_models_canary(
+    registry: Registry, settings: RoostSettings, canary: RolloutStatus, spec: ModelSpec,
+    clock: Clock, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two canaries; reading ``fraud``'s log fails (an injected OSError, as from an object store
+    that is down for one prefix). The tick still rolls ``churn``'s degraded canary back and
+    reports ``fraud``'s failure in its skip notes instead of raising."""
+    from orchestration import canary_sensor
+
+    other = parse_spec({"name": "fraud", "held_out": {"demo": "fraud"},
+                        "canary": {"schedule": [5, 50, 100], "step_interval_s": DWELL_S}})
+    deploy_model(registry, "fraud", make_linear_onnx(seed=3))
+    info = registry.register_version("fraud", make_linear_onnx(seed=4))
+    registry.transition("fraud", info.version, State.VALIDATING, reason="t")
+    registry.transition("fraud", info.version, State.VALIDATED, reason="t")
+    registry.start_rollout("fraud", 2, schedule=other.canary.schedule, actor="ops", reason="v2")
+    registry.staging_passed("fraud", 2, evidence={}, actor="dagster")
+    registry.begin_canary("fraud", 2, actor="dagster")
+    real = canary_sensor.read_canary
+
+    def failing_for_fraud(logs_dir: Path, model: str, *args: Any, **kwargs: Any) -> Any:
+        if model == "fraud":
+            raise OSError("logs/predictions/model=fraud: connection reset")
+        return real(logs_dir, model, *args, **kwargs)
+
+    monkeypatch.setattr(canary_sensor, "read_canary", failing_for_fraud)
+    traffic(settings, canary, canary_status=every(20, 500))  # churn: 5 % errors against 0.5 %
+    assert canary.step_started_at is not None
+    clock.now = canary.step_started_at + timedelta(seconds=5)
+    result = tick(make_canary_sensor([spec, other], interval_s=5, clock=clock), settings, None)
+    after = registry.get_rollout(MODEL)
+    assert after is not None and after.phase is RolloutPhase.ROLLED_BACK
+    fraud = registry.get_rollout("fraud")
+    assert fraud is not None and fraud.phase is RolloutPhase.CANARY and fraud.percent == 5
+    assert [r.job_name for r in result.run_requests] == [REPORT_JOB]
+    quiet = tick(make_canary_sensor([spec, other], interval_s=5, clock=clock), settings,
+                 result.cursor)
+    assert quiet.skip_reason is not None
+    assert "fraud v2: analysis failed, left at 5% (OSError: " in str(quiet.skip_reason.skip_message)
