@@ -236,6 +236,9 @@ def test_region_overlays_differ_only_by_region(rendered: dict[str, Any]) -> None
             ("AWS_ACCESS_KEY_ID", "roost-s3"),
         ]:
             assert env[var]["valueFrom"]["secretKeyRef"]["name"] == f"{secret}-{region}"
+        read_url = env["ROOST_DATABASE_READ_URL"]["valueFrom"]["secretKeyRef"]
+        assert read_url == {"name": f"roost-postgres-{region}", "key": "ROOST_DATABASE_READ_URL",
+                            "optional": True}  # absent in the primary region: the write URL
         triton = find(docs, "Deployment", "roost-triton")
         init_env = {v["name"]: v for v in containers(triton)[0]["env"]}
         assert init_env["ROOST_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"] == (
