@@ -1,0 +1,317 @@
+"""Text generation on real gateway processes, through the official ``openai`` client.
+
+Gateway A serves random-weights models registered as ``backend: llm`` versions; gateway B
+serves versions that forward to A: ``backend: openai`` (Roost standing in for vLLM) and
+``backend: triton`` (A's generate extension standing in for Triton's).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from roost_testing import GatewayProcess, deploy_model
+
+from llm.config import ModelConfig
+from registry import Registry, RoostSettings, State
+from registry.traffic_ops import set_shadow
+from warehouse import run_query
+
+MakeLM = Callable[..., bytes]
+FAST = {"ROOST_LOG_FLUSH_INTERVAL_S": "0.2", "ROOST_DEV_MODE": "true"}
+
+
+@dataclass
+class Gateways:
+    a: GatewayProcess
+    b: GatewayProcess
+    settings_a: RoostSettings
+    settings_b: RoostSettings
+
+    def client(self, which: str = "a", **kw: Any) -> openai.OpenAI:
+        gateway = self.a if which == "a" else self.b
+        return openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", **kw)
+
+
+def _validated(registry: Registry, model: str, data: bytes, config: dict[str, Any]) -> int:
+    info = registry.register_version(model, data, config=config)
+    registry.transition(model, info.version, State.VALIDATING, reason="test")
+    registry.transition(model, info.version, State.VALIDATED, reason="test")
+    return int(info.version)
+
+
+@pytest.fixture(scope="module")
+def gateways(
+    tmp_path_factory: pytest.TempPathFactory, make_lm: MakeLM, long_config: ModelConfig
+) -> Iterator[Gateways]:
+    home_a = tmp_path_factory.mktemp("a") / "roost"
+    home_b = tmp_path_factory.mktemp("b") / "roost"
+    settings_a, settings_b = RoostSettings(home=home_a), RoostSettings(home=home_b)
+    llm = {"backend": "llm"}
+    a = GatewayProcess(Path(home_a), env=FAST, grpc=False, name="llm-a")
+    b = GatewayProcess(Path(home_b), env=FAST, grpc=False, name="llm-b")
+    reg = Registry.from_settings(settings_a)
+    try:
+        deploy_model(reg, "lm", make_lm(0), config={**llm, "max_num_seqs": 4})
+        deploy_model(reg, "slow", make_lm(0, long_config),
+                     config={**llm, "max_num_seqs": 1, "max_queue_size": 1})
+        deploy_model(reg, "ab", make_lm(1), config=llm)
+        reg.start_canary("ab", _validated(reg, "ab", make_lm(2), llm), 50)
+        set_shadow(reg, "ab", _validated(reg, "ab", make_lm(3), llm), 100)
+    finally:
+        reg.close()
+    reg = Registry.from_settings(settings_b)
+    try:
+        deploy_model(reg, "proxy", make_lm(0), config={
+            "backend": "openai", "upstream_url": f"{a.url}/v1", "upstream_model": "lm"})
+        deploy_model(reg, "tproxy", make_lm(0), config={
+            "backend": "triton", "triton_url": f"127.0.0.1:{a.port}", "triton_model": "lm",
+            "warmup_runs": 0})  # the remote has no tensor interface to warm up
+    finally:
+        reg.close()
+    a.start()
+    b.start()
+    try:
+        a.wait_ready()
+        b.wait_ready()
+        yield Gateways(a, b, settings_a, settings_b)
+    except Exception as exc:
+        exc.add_note(f"gateway A log:\n{a.tail()}\ngateway B log:\n{b.tail()}")
+        raise
+    finally:
+        a.stop()
+        b.stop()
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items())
+    )
+
+
+def query_until(settings: RoostSettings, sql: str, done: Callable[[list], bool]) -> list:
+    deadline = time.monotonic() + 15
+    while True:
+        _, rows = run_query(settings.logs_dir, sql)
+        if done(rows):
+            return rows
+        assert time.monotonic() < deadline, rows
+        time.sleep(0.2)
+
+
+# -- the OpenAI API through the official client ------------------------------------------------
+
+
+def test_completions_and_chat_with_the_openai_client(gateways: Gateways) -> None:
+    client = gateways.client()
+    plain = client.completions.create(model="lm", prompt="Hello", max_tokens=8, seed=3)
+    assert plain.object == "text_completion" and plain.model == "lm"
+    assert plain.choices[0].finish_reason in ("length", "stop")
+    assert plain.usage is not None and plain.usage.completion_tokens <= 8
+    assert plain.usage.prompt_tokens > 0
+
+    stream = client.completions.create(
+        model="lm", prompt="Hello", max_tokens=8, seed=3, stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == plain.choices[0].text
+    assert chunks[-1].choices == [] and chunks[-1].usage == plain.usage
+
+    chat = client.chat.completions.create(
+        model="lm", messages=[{"role": "user", "content": "hi"}], max_tokens=6, seed=1
+    )
+    assert chat.choices[0].message.role == "assistant"
+    parts = client.chat.completions.create(
+        model="lm", messages=[{"role": "user", "content": "hi"}], max_tokens=6, seed=1,
+        stream=True,
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in parts if c.choices)
+    assert text == chat.choices[0].message.content
+    assert [m.id for m in client.models.list()] == ["ab", "lm", "slow"]
+
+
+def test_seeds_reproduce_and_bad_fields_are_named(gateways: Gateways) -> None:
+    client = gateways.client(max_retries=0)
+    runs = [
+        client.completions.create(model="lm", prompt="Once", max_tokens=12, seed=s,
+                                  temperature=1.0, top_p=0.95).choices[0].text
+        for s in (11, 11, 12)
+    ]
+    assert runs[0] == runs[1]
+    for fields, param in [({"n": 2}, "n"), ({"max_tokens": 500}, "max_tokens"),
+                          ({"temperature": 3}, "temperature")]:
+        with pytest.raises(openai.BadRequestError) as bad:
+            client.completions.create(model="lm", prompt="x", **fields)  # type: ignore[call-overload]
+        assert bad.value.body["param"] == param, bad.value.body  # type: ignore[index]
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="nope", prompt="x")
+
+
+def test_stop_strings_end_the_text_before_them(gateways: Gateways) -> None:
+    client = gateways.client()
+    full = client.completions.create(model="lm", prompt="Stop", max_tokens=30,
+                                     temperature=0, extra_body={"ignore_eos": True})
+    text = full.choices[0].text
+    stop = text[6:9]
+    assert len(stop) == 3
+    cut = client.completions.create(model="lm", prompt="Stop", max_tokens=30, temperature=0,
+                                    stop=[stop], extra_body={"ignore_eos": True})
+    assert cut.choices[0].text == text[: text.find(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+
+
+def test_generate_extension(gateways: Gateways) -> None:
+    body = {"text_input": "Hello", "parameters": {"max_tokens": 5, "temperature": 0}}
+    one = httpx.post(f"{gateways.a.url}/v2/models/lm/generate", json=body).json()
+    assert one["model_name"] == "lm" and one["usage"]["completion_tokens"] <= 5
+    with httpx.stream("POST", f"{gateways.a.url}/v2/models/lm/versions/1/generate_stream",
+                      json=body) as streamed:
+        events = [line for line in streamed.iter_lines() if line.startswith("data:")]
+    assert "".join(httpx.Response(200, content=e[5:]).json()["text_output"] for e in events) == (
+        one["text_output"]
+    )
+    refused = httpx.post(f"{gateways.a.url}/v2/models/lm/generate", json={"parameters": {}})
+    assert refused.status_code == 400 and "text_input" in refused.json()["error"]
+
+
+# -- scheduling on the gateway ------------------------------------------------------------------
+
+
+def _long_stream(gateways: Gateways, started: threading.Event, box: list) -> None:
+    client = gateways.client(max_retries=0)
+    stream = client.completions.create(model="slow", prompt="a", max_tokens=8000, temperature=0,
+                                       stream=True, extra_body={"ignore_eos": True})
+    for chunk in stream:
+        started.set()
+        box.append(chunk)
+        if box[0] == "close":
+            break
+    stream.close()
+
+
+def test_mid_batch_join_queue_full_and_cancel(gateways: Gateways) -> None:
+    url = gateways.a.url
+    client = gateways.client(max_retries=0)
+    # 1. a short request joins the running long one and finishes first (max_num_seqs 1 here:
+    #    use lm, whose batch holds 4)
+    long_text: list[str] = []
+    long_started = threading.Event()
+
+    def long_lm() -> None:
+        for c in client.completions.create(model="lm", prompt="a", max_tokens=55, temperature=0,
+                                           stream=True, extra_body={"ignore_eos": True}):
+            long_started.set()
+            long_text.append(c.choices[0].finish_reason or "")
+    worker = threading.Thread(target=long_lm)
+    worker.start()
+    assert long_started.wait(10)
+    short = client.completions.create(model="lm", prompt="b", max_tokens=1, temperature=0)
+    assert short.usage is not None and short.usage.completion_tokens == 1
+    worker.join(10)
+    # 2. slow holds one sequence and one waiting: a third is refused 503 with Retry-After
+    first_started, second_started = threading.Event(), threading.Event()
+    first: list[Any] = []
+    second: list[Any] = []
+    threads = [threading.Thread(target=_long_stream, args=(gateways, first_started, first))]
+    threads[0].start()
+    assert first_started.wait(10)
+    threads.append(threading.Thread(target=_long_stream, args=(gateways, second_started, second)))
+    threads[1].start()
+    deadline = time.monotonic() + 10
+    while metric(httpx.get(f"{url}/metrics").text, "roost_llm_waiting_sequences",
+                 model="slow") < 1:
+        assert time.monotonic() < deadline, "the second request never waited"
+        time.sleep(0.02)
+    refused = httpx.post(f"{url}/v1/completions", json={"model": "slow", "prompt": "c"})
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    assert refused.json()["error"]["type"] == "server_error"
+    # 3. the first client goes away: its sequence is aborted, the waiting one gets the slot
+    first.insert(0, "close")
+    assert second_started.wait(10), "the waiting sequence never started"
+    second.insert(0, "close")
+    for thread in threads:
+        thread.join(10)
+    text = ""
+    deadline = time.monotonic() + 10
+    while metric(text, "roost_llm_requests_total", model="slow", finish_reason="abort") < 2:
+        assert time.monotonic() < deadline, "aborts not counted"
+        time.sleep(0.05)
+        text = httpx.get(f"{url}/metrics").text
+    assert metric(text, "roost_llm_running_sequences", model="slow") == 0
+    assert metric(text, "roost_llm_time_to_first_token_seconds_count", model="lm") > 0
+    assert metric(text, "roost_llm_generated_tokens_total", model="lm") > 0
+    rows = query_until(
+        gateways.settings_a,
+        "select status, json_extract(inputs, '$.max_tokens') from predictions "
+        "where model = 'slow' and status = 499",
+        lambda rows: len(rows) == 2,
+    )
+    assert rows == [(499, 8000), (499, 8000)] or all(r[0] == 499 for r in rows)
+
+
+# -- routing and the log ---------------------------------------------------------------------
+
+
+def test_canary_shadow_pinning_and_the_log(gateways: Gateways) -> None:
+    client = gateways.client()
+    seen: dict[str, str] = {}
+    for user in range(30):
+        raw = client.completions.with_raw_response.create(
+            model="ab", prompt="hi", max_tokens=2, extra_headers={"roost-user": f"u{user}"}
+        )
+        seen[f"u{user}"] = raw.headers["roost-variant"]
+    assert set(seen.values()) == {"canary", "production"}
+    pinned = client.completions.with_raw_response.create(model="ab:1", prompt="hi", max_tokens=2)
+    assert pinned.headers["roost-variant"] == "v1"
+    rows = query_until(
+        gateways.settings_a,
+        "select version, route, shadow, json_extract(outputs, '$.prompt_tokens')::int, "
+        "json_extract(outputs, '$.completion_tokens')::int, "
+        "json_extract_string(outputs, '$.finish_reason'), "
+        "json_extract(outputs, '$.ttft_ms') is not null "
+        "from predictions where model = 'ab' and status = 200",
+        lambda rows: sum(1 for r in rows if r[2]) >= 31 and len(rows) >= 62,
+    )
+    primary = [r for r in rows if not r[2]]
+    assert {r[1] for r in primary} >= {"canary", "production", "pinned"}
+    assert {r[0] for r in rows if r[2]} == {3}  # the shadow version answered every copy
+    assert all(r[3] > 0 and 0 < r[4] <= 2 and r[5] in ("length", "stop") for r in rows)
+    assert all(r[6] for r in primary)
+
+
+# -- remote backends ------------------------------------------------------------------------
+
+
+def test_openai_upstream_and_triton_generate_forward_to_another_gateway(
+    gateways: Gateways,
+) -> None:
+    direct = gateways.client().completions.create(
+        model="lm", prompt="Remote", max_tokens=10, temperature=0
+    )
+    via_b = gateways.client("b")
+    for model in ("proxy", "tproxy"):
+        answer = via_b.completions.create(model=model, prompt="Remote", max_tokens=10,
+                                          temperature=0)
+        assert answer.choices[0].text == direct.choices[0].text, model
+        parts = via_b.completions.create(model=model, prompt="Remote", max_tokens=10,
+                                         temperature=0, stream=True)
+        assert "".join(p.choices[0].text for p in parts if p.choices) == answer.choices[0].text
+    chat = via_b.chat.completions.create(
+        model="proxy", messages=[{"role": "user", "content": "hi"}], max_tokens=4, seed=2
+    )
+    same = gateways.client().chat.completions.create(
+        model="lm", messages=[{"role": "user", "content": "hi"}], max_tokens=4, seed=2
+    )
+    assert chat.choices[0].message.content == same.choices[0].message.content
+    assert chat.usage == same.usage
+    with pytest.raises(openai.BadRequestError, match="max_tokens"):
+        via_b.completions.create(model="proxy", prompt="x", max_tokens=999)
