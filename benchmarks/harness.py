@@ -172,6 +172,28 @@ def rss_mib(tree: set[int]) -> float:
     return total_kib / 1024
 
 
+def fdatasync_us(directory: Path, syncs: int = 400) -> dict[str, float]:
+    """Median and p90 (µs) of one 1.6 kB append + ``fdatasync`` in ``directory``: what one
+    durable prediction-log record costs on that disk at the least."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / ".fdatasync-probe"
+    record = b"r" * 1600
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    samples = []
+    try:
+        for _ in range(syncs):
+            started = time.perf_counter_ns()
+            os.write(fd, record)
+            os.fdatasync(fd)
+            samples.append(time.perf_counter_ns() - started)
+    finally:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+    samples.sort()
+    return {"median_us": samples[len(samples) // 2] / 1000,
+            "p90_us": samples[int(len(samples) * 0.9)] / 1000, "syncs": syncs}
+
+
 def children_cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -440,44 +462,57 @@ def roost_argv() -> list[str]:
     return [python, "-c", "from orchestration.cli import main; main()"]
 
 
+def roost_target(home: Path, workers: int = 1, *, name: str = "roost",
+                 env: dict[str, str] | None = None, description: str | None = None) -> Target:
+    """``roost serve`` on free REST and gRPC ports over ``home``; ``env`` adds ROOST_* settings."""
+    roost_port, grpc_port = free_port(), free_port()
+    return Target(
+        name=name,
+        description=description
+        or "Roost gateway (`roost serve`: prediction logging, metrics and gRPC on)",
+        argv=[
+            *roost_argv(), "serve", "--host", "127.0.0.1", "--port", str(roost_port),
+            "--workers", str(workers),
+        ],
+        env={
+            "ROOST_HOME": str(home),
+            "ROOST_HTTP_PORT": str(roost_port),
+            "ROOST_WORKERS": str(workers),
+            "ROOST_GRPC_PORT": str(grpc_port),
+            **(env or {}),
+        },
+        port=roost_port,
+        workers=workers,
+        grpc_port=grpc_port,
+    )
+
+
+def floor_target(model_path: Path, workers: int = 1, *, name: str = "floor") -> Target:
+    """The floor (``floor_app.py``) under uvicorn, configured as ``roost serve`` runs uvicorn."""
+    port = free_port()
+    return Target(
+        name=name,
+        description="bare FastAPI endpoint calling one session (benchmarks/floor_app.py)",
+        argv=[
+            sys.executable, "-m", "uvicorn", "--factory", "--app-dir", str(BENCH_DIR),
+            "floor_app:create_app", "--host", "127.0.0.1", "--port", str(port),
+            "--log-level", "warning", "--no-access-log", "--workers", str(workers),
+        ],
+        env={"FLOOR_MODEL_PATH": str(model_path), "FLOOR_MODEL_NAME": MODEL},
+        port=port,
+        workers=workers,
+    )
+
+
 def build_targets(home: Path, model_path: Path, names: list[str], workers: int) -> list[Target]:
-    python = sys.executable
-    roost_port, floor_port, grpc_port = free_port(), free_port(), free_port()
-    available = {
-        "roost": Target(
-            name="roost",
-            description="Roost gateway (`roost serve`: prediction logging, metrics and gRPC on)",
-            argv=[
-                *roost_argv(), "serve", "--host", "127.0.0.1", "--port", str(roost_port),
-                "--workers", str(workers),
-            ],
-            env={
-                "ROOST_HOME": str(home),
-                "ROOST_HTTP_PORT": str(roost_port),
-                "ROOST_WORKERS": str(workers),
-                "ROOST_GRPC_PORT": str(grpc_port),
-            },
-            port=roost_port,
-            workers=workers,
-            grpc_port=grpc_port,
-        ),
-        "floor": Target(
-            name="floor",
-            description="bare FastAPI endpoint calling one session (benchmarks/floor_app.py)",
-            argv=[
-                python, "-m", "uvicorn", "--factory", "--app-dir", str(BENCH_DIR),
-                "floor_app:create_app", "--host", "127.0.0.1", "--port", str(floor_port),
-                "--log-level", "warning", "--no-access-log", "--workers", str(workers),
-            ],
-            env={"FLOOR_MODEL_PATH": str(model_path), "FLOOR_MODEL_NAME": MODEL},
-            port=floor_port,
-            workers=workers,
-        ),
+    makers = {
+        "roost": lambda: roost_target(home, workers),
+        "floor": lambda: floor_target(model_path, workers),
     }
-    unknown = set(names) - set(available)
+    unknown = set(names) - set(makers)
     if unknown:
         raise SystemExit(f"unknown server(s): {', '.join(sorted(unknown))}")
-    return [available[n] for n in names]
+    return [makers[n]() for n in names]
 
 
 def http(

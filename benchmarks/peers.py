@@ -1,0 +1,509 @@
+"""Roost next to the floor and its peers, the issue's table in one run: ``benchmarks/peers.py``.
+
+    .venv/bin/python benchmarks/peers.py            # about 9-10 minutes on 2 vCPUs
+    .venv/bin/python benchmarks/peers.py --quick    # about 2 minutes: a try, not a result
+
+Servers, all serving the demo breast-cancer model (one ONNX file, one row per request), all
+running for the whole measurement on loopback:
+
+- ``floor``: ``floor_app.py`` under uvicorn (one ONNX Runtime session, FastAPI, orjson);
+- ``roost-<level>``: ``roost serve`` with ``ROOST_LOG_DURABILITY=<level>``, one per level that
+  ``registry/settings.py`` accepts (read at run time); the default level is "as shipped";
+- ``roost-w2``: ``roost serve --workers 2`` as shipped (REST JSON at the top concurrency only);
+- ``mlserver``: MLServer 1.7.1, ``parallel_workers: 0`` (benchmarks/peers/mlserver/);
+- ``kserve``: KServe's Python model server (benchmarks/peers/kserve/), if it installs;
+- ``floor-granian`` / ``roost-granian`` (``--servers``, off by default): the same apps under
+  Granian (``--interface asgi --loop uvloop``), when ``roost serve`` supports it.
+
+MLServer and KServe are installed by the script in their own virtualenvs, cached in
+``~/.cache/roost-bench-peers`` (``$ROOST_PEERS_CACHE``). Load: REST JSON with wrk (``-t1``, the
+same body for everyone) at ``--concurrency`` (1, 8, 64) and gRPC ``ModelInfer`` with
+``grpc_load.py`` (the same Python client for every server) at ``--grpc-concurrency`` (8, 64).
+``--rounds`` (2) interleaved rounds, the second in reverse server order; the table shows
+medians over rounds of req/s and p99, and the server's CPU per request (process tree, user +
+system). ``fdatasync`` on the ROOST_HOME's disk is measured before and after the rounds.
+
+Writes ``<out>/peers.md`` and ``<out>/peers.json`` (``--out``, default ``benchmarks/out``) and
+prints the table. Every load run holds ``/tmp/roost-bench.lock`` (flock) so that two benchmark
+scripts on one machine do not load it at the same time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import typing
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import (  # noqa: E402
+    BODY_FILE,
+    MODEL,
+    REPO_ROOT,
+    WRK_MISSING,
+    Target,
+    fdatasync_us,
+    floor_target,
+    http,
+    log,
+    machine_info,
+    materialize_model,
+    roost_target,
+    run_grpc,
+    run_wrk,
+    scan_log,
+    start,
+    stop,
+    wait_ready,
+)
+from peers.kserve import kserve_target  # noqa: E402
+from peers.mlserver import mlserver_target  # noqa: E402
+from peers.venvs import VenvError  # noqa: E402
+
+LOCK_FILE = Path("/tmp/roost-bench.lock")
+DEFAULT_SERVERS = ["floor", "roost", "mlserver", "kserve", "roost-w2"]
+OPTIONAL_SERVERS = ["floor-granian", "roost-granian"]
+
+
+def durability_levels() -> tuple[list[str], str]:
+    """The values ``ROOST_LOG_DURABILITY`` accepts (from the settings class) and the default."""
+    from registry.settings import RoostSettings
+
+    field = RoostSettings.model_fields["log_durability"]
+    values = [str(v) for v in typing.get_args(field.annotation)] or [str(field.default)]
+    default = str(field.default)
+    return [default, *[v for v in values if v != default]], default
+
+
+def http_servers() -> list[str]:
+    """The values ``ROOST_HTTP_SERVER`` accepts (``["uvicorn"]`` before the setting existed)."""
+    from registry.settings import RoostSettings
+
+    field = RoostSettings.model_fields.get("http_server")
+    if field is None:
+        return ["uvicorn"]
+    return [str(v) for v in typing.get_args(field.annotation)] or [str(field.default)]
+
+
+@contextlib.contextmanager
+def bench_lock() -> Iterator[None]:
+    """Hold ``/tmp/roost-bench.lock`` (the same lock as ``flock /tmp/roost-bench.lock``)."""
+    with LOCK_FILE.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# ------------------------------------------------------------------------------------------
+# the servers
+
+
+class Column:
+    """One server in the table: its :class:`Target`, header, and what it is loaded with."""
+
+    def __init__(self, key: str, header: str, target: Target, *, rest: list[int],
+                 grpc: list[int]) -> None:
+        self.key, self.header, self.target = key, header, target
+        self.rest, self.grpc = rest, grpc
+
+
+class PeersBench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.root = Path(tempfile.mkdtemp(prefix="roost-peers-"))
+        self.columns: list[Column] = []
+        self.report: dict[str, Any] = {"skipped": {}, "runs": [], "fdatasync_us": []}
+
+    # -- setup ------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        args = self.args
+        home = self.root / "home"
+        log(f"materializing {MODEL} into {home} ...")
+        model = materialize_model(home)
+        self.model_path = self.root / "model.onnx"
+        self.model_path.write_bytes(model)
+        self.body = BODY_FILE.read_bytes().strip()
+        self.body_file = self.root / "body.json"
+        self.body_file.write_bytes(self.body)
+        top = max(args.concurrency)
+        levels, default = durability_levels()
+        self.report["durability_levels"] = levels
+        self.report["http_servers"] = http_servers()
+        makers: dict[str, Callable[[], list[Column]]] = {
+            "floor": lambda: [Column("floor", "floor (uvicorn)",
+                                     floor_target(self.model_path), rest=args.concurrency,
+                                     grpc=[])],
+            "roost": lambda: [
+                Column(f"roost-{level}",
+                       f"Roost, {level}" + (" (as shipped)" if level == default else ""),
+                       roost_target(self.home_copy(f"roost-{level}"), name=f"roost-{level}",
+                                    env={"ROOST_LOG_DURABILITY": level}),
+                       rest=args.concurrency,
+                       grpc=args.grpc_concurrency if level == default else [])
+                for level in levels
+            ],
+            "roost-w2": lambda: [Column("roost-w2", "Roost, 2 workers (as shipped)",
+                                        roost_target(self.home_copy("roost-w2"), 2,
+                                                     name="roost-w2"),
+                                        rest=[top], grpc=[])],
+            "mlserver": lambda: [Column("mlserver", "MLServer 1.7.1",
+                                        mlserver_target(self.model_path, self.root),
+                                        rest=args.concurrency, grpc=args.grpc_concurrency)],
+            "kserve": lambda: [Column("kserve", "KServe 0.21",
+                                      kserve_target(self.model_path),
+                                      rest=args.concurrency, grpc=args.grpc_concurrency)],
+            "floor-granian": lambda: [Column("floor-granian", "floor (Granian)",
+                                             floor_granian_target(self.model_path),
+                                             rest=args.concurrency, grpc=[])],
+            "roost-granian": lambda: [Column(
+                "roost-granian", "Roost (as shipped) under Granian",
+                roost_target(self.home_copy("roost-granian"), name="roost-granian",
+                             env={"ROOST_HTTP_SERVER": "granian"}),
+                rest=args.concurrency, grpc=[])],
+        }
+        for name in args.servers:
+            if name == "roost-granian" and "granian" not in self.report["http_servers"]:
+                self.report["skipped"][name] = "ROOST_HTTP_SERVER=granian is not supported here"
+                continue
+            try:
+                self.columns += makers[name]()
+            except (VenvError, OSError, subprocess.SubprocessError) as exc:
+                self.report["skipped"][name] = f"{type(exc).__name__}: {exc}"[:2000]
+                log(f"skipping {name}: {exc}")
+
+    def home_copy(self, name: str) -> Path:
+        """A ROOST_HOME of its own for one Roost server (registry, artifacts, logs)."""
+        home = self.root / name
+        shutil.copytree(self.root / "home", home, ignore=shutil.ignore_patterns("dagster*"))
+        return home
+
+    def start_all(self) -> None:
+        for column in self.columns:
+            start(column.target, self.root)
+        ready = []
+        for column in self.columns:
+            try:
+                wait_ready(column.target)
+                self.check_answer(column)
+                ready.append(column)
+            except RuntimeError as exc:
+                self.report["skipped"][column.key] = str(exc)[-2000:]
+                log(f"skipping {column.key}: {str(exc)[:500]}")
+                stop(column.target)
+        self.columns = ready
+
+    def check_answer(self, column: Column) -> None:
+        """The server answers the body with the floor's probabilities (within 1e-5)."""
+        status, _, answer = http("POST", column.target.url, self.body)
+        if status != 200:
+            raise RuntimeError(f"{column.key} answered {status}: {answer[:500]!r}")
+        outputs = {o["name"]: o["data"] for o in json.loads(answer)["outputs"]}
+        probabilities = [float(v) for v in outputs.get("probabilities", [])]
+        reference = getattr(self, "reference", None)
+        if reference is None:
+            self.reference = probabilities
+        elif len(probabilities) != len(reference) or any(
+            abs(a - b) > 1e-5 for a, b in zip(probabilities, reference, strict=True)
+        ):
+            raise RuntimeError(f"{column.key} answered {probabilities}, expected {reference}")
+
+    def stop_all(self) -> None:
+        for column in self.columns:
+            stop(column.target)
+        logs = {}
+        for column in self.columns:
+            logs[column.key] = scan_log(column.target, self.args.out)
+        self.report["server_logs"] = logs
+
+    # -- load -------------------------------------------------------------------------------
+
+    def warm_up(self) -> None:
+        if self.args.warmup <= 0:
+            return
+        for column in self.columns:
+            log(f"warm-up {column.key} -c64 {self.args.warmup:g}s ...")
+            with bench_lock():
+                run_wrk(column.target, 64, self.args.warmup, self.body_file)
+
+    def measure(self, column: Column, protocol: str, concurrency: int, round_: int) -> None:
+        duration = self.args.duration
+        log(f"round {round_ + 1}: {column.key} {protocol} -c{concurrency} {duration:g}s ...")
+        with bench_lock():
+            if protocol == "gRPC":
+                result = run_grpc(column.target, concurrency, duration, self.body_file)
+            else:
+                result = run_wrk(column.target, concurrency, duration, self.body_file)
+        result.pop("raw", None)
+        result.pop("sample_response", None)
+        result.update(key=column.key, round=round_ + 1)
+        self.report["runs"].append(result)
+
+    def rounds(self) -> None:
+        for round_ in range(self.args.rounds):
+            order = self.columns if round_ % 2 == 0 else self.columns[::-1]
+            for concurrency in self.args.concurrency:
+                for column in order:
+                    if concurrency in column.rest:
+                        self.measure(column, "REST JSON", concurrency, round_)
+            for concurrency in self.args.grpc_concurrency:
+                for column in order:
+                    if concurrency in column.grpc:
+                        self.measure(column, "gRPC", concurrency, round_)
+
+    def sync_probe(self) -> None:
+        self.report["fdatasync_us"].append(fdatasync_us(self.root / "home"))
+
+    # -- report -----------------------------------------------------------------------------
+
+    def finish(self, started: float, argv: list[str]) -> str:
+        self.report.update(
+            finished=datetime.now(UTC).isoformat(timespec="seconds"),
+            wall_s=time.monotonic() - started,
+            command=" ".join(["benchmarks/peers.py", *argv]),
+            commit=git_head(),
+            settings={k: (str(v) if isinstance(v, Path) else v)
+                      for k, v in vars(self.args).items()},
+            columns=[{"key": c.key, "header": c.header, "description": c.target.description,
+                      "argv": c.target.argv, "env": c.target.env} for c in self.columns],
+        )
+        text = render(self.report)
+        out: Path = self.args.out
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "peers.json").write_text(json.dumps(self.report, indent=2, default=str))
+        (out / "peers.md").write_text(text)
+        return text
+
+
+def floor_granian_target(model_path: Path) -> Target:
+    """The floor under Granian's ASGI interface (uvloop, one worker, access log off)."""
+    target = floor_target(model_path, name="floor-granian")
+    target.description = "floor_app.py under Granian (--interface asgi --loop uvloop)"
+    target.argv = [
+        str(Path(sys.executable).with_name("granian")), "--interface", "asgi", "--loop",
+        "uvloop", "--factory", "--host", "127.0.0.1", "--port", str(target.port),
+        "--workers", "1", "--log-level", "warning", "--no-access-log",
+        "--working-dir", str(Path(__file__).resolve().parent), "floor_app:create_app",
+    ]
+    return target
+
+
+def git_head() -> str:
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, check=False)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                           cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+    return done.stdout.strip() + (" (uncommitted changes in the tree)" if dirty.stdout else "")
+
+
+# ------------------------------------------------------------------------------------------
+# the table
+
+
+def medians(report: dict[str, Any], key: str, protocol: str, concurrency: int
+            ) -> dict[str, float] | None:
+    runs = [r for r in report["runs"] if r["key"] == key and r["protocol"] == protocol
+            and r["concurrency"] == concurrency]
+    if not runs:
+        return None
+    return {
+        "rps": statistics.median(r["rps"] for r in runs),
+        "p99": statistics.median(r["latency_ms"].get("p99", float("nan")) for r in runs),
+        "cpu": statistics.median(r["server_cpu_us_per_req"] for r in runs),
+        "other": max(r["other_cpu_cores"] for r in runs),
+        "errors": sum(int(r.get("non_2xx", 0)) + int(r.get("errors", 0)) for r in runs),
+        "rounds": len(runs),
+    }
+
+
+def _p99(ms: float) -> str:
+    return f"{ms:.2f} ms" if ms < 10 else f"{ms:.0f} ms" if ms >= 100 else f"{ms:.1f} ms"
+
+
+def render(report: dict[str, Any]) -> str:
+    columns = report["columns"]
+    settings = report["settings"]
+    rows: list[tuple[str, str, int]] = [
+        (f"c={c} req/s (p99)", "REST JSON", c) for c in settings["concurrency"]
+    ] + [(f"gRPC c={c} req/s (p99)", "gRPC", c) for c in settings["grpc_concurrency"]]
+    header = "| | " + " | ".join(c["header"] for c in columns) + " |"
+    rule = "|---|" + "---:|" * len(columns)
+    speed, cpu = [header, rule], [header, rule]
+    for label, protocol, c in rows:
+        cells, cpu_cells = [], []
+        for column in columns:
+            m = medians(report, column["key"], protocol, c)
+            if m is None:
+                cells.append("–")
+                cpu_cells.append("–")
+                continue
+            flag = f", {m['errors']} errors" if m["errors"] else ""
+            cells.append(f"{m['rps']:,.0f} ({_p99(m['p99'])}{flag})")
+            cpu_cells.append(f"{m['cpu']:,.0f}")
+        speed.append(f"| {label} | " + " | ".join(cells) + " |")
+        cpu.append(f"| {label.replace('req/s (p99)', 'server CPU µs/req')} | "
+                   + " | ".join(cpu_cells) + " |")
+    syncs = [s["median_us"] for s in report["fdatasync_us"]]
+    lines = [
+        f"## Roost and its peers ({report['finished']}, commit {report['commit']})",
+        "",
+        f"`{report['command']}`: {settings['rounds']} interleaved rounds of "
+        f"{settings['duration']:g} s per run, medians over rounds; REST JSON with "
+        "`wrk -t1` (benchmarks/post.lua, benchmarks/body.json: one breast-cancer row), gRPC "
+        "`ModelInfer` with benchmarks/grpc_load.py (one Python process, same client for every "
+        f"server). Wall time {report['wall_s'] / 60:.1f} min.",
+        "",
+        *speed,
+        "",
+        *cpu,
+        "",
+        f"- `fdatasync` on this disk (1.6 kB append + fdatasync, median of 400, before and "
+        f"after the rounds): {', '.join(f'{s:.0f} µs' for s in syncs)}.",
+        *ratios(report),
+        f"- Machine: {report['machine']['nproc']} CPUs ({report['machine']['cpu_model']}), "
+        f"Python {report['machine']['python']}, {report['machine']['wrk']}; most other "
+        f"load during any run: {max_other(report):.2f} cores (other helpers' work).",
+    ]
+    for name, why in report["skipped"].items():
+        lines.append(f"- Not measured: {name}: {why.splitlines()[0][:300]}")
+    return "\n".join(lines) + "\n"
+
+
+def max_other(report: dict[str, Any]) -> float:
+    return max((r["other_cpu_cores"] for r in report["runs"]), default=0.0)
+
+
+def ratios(report: dict[str, Any]) -> list[str]:
+    """The issue's ratios: Roost as shipped against the floor and MLServer, workers."""
+    levels = report["durability_levels"]
+    shipped = f"roost-{levels[0]}"
+    settings = report["settings"]
+    out = []
+    for c in settings["concurrency"]:
+        roost = medians(report, shipped, "REST JSON", c)
+        floor = medians(report, "floor", "REST JSON", c)
+        peer = medians(report, "mlserver", "REST JSON", c)
+        if roost and floor:
+            text = (f"- c={c} REST: Roost as shipped = {roost['rps'] / floor['rps']:.2f}× the "
+                    f"floor's req/s, p99 {roost['p99'] / floor['p99']:.2f}× the floor's")
+            if peer:
+                text += f"; {roost['rps'] / peer['rps']:.2f}× MLServer"
+            if c == 1 and report["fdatasync_us"]:
+                sync_s = statistics.median(s["median_us"] for s in report["fdatasync_us"]) / 1e6
+                limit = 1 / (1 / floor["rps"] + sync_s) / floor["rps"]
+                text += (f"; the one-fdatasync-per-request limit is {limit:.2f}× the floor, "
+                         f"Roost is at {roost['rps'] / floor['rps'] / limit:.0%} of it")
+            out.append(text + ".")
+    for c in settings["grpc_concurrency"]:
+        roost = medians(report, shipped, "gRPC", c)
+        peer = medians(report, "mlserver", "gRPC", c)
+        if roost and peer:
+            out.append(f"- gRPC c={c}: Roost = {roost['rps'] / peer['rps']:.2f}× MLServer's "
+                       f"req/s, p99 {roost['p99']:.1f} ms vs {peer['p99']:.1f} ms.")
+    top = max(settings["concurrency"])
+    one = medians(report, shipped, "REST JSON", top)
+    two = medians(report, "roost-w2", "REST JSON", top)
+    if one and two:
+        out.append(f"- Workers: `roost serve --workers 2` = {two['rps'] / one['rps']:.2f}× one "
+                   f"worker at c={top} REST JSON (wrk -t1 on the same 2 CPUs as the servers).")
+    granian = medians(report, "floor-granian", "REST JSON", top)
+    floor = medians(report, "floor", "REST JSON", top)
+    if granian and floor:
+        out.append(f"- Granian: the floor under Granian = {granian['rps'] / floor['rps']:.2f}× "
+                   f"the floor under uvicorn at c={top}.")
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# command line
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Roost next to the floor, MLServer and KServe: the issue's table in one run."
+    )
+    parser.add_argument("--quick", action="store_true",
+                        help="a short try: 1 round of 3 s, c=1,64, gRPC c=8, 1 s warm-up")
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per run (8)")
+    parser.add_argument("--warmup", type=float, default=2.0,
+                        help="seconds of wrk -c64 per server before measuring (2)")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (2)")
+    parser.add_argument("--concurrency", type=_ints, default=[1, 8, 64],
+                        help="REST JSON concurrencies (1,8,64)")
+    parser.add_argument("--grpc-concurrency", type=_ints, default=[8, 64],
+                        help="gRPC concurrencies (8,64; empty: no gRPC)")
+    parser.add_argument("--servers", type=lambda s: [v for v in s.split(",") if v],
+                        default=DEFAULT_SERVERS,
+                        help=f"comma-separated, of {','.join(DEFAULT_SERVERS + OPTIONAL_SERVERS)}"
+                             f" (default {','.join(DEFAULT_SERVERS)})")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "out")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.duration, args.warmup, args.rounds = 3.0, 1.0, 1
+        args.concurrency, args.grpc_concurrency = [1, 64], [8]
+    unknown = set(args.servers) - set(DEFAULT_SERVERS + OPTIONAL_SERVERS)
+    if unknown:
+        parser.error(f"--servers: unknown {', '.join(sorted(unknown))}; known: "
+                     f"{', '.join(DEFAULT_SERVERS + OPTIONAL_SERVERS)}")
+    if not args.concurrency or args.rounds < 1 or args.duration <= 0:
+        parser.error("--concurrency needs at least one value, --rounds >= 1, --duration > 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    if shutil.which("wrk") is None:
+        print(WRK_MISSING, file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    bench = PeersBench(args)
+    bench.report["machine"] = machine_info()
+    try:
+        bench.setup()
+        bench.start_all()
+        bench.sync_probe()
+        bench.warm_up()
+        bench.rounds()
+        bench.sync_probe()
+    except KeyboardInterrupt:
+        log("interrupted: stopping the servers")
+        return 130
+    finally:
+        bench.stop_all()
+        if not args.keep:
+            shutil.rmtree(bench.root, ignore_errors=True)
+        else:
+            log(f"kept {bench.root}")
+    print(bench.finish(started, argv))
+    log(f"wrote {args.out / 'peers.md'} and {args.out / 'peers.json'}")
+    return 0
+
+
+def _sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # stop the servers in main's finally, as Ctrl-C does
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _sigterm)
+    sys.exit(main())
