@@ -140,6 +140,12 @@ class RoostSettings(BaseSettings):
     """Largest request body the gateway reads, on every REST route (``Content-Length`` or the
     bytes actually sent; more gets 413) and per gRPC message (more gets RESOURCE_EXHAUSTED)."""
 
+    max_inflight_requests: int = Field(default=0, ge=0)
+    """REST inference requests one gateway process works on at once
+    (``ROOST_MAX_INFLIGHT_REQUESTS``); one more is answered 503 with Retry-After at once,
+    before its body is read (serving/shedding.py). 0: no limit (each version's
+    ``max_queue_size`` still bounds its queue)."""
+
     max_tensor_elements: int = Field(default=16 * 1024 * 1024, ge=1)
     """Most elements one input tensor may have (the product of its shape), and the largest
     single dimension; a request over it gets 400 naming the input before anything is

@@ -8,7 +8,12 @@ split back by row counts in order, and a failing batch fails every request in it
 error.
 
 A full queue refuses at once (503 with Retry-After); a request whose deadline passes while it
-is queued is answered 504 and never reaches the model. With ``max_batch_size: 0`` (a model with
+is queued is answered 504 and never reaches the model. The deadline counts from the request's
+arrival (``submit(arrived=...)``: when the transport started on it), so reading and decoding
+its body count against it: a request already past its deadline when it reaches the queue is
+answered 504 at once. :meth:`DynamicBatcher.refusal` says, without queueing anything, whether
+``submit`` would refuse now: the HTTP edge asks it before it reads a request's body (see
+:mod:`serving.shedding`). With ``max_batch_size: 0`` (a model with
 no batch dimension) requests still pass the queue and deadlines but run one at a time.
 
 Fault isolation. Each batch's outcome goes to the version's circuit breaker (see
@@ -59,6 +64,7 @@ class _Pending:
     rows: int
     deadline: float
     enqueued: float
+    arrived: float
     future: asyncio.Future[Tensors]
     signature: tuple[Any, ...] = field(default=())
     probe: bool = False  # the half-open breaker's probe request
@@ -182,18 +188,41 @@ class DynamicBatcher:
 
     # -- submit ------------------------------------------------------------------------------
 
-    async def submit(self, feeds: Tensors, timeout_ms: float | None = None) -> Tensors:
-        """Queue one request's tensors; resolves to its share of the batch's outputs."""
+    def refusal(self) -> ServiceUnavailable | None:
+        """Why :meth:`submit` would refuse a request now, without queueing anything (and
+        without taking the half-open breaker's probe slot); None when it would queue it."""
+        if self._closed or self._wakeup is None:
+            return ServiceUnavailable(f"{self.name} is not accepting requests")
+        if len(self._queue) >= self.config.max_queue_size:
+            return self._queue_full()
+        if len(self.set_aside) == len(self._runners):
+            if self.breaker is not None and self.breaker.retry_in_s() > 0:
+                return self.breaker.rejection()
+            return self._all_set_aside()
+        return self.breaker.refusal() if self.breaker is not None else None
+
+    def _queue_full(self) -> QueueFull:
+        return QueueFull(
+            f"{self.name}: queue is full ({self.config.max_queue_size} requests waiting); "
+            "retry later",
+            retry_after_s=1,
+        )
+
+    async def submit(
+        self, feeds: Tensors, timeout_ms: float | None = None, arrived: float | None = None
+    ) -> Tensors:
+        """Queue one request's tensors; resolves to its share of the batch's outputs.
+
+        The deadline is ``arrived`` (``time.monotonic()`` when the transport started on the
+        request; default: now) plus ``timeout_ms`` (default: ``queue_timeout_ms``); a request
+        already past it is answered 504 at once, unqueued.
+        """
         if self._closed or self._wakeup is None:
             raise ServiceUnavailable(f"{self.name} is not accepting requests")
         config = self.config
         if len(self._queue) >= config.max_queue_size:
             self.stats.rejected_full += 1
-            raise QueueFull(
-                f"{self.name}: queue is full ({config.max_queue_size} requests waiting); "
-                "retry later",
-                retry_after_s=1,
-            )
+            raise self._queue_full()
         rows = _rows(feeds) if config.max_batch_size else 1
         if config.max_batch_size and rows > config.max_batch_size:
             raise InvalidRequest(
@@ -207,10 +236,20 @@ class DynamicBatcher:
             if self.breaker is not None and self.breaker.retry_in_s() > 0:
                 raise self.breaker.rejection()  # open: its message says when it retries
             raise self._all_set_aside()
-        probe = self.breaker.admit() if self.breaker is not None else False
         now = time.monotonic()
+        if arrived is None or arrived > now:
+            arrived = now
+        deadline = arrived + timeout / 1000.0
+        if deadline <= now:
+            self.stats.expired += 1
+            raise DeadlineExceeded(
+                f"{self.name}: request was {(now - arrived) * 1000:.0f} ms old when it reached "
+                f"the queue (reading and decoding it took that long), past its deadline of "
+                f"{timeout:g} ms; it was not run"
+            )
+        probe = self.breaker.admit() if self.breaker is not None else False
         future: asyncio.Future[Tensors] = asyncio.get_running_loop().create_future()
-        pending = _Pending(feeds, rows, now + timeout / 1000.0, now, future, _compat(feeds), probe)
+        pending = _Pending(feeds, rows, deadline, now, arrived, future, _compat(feeds), probe)
         self._queue.append(pending)
         self._wakeup.set()
         return await future
@@ -372,8 +411,9 @@ class DynamicBatcher:
                         head,
                         DeadlineExceeded(
                             f"{self.name}: request waited "
-                            f"{(now - head.enqueued) * 1000:.0f} ms in the queue, past its "
-                            "deadline; it was not run"
+                            f"{(now - head.enqueued) * 1000:.0f} ms in the queue "
+                            f"({(now - head.arrived) * 1000:.0f} ms since it arrived), past "
+                            "its deadline; it was not run"
                         ),
                     )
                     continue

@@ -152,6 +152,17 @@ class CircuitBreaker:
             return True
         raise self.rejection()
 
+    def refusal(self) -> BreakerOpen | None:
+        """What :meth:`admit` would raise now, without taking the probe slot; None when a
+        request would be let through (closed, or half-open with no probe running). The HTTP
+        edge asks this before it reads a request's body."""
+        state = self.state
+        if state is BreakerState.CLOSED or (
+            state is BreakerState.HALF_OPEN and not self._probing
+        ):
+            return None
+        return self.rejection()
+
     def rejection(self) -> BreakerOpen:
         """The error a request refused by the open breaker gets."""
         if self.state is BreakerState.HALF_OPEN:

@@ -168,7 +168,7 @@ class DataPlane:
                 adapted, call.features = await self.enrich(adapted)
             call.adapted = adapted
             feeds = self.validate(adapted, loaded)
-            outputs = await self.batch(adapted, loaded, feeds)
+            outputs = await self.batch(adapted, loaded, feeds, context.arrived)
         except RoostError as exc:
             inputs = self._failed_inputs(request, call)
             await self.recorder.failure(model, call, context, inputs, exc)
@@ -224,10 +224,15 @@ class DataPlane:
         )
 
     async def batch(
-        self, request: InferRequest, loaded: LoadedVersion, feeds: dict[str, np.ndarray]
+        self,
+        request: InferRequest,
+        loaded: LoadedVersion,
+        feeds: dict[str, np.ndarray],
+        arrived: float | None = None,
     ) -> list[tuple[str, np.ndarray]]:
-        """Queue for the version's batcher; the outputs the request asked for."""
-        outputs = await loaded.batcher.submit(feeds, _timeout_ms(request))
+        """Queue for the version's batcher (the deadline counts from ``arrived``); the outputs
+        the request asked for."""
+        outputs = await loaded.batcher.submit(feeds, _timeout_ms(request), arrived)
         return select_outputs(request, loaded.info.signature, outputs)
 
     def mirror_copies(

@@ -16,7 +16,11 @@ with one regex match and one pass over the headers:
   (``Edge.limits``, passed to :func:`serving.rest.handle_v2_infer`);
 * **the hot route**: OIP v2 infer is answered here (FastAPI's routing and dependency solving
   cost several times the model call for a tabular model); everything else goes to FastAPI.
-  Infer responses of :data:`COMPRESS_MIN_BYTES` or more honour ``Accept-Encoding``.
+  Infer responses of :data:`COMPRESS_MIN_BYTES` or more honour ``Accept-Encoding``;
+* **shedding**: an infer request that would be refused (the version's queue full, its breaker
+  open, the process over ``max_inflight_requests``) is answered 503 from its path and the
+  routing state, before its body is read (:mod:`serving.shedding`); the deadline of the
+  requests that go on counts from here, so reading and decoding the body count against it.
 
 Every error is rendered by :func:`render_error`, here and in the FastAPI exception handlers
 (:func:`install`).
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +60,7 @@ from serving.bodies import (
 )
 from serving.protocol.types import DecodeLimits
 from serving.rest import handle_v2_infer
+from serving.shedding import Admission, reason_of
 
 log = logging.getLogger("roost.serving")
 
@@ -154,29 +160,62 @@ async def _infer(
     groups: tuple[str | None, ...],
     raw: dict[bytes, bytes],
 ) -> None:
-    """OIP v2 infer, without FastAPI (the same :func:`serving.rest.handle_v2_infer`)."""
+    """OIP v2 infer, without FastAPI (the same :func:`serving.rest.handle_v2_infer`); refused
+    before the body is read when it would be refused anyway (:mod:`serving.shedding`)."""
+    arrived = time.monotonic()
     plane = getattr(edge.owner.state, "dataplane", None)
     if plane is None:
         await send_error(send, ServiceUnavailable("the gateway is starting"))
         return
-    model, version = groups[0] or "", groups[1]
-    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in raw.items()}
-    try:
-        body = await read_body(receive, edge.max_bytes, raw.get(b"content-encoding"))
-        encoded, media_type, extra = await handle_v2_infer(
-            plane, unquote(model), unquote(version) if version else None, body, headers,
-            edge.limits, scope["state"]["principal"],
-        )
-    except ClientGone:
-        return  # nobody to answer; nothing was run
-    except Exception as exc:  # noqa: BLE001 - rendered (and logged if unexpected)
-        await send_error(send, exc)
+    model = unquote(groups[0] or "")
+    version = unquote(groups[1]) if groups[1] else None
+    admission = edge.admission
+    refused = admission.refusal(plane.repository, model, version)
+    if refused is not None:
+        await _refuse(plane, model, refused, raw, send, arrived)
         return
-    out = [(k.lower().encode(), v.encode()) for k, v in extra.items()]
-    accept = raw.get(b"accept-encoding")
-    if accept is not None and len(encoded) >= COMPRESS_MIN_BYTES:
-        encoded = compress(encoded, accept, out)
-    await _send(send, 200, encoded, out, media_type)
+    admission.inflight += 1
+    try:
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in raw.items()}
+        try:
+            body = await read_body(receive, edge.max_bytes, raw.get(b"content-encoding"))
+            encoded, media_type, extra = await handle_v2_infer(
+                plane, model, version, body, headers, edge.limits, scope["state"]["principal"],
+                arrived,
+            )
+        except ClientGone:
+            return  # nobody to answer; nothing was run
+        except Exception as exc:  # noqa: BLE001 - rendered (and logged if unexpected)
+            await send_error(send, exc)
+            return
+        out = [(k.lower().encode(), v.encode()) for k, v in extra.items()]
+        accept = raw.get(b"accept-encoding")
+        if accept is not None and len(encoded) >= COMPRESS_MIN_BYTES:
+            encoded = compress(encoded, accept, out)
+        await _send(send, 200, encoded, out, media_type)
+    finally:
+        admission.inflight -= 1
+
+
+async def _refuse(
+    plane: Any,
+    model: str,
+    refused: tuple[ServiceUnavailable, Any],
+    raw: dict[bytes, bytes],
+    send: Send,
+    arrived: float,
+) -> None:
+    """Answer an early refusal (its body unread) and count it. The connection stays open (the
+    server discards the unread body), unless the client waits for ``100 Continue`` before it
+    sends the body it announced: it may send it after all, where the next request belongs."""
+    error, loaded = refused
+    metrics = plane.metrics
+    if metrics is not None:
+        version = str(loaded.info.version) if loaded is not None else ""
+        metrics.record_rejection(model, version, reason_of(error))
+        metrics.record_request(model, version, "v2-rest", 503, time.monotonic() - arrived)
+    close = [(b"connection", b"close")] if b"expect" in raw else None
+    await send_error(send, error, close)
 
 
 def _draining_refusal() -> tuple[int, RawHeaders, bytes]:
@@ -246,6 +285,7 @@ class Edge:
         self.auth_required = bool(settings.auth_required)
         self.max_bytes = int(getattr(settings, "max_request_bytes", MAX_BODY_BYTES))
         self.limits = DecodeLimits.from_settings(settings)
+        self.admission = Admission(int(getattr(settings, "max_inflight_requests", 0)))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -55,6 +55,9 @@ class CallContext:
     """The experiment unit when it is not the user (e.g. an entity id); default: user_id."""
     principal: Principal = ANONYMOUS
     """Who is calling (the API key the edge or the gRPC servicer authorized)."""
+    arrived: float | None = None
+    """``time.monotonic()`` when the transport started on the request: its queue deadline
+    counts from here (None: from when it reaches the queue)."""
 
 
 @dataclass(frozen=True, slots=True)

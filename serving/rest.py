@@ -129,8 +129,10 @@ async def handle_v2_infer(
     headers: Mapping[str, str],
     limits: DecodeLimits,
     principal: Principal = ANONYMOUS,
+    arrived: float | None = None,
 ) -> tuple[bytes, str, dict[str, str]]:
-    """One OIP v2 infer over HTTP: (response body, media type, extra headers).
+    """One OIP v2 infer over HTTP: (response body, media type, extra headers); the queue
+    deadline counts from ``arrived`` (``time.monotonic()`` when the edge took the request).
 
     Decodes the body (v2 JSON, or Triton's binary tensor extension when
     ``Inference-Header-Content-Length`` is set) with ``limits``; a body that does not decode is
@@ -139,7 +141,7 @@ async def handle_v2_infer(
     """
     context = CallContext(
         "v2-rest", headers.get(USER_HEADER), headers.get(REQUEST_ID_HEADER), headers,
-        principal=principal,
+        principal=principal, arrived=arrived,
     )
     header = headers.get(_HEADER_LENGTH)  # ASGI header names are lower-case
     try:

@@ -1,0 +1,129 @@
+"""Load shedding at the HTTP edge: a request that will be refused is refused before its body.
+
+Under overload most requests are refused; if each refusal first reads, decodes, validates and
+logs its body it costs about what an answer costs, so the gateway never sheds load, its event
+loop turns grow with the number of connections, and even the requests it accepts miss their
+deadlines. :class:`Admission` lets the edge (:mod:`serving.edge`) answer 503 from the path
+alone, before ``receive()`` is called:
+
+* **over the process's admission limit**: more than ``max_inflight_requests`` inference
+  requests are in flight in this process (from admission to the last byte of the answer):
+  :class:`Overloaded`;
+* **the version would refuse**: its queue is full, its circuit breaker is open (or half-open
+  with its probe running), every instance is set aside, or it is being unloaded
+  (:meth:`serving.batching.DynamicBatcher.refusal`, which has no side effects).
+
+Which version answers may depend on the body (a traffic policy's segment rules read request
+parameters): for a model with a traffic policy the request is refused early only when every
+loaded version of the model would refuse; otherwise it goes on and the version chosen decides.
+Draining is refused earlier still, by the route table (:mod:`serving.edge`).
+
+An early refusal is not written to the prediction log (nothing was decoded: there is no input
+to record, and a durable write per refusal is what made refusing as dear as answering); it is
+counted in ``roost_requests_total`` (status 503) and ``roost_rejected_requests_total`` with its
+reason (``queue_full``, ``breaker_open``, ``instances_stuck``, ``unavailable``,
+``overloaded``). The connection stays open: the HTTP server discards the unread body.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from registry.errors import ServiceUnavailable
+from serving.batching import InstancesStuck, QueueFull
+from serving.breaker import BreakerOpen
+
+if TYPE_CHECKING:
+    from serving.repository import ModelRepository
+    from serving.routing_table import LoadedVersion, RoutingTable
+
+__all__ = ["Admission", "Overloaded", "reason_of"]
+
+
+class Overloaded(ServiceUnavailable):
+    """This gateway process has ``max_inflight_requests`` inference requests in flight
+    (503 with Retry-After)."""
+
+    retry_after_s = 1.0
+
+
+def reason_of(error: ServiceUnavailable) -> str:
+    """The ``reason`` label of ``roost_rejected_requests_total`` for an early refusal."""
+    if isinstance(error, BreakerOpen):
+        return "breaker_open"
+    if isinstance(error, InstancesStuck):
+        return "instances_stuck"
+    if isinstance(error, QueueFull):
+        return "queue_full"
+    if isinstance(error, Overloaded):
+        return "overloaded"
+    return "unavailable"
+
+
+class Admission:
+    """The per-process in-flight count and the early-refusal decision (see the module)."""
+
+    __slots__ = ("_candidates", "_table", "inflight", "max_inflight")
+
+    def __init__(self, max_inflight: int) -> None:
+        self.max_inflight = max_inflight  # 0: no limit
+        self.inflight = 0
+        self._table: RoutingTable | None = None
+        self._candidates: dict[str, tuple[LoadedVersion, ...]] = {}
+
+    def overloaded(self) -> Overloaded | None:
+        if self.max_inflight and self.inflight >= self.max_inflight:
+            return Overloaded(
+                f"the gateway is overloaded: {self.inflight} inference requests in flight in "
+                f"this process (max_inflight_requests: {self.max_inflight}); retry later"
+            )
+        return None
+
+    def refusal(
+        self, repository: ModelRepository, model: str, version: str | None
+    ) -> tuple[ServiceUnavailable, LoadedVersion | None] | None:
+        """The 503 the request for ``model`` (``version``) would get, and the version that
+        refused it, decided from the routing state alone; None: read the body and go on (the
+        model is unknown, a version may accept it, or routing needs the body)."""
+        over = self.overloaded()
+        if over is not None:
+            return over, None
+        table = repository.table
+        if version is not None:
+            if not version.isdigit():
+                return None  # the normal path answers 404 naming the version
+            loaded = table.loaded.get((model, int(version)))
+        elif model in table.routers:
+            return self._every_candidate_refuses(table, model)
+        else:
+            number = table.production.get(model)
+            loaded = None if number is None else table.loaded.get((model, number))
+        if loaded is None:
+            return None
+        error = loaded.batcher.refusal()
+        return None if error is None else (error, loaded)
+
+    def _every_candidate_refuses(
+        self, table: RoutingTable, model: str
+    ) -> tuple[ServiceUnavailable, LoadedVersion] | None:
+        """A routed model: refused only if every loaded version of it would refuse (the
+        production version's reason is the one given)."""
+        if table is not self._table:
+            self._table, self._candidates = table, {}
+        candidates = self._candidates.get(model)
+        if candidates is None:
+            production = table.production.get(model)
+            candidates = self._candidates[model] = tuple(
+                sorted(
+                    (v for (m, _), v in table.loaded.items() if m == model),
+                    key=lambda v: v.info.version != production,
+                )
+            )
+        first: tuple[ServiceUnavailable, LoadedVersion] | None = None
+        for loaded in candidates:
+            error = loaded.batcher.refusal()
+            if error is None:
+                return None
+            if first is None:
+                first = (error, loaded)
+        return first
