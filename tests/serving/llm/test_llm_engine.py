@@ -204,7 +204,7 @@ def _arrival_order(lm: CausalLM, engine: LLMEngine) -> list[str]:
         await started.wait()
         second = Generation(engine, lm.encode("second"),
                             SamplingParams(3, temperature=0.0, ignore_eos=True))
-        async for event in second:
+        async for _event in second:
             if "second first token" not in order:
                 order.append("second first token")
         await task

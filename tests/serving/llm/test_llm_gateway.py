@@ -1,8 +1,9 @@
-"""Text generation on real gateway processes, through the official ``openai`` client.
+"""Text generation on a real gateway process, through the official ``openai`` client.
 
-Gateway A serves random-weights models registered as ``backend: llm`` versions; gateway B
-serves versions that forward to A: ``backend: openai`` (Roost standing in for vLLM) and
-``backend: triton`` (A's generate extension standing in for Triton's).
+Gateway A (a process) serves random-weights models registered as ``backend: llm`` versions;
+gateway B (uvicorn in this process) serves versions that forward to A: ``backend: openai``
+(Roost standing in for vLLM) and ``backend: triton`` (A's generate extension standing in for
+Triton's).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from roost_testing import GatewayProcess, deploy_model
+from roost_testing import GatewayProcess, deploy_model, running_gateway
 
 from llm.config import ModelConfig
 from registry import Registry, RoostSettings, State
@@ -31,13 +32,13 @@ FAST = {"ROOST_LOG_FLUSH_INTERVAL_S": "0.2", "ROOST_DEV_MODE": "true"}
 @dataclass
 class Gateways:
     a: GatewayProcess
-    b: GatewayProcess
+    b: str
     settings_a: RoostSettings
     settings_b: RoostSettings
 
     def client(self, which: str = "a", **kw: Any) -> openai.OpenAI:
-        gateway = self.a if which == "a" else self.b
-        return openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", **kw)
+        url = self.a.url if which == "a" else self.b
+        return openai.OpenAI(base_url=url + "/v1", api_key="unused", **kw)
 
 
 def _validated(registry: Registry, model: str, data: bytes, config: dict[str, Any]) -> int:
@@ -53,15 +54,15 @@ def gateways(
 ) -> Iterator[Gateways]:
     home_a = tmp_path_factory.mktemp("a") / "roost"
     home_b = tmp_path_factory.mktemp("b") / "roost"
-    settings_a, settings_b = RoostSettings(home=home_a), RoostSettings(home=home_b)
+    settings_a = RoostSettings(home=home_a)
+    settings_b = RoostSettings(home=home_b, log_flush_interval_s=0.2, dev_mode=True)
     llm = {"backend": "llm"}
     a = GatewayProcess(Path(home_a), env=FAST, grpc=False, name="llm-a")
-    b = GatewayProcess(Path(home_b), env=FAST, grpc=False, name="llm-b")
     reg = Registry.from_settings(settings_a)
     try:
         deploy_model(reg, "lm", make_lm(0), config={**llm, "max_num_seqs": 4})
         deploy_model(reg, "slow", make_lm(0, long_config),
-                     config={**llm, "max_num_seqs": 1, "max_queue_size": 1})
+                     config={**llm, "max_num_seqs": 2, "max_queue_size": 1})
         deploy_model(reg, "ab", make_lm(1), config=llm)
         reg.start_canary("ab", _validated(reg, "ab", make_lm(2), llm), 50)
         set_shadow(reg, "ab", _validated(reg, "ab", make_lm(3), llm), 100)
@@ -77,17 +78,15 @@ def gateways(
     finally:
         reg.close()
     a.start()
-    b.start()
     try:
         a.wait_ready()
-        b.wait_ready()
-        yield Gateways(a, b, settings_a, settings_b)
+        with running_gateway(settings_b) as b:
+            yield Gateways(a, b, settings_a, settings_b)
     except Exception as exc:
-        exc.add_note(f"gateway A log:\n{a.tail()}\ngateway B log:\n{b.tail()}")
+        exc.add_note(f"gateway A log:\n{a.tail()}")
         raise
     finally:
         a.stop()
-        b.stop()
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -186,76 +185,79 @@ def test_generate_extension(gateways: Gateways) -> None:
 # -- scheduling on the gateway ------------------------------------------------------------------
 
 
-def _long_stream(gateways: Gateways, started: threading.Event, box: list) -> None:
-    client = gateways.client(max_retries=0)
-    stream = client.completions.create(model="slow", prompt="a", max_tokens=8000, temperature=0,
-                                       stream=True, extra_body={"ignore_eos": True})
-    for chunk in stream:
-        started.set()
-        box.append(chunk)
-        if box[0] == "close":
-            break
-    stream.close()
+class LongStream(threading.Thread):
+    """A streamed completion on ``slow`` that runs until :meth:`close` (8000 tokens)."""
+
+    def __init__(self, gateways: Gateways) -> None:
+        super().__init__()
+        self.client = gateways.client(max_retries=0)
+        self.started = threading.Event()
+        self.finished = False
+        self.closing = False
+        self.start()
+
+    def run(self) -> None:
+        stream = self.client.completions.create(
+            model="slow", prompt="a", max_tokens=8000, temperature=0, stream=True,
+            extra_body={"ignore_eos": True},
+        )
+        for chunk in stream:
+            self.started.set()
+            if chunk.choices and chunk.choices[0].finish_reason:
+                self.finished = True
+            if self.closing:
+                break
+        stream.close()  # the client goes away mid-stream
+
+    def close(self) -> None:
+        self.closing = True
+        self.join(10)
 
 
-def test_mid_batch_join_queue_full_and_cancel(gateways: Gateways) -> None:
+def test_join_mid_batch_queue_full_and_cancel(gateways: Gateways) -> None:
+    """``slow``: max_num_seqs 2, max_queue_size 1."""
     url = gateways.a.url
     client = gateways.client(max_retries=0)
-    # 1. a short request joins the running long one and finishes first (max_num_seqs 1 here:
-    #    use lm, whose batch holds 4)
-    long_text: list[str] = []
-    long_started = threading.Event()
-
-    def long_lm() -> None:
-        for c in client.completions.create(model="lm", prompt="a", max_tokens=55, temperature=0,
-                                           stream=True, extra_body={"ignore_eos": True}):
-            long_started.set()
-            long_text.append(c.choices[0].finish_reason or "")
-    worker = threading.Thread(target=long_lm)
-    worker.start()
-    assert long_started.wait(10)
-    short = client.completions.create(model="lm", prompt="b", max_tokens=1, temperature=0)
-    assert short.usage is not None and short.usage.completion_tokens == 1
-    worker.join(10)
-    # 2. slow holds one sequence and one waiting: a third is refused 503 with Retry-After
-    first_started, second_started = threading.Event(), threading.Event()
-    first: list[Any] = []
-    second: list[Any] = []
-    threads = [threading.Thread(target=_long_stream, args=(gateways, first_started, first))]
-    threads[0].start()
-    assert first_started.wait(10)
-    threads.append(threading.Thread(target=_long_stream, args=(gateways, second_started, second)))
-    threads[1].start()
+    first = LongStream(gateways)
+    assert first.started.wait(10)
+    # a short request joins the running batch and finishes while the long one goes on
+    short = client.completions.create(model="slow", prompt="b", max_tokens=3, temperature=0,
+                                      extra_body={"ignore_eos": True})
+    assert short.usage is not None and short.usage.completion_tokens == 3
+    assert not first.finished
+    second = LongStream(gateways)
+    assert second.started.wait(10)
+    third = LongStream(gateways)  # the batch is full: it waits
     deadline = time.monotonic() + 10
     while metric(httpx.get(f"{url}/metrics").text, "roost_llm_waiting_sequences",
                  model="slow") < 1:
-        assert time.monotonic() < deadline, "the second request never waited"
+        assert time.monotonic() < deadline, "the third request never waited"
         time.sleep(0.02)
     refused = httpx.post(f"{url}/v1/completions", json={"model": "slow", "prompt": "c"})
     assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
     assert refused.json()["error"]["type"] == "server_error"
-    # 3. the first client goes away: its sequence is aborted, the waiting one gets the slot
-    first.insert(0, "close")
-    assert second_started.wait(10), "the waiting sequence never started"
-    second.insert(0, "close")
-    for thread in threads:
-        thread.join(10)
+    # the first client goes away: its sequence leaves the batch and the waiting one starts
+    first.close()
+    assert third.started.wait(10), "the waiting sequence never got the freed slot"
+    second.close()
+    third.close()
     text = ""
     deadline = time.monotonic() + 10
-    while metric(text, "roost_llm_requests_total", model="slow", finish_reason="abort") < 2:
+    while metric(text, "roost_llm_requests_total", model="slow", finish_reason="abort") < 3:
         assert time.monotonic() < deadline, "aborts not counted"
         time.sleep(0.05)
         text = httpx.get(f"{url}/metrics").text
     assert metric(text, "roost_llm_running_sequences", model="slow") == 0
-    assert metric(text, "roost_llm_time_to_first_token_seconds_count", model="lm") > 0
-    assert metric(text, "roost_llm_generated_tokens_total", model="lm") > 0
+    assert metric(text, "roost_llm_kv_cache_usage_ratio", model="slow") == 0
+    assert metric(text, "roost_llm_time_to_first_token_seconds_count", model="slow") >= 4
+    assert metric(text, "roost_llm_generated_tokens_total", model="slow") > 3
     rows = query_until(
         gateways.settings_a,
-        "select status, json_extract(inputs, '$.max_tokens') from predictions "
-        "where model = 'slow' and status = 499",
-        lambda rows: len(rows) == 2,
+        "select status, json_extract(inputs, '$.max_tokens')::int from predictions "
+        "where model = 'slow' and status in (499, 503)",
+        lambda rows: len(rows) == 4,
     )
-    assert rows == [(499, 8000), (499, 8000)] or all(r[0] == 499 for r in rows)
+    assert sorted(rows) == [(499, 8000)] * 3 + [(503, 16)]
 
 
 # -- routing and the log ---------------------------------------------------------------------
