@@ -1,30 +1,43 @@
-"""What RPO 0 costs: the gateway with ``log_durability: fsync`` next to ``buffered``, in one run.
+"""What each durability level costs: the floor and Roost at ``fsync``, ``write`` and
+``buffered``, side by side in one run.
 
-    .venv/bin/python benchmarks/durability.py [--duration 10] [--concurrency 1,64] [--quick]
+    .venv/bin/python benchmarks/durability.py [--duration 8] [--concurrency 1,8,64] [--repeat 2]
+        [--quick] [--baseline-src DIR]
 
 One run, on this machine:
 
 1. puts the breast-cancer model into a temporary ROOST_HOME (the demo pipeline, as
    ``benchmarks/harness.py`` does; ``--quick``: a logistic-regression ONNX with the same 30-feature
    signature, registered directly) and copies that home, one per gateway;
-2. starts two ``roost serve`` processes, ``ROOST_LOG_DURABILITY=fsync`` (each response waits
-   for the write-ahead-log group commit that covers its record) and ``=buffered`` (no wait, no
-   fsync), and warms both up;
-3. for each concurrency runs ``wrk -t1 -c<C> -d<D>s --latency -s post.lua`` ``--repeat`` times
-   against each, alternating (and swapping the order every repeat, so drifting background load
-   hits both alike), reads req/s, p50/p99/p99.9 and errors, and reports the medians;
-4. stops both with SIGTERM (drain, WAL sealed into Parquet, exit 0) and counts the rows each
-   logged against the requests wrk counted;
-5. prints a markdown table and writes ``<out>/durability.json`` and ``<out>/durability.md``.
+2. starts the floor (``floor_app.py``: bare FastAPI + one ONNX Runtime session) and one
+   ``roost serve`` per level, ``ROOST_LOG_DURABILITY=fsync`` (each response waits for the
+   fdatasync covering its record), ``=write`` (waits until the record is written to the WAL
+   file; synced in the background within ``ROOST_LOG_SYNC_INTERVAL_MS``) and ``=buffered`` (no
+   wait, no fsync); with ``--baseline-src DIR`` also ``fsync@base``, the gateway of another
+   checkout (e.g. ``git archive <commit> | tar -x -C DIR``) at ``fsync``, for before/after;
+3. measures ``fdatasync`` on the logs' disk (median of 400 one-block appends+syncs), before and
+   after the load;
+4. for each concurrency runs ``wrk -t1 -c<C> -d<D>s --latency -s post.lua`` ``--repeat`` rounds
+   against every server, interleaved (the order reversed every round, so drifting background
+   load hits all alike), and reports medians: req/s, p50/p99/p99.9, server CPU per request;
+5. stops the gateways with SIGTERM (drain, WAL sealed into Parquet, exit 0) and counts the rows
+   each logged against the requests wrk counted;
+6. prints a markdown table (with each level's ratio to the floor and the c=1 limit
+   ``1 / (floor's time per request + one fdatasync)``) and writes ``<out>/durability.json`` and
+   ``<out>/durability.md``.
+
+Wrap it in ``flock /tmp/roost-bench.lock`` on a shared machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -39,45 +52,94 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import harness as bench  # noqa: E402  (benchmarks/harness.py: servers, wrk, parsing)
 
-MODES = ("fsync", "buffered")
+LEVELS = ("fsync", "write", "buffered")
+BASELINE = "fsync@base"
 
 
-def register_quick_model(home: Path) -> None:
+def register_quick_model(home: Path) -> bytes:
     """A 30-feature logistic regression deployed as breast-cancer (no Dagster run)."""
     sys.path.insert(0, str(REPO_ROOT / "tests" / "support"))
     from roost_testing import deploy_model, make_linear_onnx
 
     from registry import Registry, RoostSettings
 
+    model = make_linear_onnx(n_features=30, seed=7)
     registry = Registry.from_settings(RoostSettings(home=home))
     try:
-        deploy_model(registry, bench.MODEL, make_linear_onnx(n_features=30, seed=7))
+        deploy_model(registry, bench.MODEL, model)
     finally:
         registry.close()
+    return model
 
 
-def make_targets(homes: dict[str, Path]) -> list[bench.Target]:
-    targets = []
-    for mode, home in homes.items():
-        port = bench.free_port()
-        targets.append(
-            bench.Target(
-                name=mode,
-                description=f"roost serve, ROOST_LOG_DURABILITY={mode}",
-                argv=[
-                    sys.executable, "-m", "orchestration", "serve",
-                    "--host", "127.0.0.1", "--port", str(port),
-                ],
-                env={
-                    "ROOST_HOME": str(home),
-                    "ROOST_HTTP_PORT": str(port),
-                    "ROOST_GRPC_PORT": str(bench.free_port()),
-                    "ROOST_LOG_DURABILITY": mode,
-                },
-                port=port,
-            )
+def roost_target(name: str, home: Path, level: str, source: Path | None = None) -> bench.Target:
+    port = bench.free_port()
+    if source is None:
+        argv = [sys.executable, "-m", "orchestration", "serve"]
+    else:  # another checkout's gateway: its packages first on sys.path
+        code = (
+            f"import sys; sys.path.insert(0, {str(source)!r}); import runpy; "
+            "sys.argv[0] = 'orchestration'; runpy.run_module('orchestration', run_name='__main__')"
         )
-    return targets
+        argv = [sys.executable, "-c", code, "serve"]
+    return bench.Target(
+        name=name,
+        description=f"roost serve, ROOST_LOG_DURABILITY={level}"
+        + (f" ({source})" if source else ""),
+        argv=[*argv, "--host", "127.0.0.1", "--port", str(port)],
+        env={
+            "ROOST_HOME": str(home),
+            "ROOST_HTTP_PORT": str(port),
+            "ROOST_GRPC_PORT": str(bench.free_port()),
+            "ROOST_LOG_DURABILITY": level,
+        },
+        port=port,
+    )
+
+
+def floor_target(model_path: Path) -> bench.Target:
+    port = bench.free_port()
+    return bench.Target(
+        name="floor",
+        description="bare FastAPI endpoint calling one session (benchmarks/floor_app.py)",
+        argv=[
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "--app-dir",
+            str(BENCH_DIR),
+            "floor_app:create_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        env={"FLOOR_MODEL_PATH": str(model_path), "FLOOR_MODEL_NAME": bench.MODEL},
+        port=port,
+    )
+
+
+def fdatasync_us(directory: Path, syncs: int = 400) -> dict[str, float]:
+    """Median and p90 of one 1.6 kB append + ``fdatasync`` in ``directory`` (a WAL group's)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / ".fdatasync-probe"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+    samples = []
+    try:
+        for _ in range(syncs):
+            os.write(fd, b"x" * 1600)
+            t0 = time.perf_counter_ns()
+            os.fdatasync(fd)
+            samples.append((time.perf_counter_ns() - t0) / 1000)
+    finally:
+        os.close(fd)
+        path.unlink()
+    samples.sort()
+    return {"median": statistics.median(samples), "p90": samples[int(len(samples) * 0.9)]}
 
 
 def stop(target: bench.Target, timeout_s: float = 60) -> int | None:
@@ -89,9 +151,8 @@ def stop(target: bench.Target, timeout_s: float = 60) -> int | None:
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout_s)
-        except Exception:
-            proc.kill()
-            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            bench.stop(target)
     return proc.returncode
 
 
@@ -99,20 +160,20 @@ def _median(values: list[float]) -> float:
     return float(statistics.median(values)) if values else float("nan")
 
 
-def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (durability, concurrency): medians over the repeats, and the req/s range."""
+def summarize(runs: list[dict[str, Any]], names: list[str]) -> list[dict[str, Any]]:
+    """Per (server, concurrency): medians over the rounds, and the req/s range."""
     out = []
     for c in sorted({r["concurrency"] for r in runs}):
-        for mode in MODES:
-            mine = [r for r in runs if r["server"] == mode and r["concurrency"] == c]
+        for name in names:
+            mine = [r for r in runs if r["server"] == name and r["concurrency"] == c]
             if not mine:
                 continue
             rps = [r["rps"] for r in mine]
             out.append(
                 {
-                    "durability": mode,
+                    "server": name,
                     "concurrency": c,
-                    "repeats": len(mine),
+                    "rounds": len(mine),
                     "rps": _median(rps),
                     "rps_min": min(rps),
                     "rps_max": max(rps),
@@ -120,6 +181,7 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                         f"{p}_ms": _median([r["latency_ms"].get(p, float("nan")) for r in mine])
                         for p in ("p50", "p99", "p99.9")
                     },
+                    "cpu_us_per_req": _median([r["server_cpu_us_per_req"] for r in mine]),
                     "non_2xx": sum(r["non_2xx"] for r in mine),
                     "other_cpu_cores": _median([r.get("other_cpu_cores", 0.0) for r in mine]),
                 }
@@ -128,58 +190,103 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def render(report: dict[str, Any]) -> str:
+    sync = report["fdatasync_us"]
     lines = [
-        f"Durability cost, {report['started']} — {report['machine'].get('cpu_model', '?')}, "
-        f"{report['machine'].get('usable_cpus', '?')} CPUs, model: {report['model_source']}; "
-        f"medians of {report['settings']['repeat']} alternating wrk runs of "
-        f"{report['settings']['duration_s']:g} s",
+        f"Durability levels, {report['started']}, commit {report['commit']} - "
+        f"{report['machine'].get('cpu_model', '?')}, {report['machine'].get('usable_cpus', '?')} "
+        f"CPUs, model: {report['model_source']}; medians of {report['settings']['repeat']} "
+        f"interleaved wrk rounds of {report['settings']['duration_s']:g} s; fdatasync on the "
+        f"logs' disk: median {sync['before']['median']:.0f} / {sync['after']['median']:.0f} us "
+        "(before / after the load)",
         "",
-        "| durability | conns | req/s (min-max) | p50 ms | p99 ms | p99.9 ms | non-2xx | "
-        "other load (cores) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| server | conns | req/s (min-max) | vs floor | p50 ms | p99 ms | p99.9 ms | "
+        "CPU us/req | non-2xx |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     summary = report.get("summary", [])
     for row in summary:
+        floor = next(
+            (
+                r
+                for r in summary
+                if r["server"] == "floor" and r["concurrency"] == row["concurrency"]
+            ),
+            None,
+        )
+        ratio = f"{row['rps'] / floor['rps']:.2f}x" if floor else "-"
         lines.append(
-            f"| {row['durability']} | {row['concurrency']} | {row['rps']:,.0f} "
-            f"({row['rps_min']:,.0f}-{row['rps_max']:,.0f}) | {row['p50_ms']:.2f} | "
-            f"{row['p99_ms']:.2f} | {row['p99.9_ms']:.2f} | {row['non_2xx']} | "
-            f"{row['other_cpu_cores']:.2f} |"
+            f"| {row['server']} | {row['concurrency']} | {row['rps']:,.0f} "
+            f"({row['rps_min']:,.0f}-{row['rps_max']:,.0f}) | {ratio} | {row['p50_ms']:.2f} | "
+            f"{row['p99_ms']:.2f} | {row['p99.9_ms']:.2f} | {row['cpu_us_per_req']:.0f} | "
+            f"{row['non_2xx']} |"
         )
     lines.append("")
+    median_sync_s = statistics.mean([sync["before"]["median"], sync["after"]["median"]]) / 1e6
     for c in sorted({row["concurrency"] for row in summary}):
-        by = {row["durability"]: row for row in summary if row["concurrency"] == c}
-        if set(MODES) <= set(by):
-            f, b = by["fsync"], by["buffered"]
+        by = {row["server"]: row for row in summary if row["concurrency"] == c}
+        if "write" in by and "buffered" in by:
             lines.append(
-                f"- -c{c}: fsync/buffered throughput {f['rps'] / b['rps']:.2f}x, "
-                f"p50 +{f['p50_ms'] - b['p50_ms']:.2f} ms, p99 {f['p99_ms'] / b['p99_ms']:.2f}x"
+                f"- c={c}: write / buffered {by['write']['rps'] / by['buffered']['rps']:.2f}x, "
+                f"fsync / buffered {by['fsync']['rps'] / by['buffered']['rps']:.2f}x"
+                if "fsync" in by
+                else f"- c={c}: write / buffered {by['write']['rps'] / by['buffered']['rps']:.2f}x"
             )
-    for mode, counts in report.get("logged", {}).items():
+        if c == 1 and "floor" in by:
+            limit = 1.0 / (1.0 / by["floor"]["rps"] + median_sync_s)
+            lines.append(
+                f"- c=1 limit with one fdatasync per request: 1 / (1/{by['floor']['rps']:,.0f} + "
+                f"{median_sync_s * 1e6:.0f} us) = {limit:,.0f} req/s = "
+                f"{limit / by['floor']['rps']:.2f}x the floor"
+                + (
+                    f"; fsync reaches {by['fsync']['rps'] / limit:.2f} of it"
+                    if "fsync" in by
+                    else ""
+                )
+            )
+    for name, counts in report.get("logged", {}).items():
         lines.append(
-            f"- {mode}: {counts['rows']:,} rows logged for {counts['requests']:,} requests "
+            f"- {name}: {counts['rows']:,} rows logged for {counts['requests']:,} requests "
             "wrk counted (wrk does not count the requests in flight when a run ends)"
         )
     lines.append(f"- exit status after SIGTERM: {report.get('exit_codes')}")
+    lines.append(f"- command: `{report['command']}`")
     return "\n".join(lines)
 
 
+def git_commit() -> str:
+    done = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return done.stdout.strip() or "?"
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=6.0, help="seconds per wrk run")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per wrk run")
     parser.add_argument("--concurrency", default="1,8,64", help="comma-separated connections")
-    parser.add_argument("--repeat", type=int, default=3, help="wrk runs per server and -c")
+    parser.add_argument("--repeat", type=int, default=2, help="interleaved rounds")
     parser.add_argument("--warmup", type=float, default=3.0, help="wrk seconds per server")
+    parser.add_argument("--levels", default=",".join(LEVELS), help="durability levels to run")
+    parser.add_argument("--no-floor", action="store_true", help="leave the floor out")
     parser.add_argument("--quick", action="store_true", help="linear model, no demo pipeline")
+    parser.add_argument(
+        "--baseline-src", type=Path, help="another checkout's source tree: adds fsync@base"
+    )
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "out", help="output directory")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         print(bench.WRK_MISSING, file=sys.stderr)
         return 2
     concurrencies = [int(c) for c in args.concurrency.split(",") if c.strip()]
+    levels = [lv for lv in args.levels.split(",") if lv.strip()]
     base = Path(tempfile.mkdtemp(prefix="roost-durability-"))
     report: dict[str, Any] = {
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "commit": git_commit(),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": bench.machine_info(),
         "model_source": "make_linear_onnx(30 features)" if args.quick else "demo pipeline",
@@ -187,21 +294,30 @@ def main(argv: list[str] | None = None) -> int:
             "duration_s": args.duration,
             "concurrency": concurrencies,
             "repeat": args.repeat,
+            "levels": levels,
         },
     }
     targets: list[bench.Target] = []
+    homes: dict[str, Path] = {}
     try:
         seed = base / "seed"
         if args.quick:
-            register_quick_model(seed)
+            model = register_quick_model(seed)
         else:
             print("materializing breast-cancer ...", file=sys.stderr)
-            bench.materialize_model(seed)
-        homes = {}
-        for mode in MODES:
-            homes[mode] = base / mode
-            shutil.copytree(seed, homes[mode], ignore=shutil.ignore_patterns("logs", "dagster"))
-        targets = make_targets(homes)
+            model = bench.materialize_model(seed)
+        model_path = base / "model.onnx"
+        model_path.write_bytes(model)
+        if not args.no_floor:
+            targets.append(floor_target(model_path))
+        plan = [(level, level, None) for level in levels]
+        if args.baseline_src is not None:
+            plan.append((BASELINE, "fsync", args.baseline_src.resolve()))
+        for name, level, source in plan:
+            homes[name] = base / name.replace("@", "-")
+            shutil.copytree(seed, homes[name], ignore=shutil.ignore_patterns("logs", "dagster"))
+            targets.append(roost_target(name, homes[name], level, source))
+        report["fdatasync_us"] = {"before": fdatasync_us(base / "seed" / "logs")}
         for target in targets:
             bench.start(target, base)
         body = bench.BODY_FILE.read_bytes().strip()
@@ -218,20 +334,21 @@ def main(argv: list[str] | None = None) -> int:
         runs: list[dict[str, Any]] = []
         report["runs"] = runs
         for concurrency in concurrencies:
-            for repeat in range(args.repeat):
-                # alternate, and swap the order each repeat, so drifting load hits both alike
-                for target in targets if repeat % 2 == 0 else targets[::-1]:
-                    print(f"wrk {target.name} -c{concurrency} #{repeat + 1} ...", file=sys.stderr)
+            for round_ in range(args.repeat):
+                # interleaved, the order reversed each round: drifting load hits all alike
+                for target in targets if round_ % 2 == 0 else targets[::-1]:
+                    print(f"wrk {target.name} -c{concurrency} #{round_ + 1} ...", file=sys.stderr)
                     result = bench.run_wrk(target, concurrency, args.duration, bench.BODY_FILE)
                     result.pop("raw", None)
                     runs.append(result)
                     sent[target.name] += result.get("requests", 0)
                     time.sleep(0.5)
-        report["summary"] = summarize(runs)
+        report["fdatasync_us"]["after"] = fdatasync_us(base / "seed" / "logs")
+        report["summary"] = summarize(runs, [t.name for t in targets])
         report["exit_codes"] = {t.name: stop(t) for t in targets}
         report["logged"] = {
-            mode: {"rows": bench.count_logged_rows(home), "requests": sent[mode]}
-            for mode, home in homes.items()
+            name: {"rows": bench.count_logged_rows(home), "requests": sent[name]}
+            for name, home in homes.items()
         }
     finally:
         for target in targets:

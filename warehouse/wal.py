@@ -528,9 +528,13 @@ class WriteAheadLog:
             raise
         return _OpenSegment(path, fd, time.monotonic(), size=len(schema))
 
-    def _write_pending(self) -> int:
+    def write_pending(self) -> int:
         """Write every record appended so far as one record batch with one ``write``; return
-        how many. ``fsync``: the waiters wait for the syncer; otherwise they complete now."""
+        how many. ``fsync``: the waiters wait for the syncer; otherwise they complete now.
+        Thread-safe; never waits for a sync."""
+        return self._write_pending()
+
+    def _write_pending(self) -> int:
         with self._commit_lock:
             with self._lock:
                 records, waiters = self._pending, self._waiters

@@ -519,6 +519,8 @@ class PredictionLogWriter:
         if not wal.started:
             self.start()
         wal.append(self._minimise(record), future)
+        if wal.durability is Durability.WRITE:
+            wal.write_pending()  # here, not behind the syncer's fdatasync
         future.result(timeout)
 
     def _minimise(self, record: PredictionRecord) -> PredictionRecord:

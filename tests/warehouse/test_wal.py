@@ -72,6 +72,7 @@ def wal_writer(
     durability: str = "fsync",
     sink: Any = None,
     recover_orphans: bool = False,
+    sync_interval_s: float = 0.005,
 ) -> PredictionLogWriter:
     return PredictionLogWriter(
         sink if sink is not None else ParquetSink(root, writer_id),
@@ -79,6 +80,7 @@ def wal_writer(
         flush_interval_s=flush_interval_s,
         wal_dir=root / WAL_DIR,
         durability=durability,
+        sync_interval_s=sync_interval_s,
         writer_id=writer_id,
         recover_orphans=recover_orphans,
     )
@@ -192,6 +194,78 @@ def test_buffered_durability_neither_waits_nor_syncs(
     finally:
         writer.close()
     assert logged(tmp_path) == [("b", 1), ("c", 1)]
+
+
+def test_write_durability_answers_once_written_and_syncs_in_the_background(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``write``: the waiter completes when the record is in the segment file, while the
+    background fdatasync is still held back; the sync then follows without another append."""
+    release = threading.Event()
+    synced: list[int] = []
+    real = wal_module._sync_data
+
+    def held_sync(fd: int) -> None:
+        release.wait(30)
+        real(fd)
+        synced.append(fd)
+
+    monkeypatch.setattr(wal_module, "_sync_data", held_sync)
+    writer = wal_writer(tmp_path, durability="write", sync_interval_s=0.001)
+    assert writer.durability is Durability.WRITE
+    writer.start()
+    try:
+
+        async def go() -> None:
+            for i in range(3):
+                future = writer.append_durable(make_record(request_id=f"w{i}"))
+                assert future is not None
+                await future
+
+        asyncio.run(go())
+        writer.append_sync(make_record(request_id="w3"))  # from a thread: the syncer writes it
+        [segment] = segments(tmp_path)
+        contents = read_segment(segment)  # written (page cache) though no sync has finished
+        assert contents.table.column("request_id").to_pylist() == ["w0", "w1", "w2", "w3"]
+        assert synced == []
+        release.set()
+        wal = writer.wal
+        assert wal is not None
+        wait_for(lambda: wal.syncs_total >= 1 and wal._dirty_since is None)
+        assert wal.failed_total == 0
+    finally:
+        release.set()
+        writer.close()
+    assert logged(tmp_path) == [(f"w{i}", 1) for i in range(4)]
+
+
+def test_failed_background_sync_keeps_written_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``write``: a failed fdatasync cannot take back answers already given; the records stay
+    and the next ones go to a new segment."""
+    real = wal_module._sync_data
+    fail = {"next": True}
+
+    def flaky_sync(fd: int) -> None:
+        if fail["next"]:
+            fail["next"] = False
+            raise OSError(5, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(wal_module, "_sync_data", flaky_sync)
+    writer = wal_writer(tmp_path, durability="write", sync_interval_s=0.001)
+    writer.start()
+    try:
+        writer.append_sync(make_record(request_id="kept"))
+        wal = writer.wal
+        assert wal is not None
+        wait_for(lambda: not fail["next"] and wal._segment is None)  # failed: retired
+        writer.append_sync(make_record(request_id="next"))
+        assert wal.failed_total == 0
+    finally:
+        writer.close()
+    assert logged(tmp_path) == [("kept", 1), ("next", 1)]
 
 
 def test_failed_sync_fails_the_group_and_the_next_group_succeeds(
@@ -435,7 +509,8 @@ _CHILD = textwrap.dedent(
 
     root = Path(sys.argv[1])
     writer = PredictionLogWriter(
-        ParquetSink(root, "child"), flush_rows=40, flush_interval_s=0.05, wal_dir=root / "wal"
+        ParquetSink(root, "child"), flush_rows=40, flush_interval_s=0.05, wal_dir=root / "wal",
+        durability=sys.argv[2],
     )
     writer.start()
     i = 0
@@ -454,10 +529,17 @@ _CHILD = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("kill_after", [5, 150, 600])
-def test_sigkilled_writer_loses_no_acknowledged_record(tmp_path: Path, kill_after: int) -> None:
+@pytest.mark.parametrize(
+    ("durability", "kill_after"),
+    [("fsync", 5), ("fsync", 150), ("fsync", 600), ("write", 5), ("write", 600)],
+)
+def test_sigkilled_writer_loses_no_acknowledged_record(
+    tmp_path: Path, durability: str, kill_after: int
+) -> None:
+    """``fsync`` and ``write`` alike: a killed process loses no acknowledged record (``write``
+    relies on the kernel's page cache, which outlives the process)."""
     child = subprocess.Popen(
-        [sys.executable, "-c", _CHILD, str(tmp_path)],
+        [sys.executable, "-c", _CHILD, str(tmp_path), durability],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -494,6 +576,11 @@ def test_from_settings_builds_a_wal_writer(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setenv("ROOST_LOG_DURABILITY", "buffered")
     buffered = PredictionLogWriter.from_settings(RoostSettings(home=tmp_path))
     assert buffered.durability is Durability.BUFFERED
+    monkeypatch.setenv("ROOST_LOG_DURABILITY", "write")
+    monkeypatch.setenv("ROOST_LOG_SYNC_INTERVAL_MS", "2.5")
+    written = PredictionLogWriter.from_settings(RoostSettings(home=tmp_path))
+    assert written.durability is Durability.WRITE
+    assert written.wal is not None and written.wal.sync_interval_s == 0.0025
     monkeypatch.setenv("ROOST_LOG_DURABILITY", "sometimes")
     with pytest.raises(ValueError):
         RoostSettings(home=tmp_path)
