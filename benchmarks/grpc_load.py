@@ -102,6 +102,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.gather(*tasks)
         cpu, wall = _cpu_s() - cpu0, time.monotonic() - wall0
         mark("done")
+    if args.samples:
+        np.save(args.samples, np.asarray(latencies, dtype=np.int64))
     return {
         "requests": len(latencies),
         "errors": {k: v for k, v in errors.items() if k != "warmup"},
@@ -138,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds recorded")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds not recorded")
     parser.add_argument("--timeout", type=float, default=10.0, help="per-call deadline, s")
+    parser.add_argument("--samples", help="write the recorded latencies (ns) to this .npy file")
     args = parser.parse_args(argv)
     json.dump(asyncio.run(run(args)), sys.stdout)
     print()

@@ -148,8 +148,8 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
     if host:
         os.environ["ROOST_HOST"] = host
     os.environ["ROOST_WORKERS"] = str(workers)
-    if workers > 1:
-        # every worker writes its metrics here; /metrics on any worker reports them all
+    if workers > 1 or settings.grpc_processes > 0:
+        # every worker (and gRPC process) writes its metrics here; /metrics reports them all
         from serving.metrics import MULTIPROC_ENV
 
         settings.home.mkdir(parents=True, exist_ok=True)

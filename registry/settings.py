@@ -65,6 +65,11 @@ class RoostSettings(BaseSettings):
     grpc_port: int = 8001
     """Port of the serving gateway's gRPC API (Open Inference Protocol v2); 0 disables it."""
 
+    grpc_processes: int = Field(default=0, ge=0, le=64)
+    """``ROOST_GRPC_PROCESSES``: serve gRPC from this many processes of its own, sharing
+    ``grpc_port`` (each loads the same models and logs its own predictions), instead of on each
+    gateway worker's event loop (0). Per gateway worker (see serving/grpc_processes.py)."""
+
     dagster_port: int = 3000
     """Port of the Dagster webserver that ``roost up`` starts."""
 

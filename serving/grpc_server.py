@@ -14,7 +14,7 @@ their 4-byte little-endian length; FP16 only this way). Responses always carry
 from __future__ import annotations
 
 import logging
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 from tritonclient.grpc import service_pb2 as pb
@@ -27,6 +27,9 @@ from serving.dataplane import CallContext, DataPlane, Rejected
 from serving.protocol.grpc_codec import decode_model_infer_request, encode_model_infer_response
 from serving.protocol.render import MAX_PREVIEW_TENSORS
 from serving.protocol.types import DEFAULT_LIMITS, DecodeLimits
+
+if TYPE_CHECKING:
+    from serving.grpc_processes import GrpcProcesses
 
 __all__ = ["GrpcBindError", "InferenceServicer", "grpc_address", "start_grpc_server"]
 
@@ -221,10 +224,23 @@ def grpc_address(host: str, port: int) -> str:
     return f"{host}:{port}"
 
 
-async def start_grpc_server(plane: DataPlane, settings: RoostSettings) -> grpc.aio.Server | None:
-    """Start the OIP v2 gRPC service on ``settings.grpc_port``; None when the port is 0."""
+async def start_grpc_server(
+    plane: DataPlane, settings: RoostSettings, *, reuse_port: bool = False
+) -> grpc.aio.Server | GrpcProcesses | None:
+    """Start the OIP v2 gRPC service on ``settings.grpc_port``; None when the port is 0.
+
+    On this event loop, or in ``settings.grpc_processes`` processes of its own
+    (:mod:`serving.grpc_processes`); either answers ``await server.stop(grace)``.
+    ``reuse_port``: share the port (SO_REUSEPORT) even with one worker (a gRPC process does).
+    """
     if settings.grpc_port == 0:
         return None
+    if settings.grpc_processes > 0:
+        from serving.grpc_processes import GrpcProcesses
+
+        processes = GrpcProcesses(settings)
+        await processes.start()
+        return processes
     server = grpc.aio.server(
         options=[
             # A bigger request gets RESOURCE_EXHAUSTED from gRPC itself, before it is decoded.
@@ -233,7 +249,7 @@ async def start_grpc_server(plane: DataPlane, settings: RoostSettings) -> grpc.a
             # Without this a second server could silently share a port that is in use.
             # Several `roost serve --workers` processes share the port; one gateway alone
             # must fail to bind a busy port rather than quietly share it.
-            ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
+            ("grpc.so_reuseport", 1 if reuse_port or settings.workers > 1 else 0),
         ]
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), server)
