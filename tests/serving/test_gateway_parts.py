@@ -16,6 +16,8 @@ from registry import Registry, RoostSettings, State
 from serving import create_app
 from serving.backends import BACKENDS, OnnxBackend, TritonBackend
 from serving.gateway import Gateway
+from serving.llm.backend import LLMBackend
+from serving.llm.remote import OpenAIBackend
 from serving.metrics import GatewayMetrics
 from serving.repository import ModelRepository
 from serving.routing_table import RegistrySnapshot, RoutingTable, assemble_table
@@ -48,7 +50,10 @@ async def serving(app: Any) -> AsyncIterator[httpx.AsyncClient]:
 
 def test_both_backends_satisfy_the_protocol() -> None:
     # mypy checks the assignment in serving.backends; this checks the factory's keys
-    assert BACKENDS == {"onnxruntime": OnnxBackend, "triton": TritonBackend}
+    assert BACKENDS == {
+        "onnxruntime": OnnxBackend, "triton": TritonBackend, "llm": LLMBackend,
+        "openai": OpenAIBackend,
+    }
 
 
 def test_production_and_staging_gateways_in_one_process(
