@@ -25,8 +25,9 @@ install-gpu: install
 install-k8s: install
 	$(BIN)/pip install --quiet -e '.[k8s,dev]'
 
+# ROOST_LLM_DEMO=1: also train (once, cached in $ROOST_HOME/llm) and serve roost-lm; 0 skips it.
 up: install
-	$(BIN)/roost up
+	ROOST_LLM_DEMO=$${ROOST_LLM_DEMO:-1} $(BIN)/roost up
 
 lint: install
 	$(BIN)/ruff check $(PACKAGES) tests benchmarks

@@ -688,3 +688,4 @@ __import__("orchestration.cli_monitoring_drift").cli_monitoring_drift.add_drift_
 __import__("orchestration.cli_db").cli_db.add_db_commands(main)  # db upgrade|current
 __import__("orchestration.cli_governance").cli_governance.add_governance_commands(main)  # quantize
 __import__("orchestration.cli_governance_consent").cli_governance_consent.add_consent_commands(main)
+__import__("orchestration.cli_llm").cli_llm.add_llm_commands(main)  # llm train|register|...

@@ -6,6 +6,7 @@ import pytest
 
 from llm.config import ModelConfig, load_named_config
 from llm.export import build_random_model
+from llm.train import TrainResult, train
 
 
 @pytest.fixture(scope="session")
@@ -17,3 +18,9 @@ def tiny_config() -> ModelConfig:
 def random_model(tiny_config: ModelConfig) -> bytes:
     return build_random_model(tiny_config, seed=0)
 
+
+
+@pytest.fixture(scope="session")
+def tiny_trained() -> TrainResult:
+    """The tiny configuration trained once (a few seconds) for every test that needs weights."""
+    return train(load_named_config("tiny"), seed=0, minutes=2.0)
