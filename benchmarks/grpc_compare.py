@@ -184,6 +184,15 @@ def build_servers(args: argparse.Namespace, home: Path, work: Path) -> list[Serv
         s = Server("grpclib (on the loop)", [], env)
         s.argv = [*variants, "--variant", "grpclib", "--port", str(s.port)]
         servers.append(s)
+    if "aio-asyncio" in wanted:
+        s = Server("aio on asyncio's own loop (no uvloop)", [], env)
+        s.argv = [*variants, "--variant", "aio", "--port", str(s.port), "--loop", "asyncio"]
+        servers.append(s)
+    for variant in ("aio", "threaded", "grpclib"):
+        if f"{variant}-null" in wanted:
+            s = Server(f"{variant} transport only (fixed answer)", [], env)
+            s.argv = [*variants, "--variant", variant, "--port", str(s.port), "--null"]
+            servers.append(s)
     for n in args.processes:
         if f"aio-x{n}" in wanted or "aio-xN" in wanted:
             s = Server(f"aio, {n} gRPC-only processes", [], env)

@@ -14,6 +14,9 @@ data plane; its own gRPC off) on an asyncio loop and then serves ``ModelInfer`` 
 - ``aio``: Roost's own ``grpc.aio`` servicer, on a loop with no HTTP edge; ``--processes N``
   starts N such processes sharing the port (SO_REUSEPORT), each with its own data plane.
 
+``--null``: the same servers answering every ``ModelInfer`` with a fixed response after
+decoding the request, without the data plane: what the transport alone costs per call.
+
 SIGINT/SIGTERM stop the server, then the gateway (which seals the prediction log).
 """
 
@@ -53,7 +56,13 @@ def _context(metadata: dict[str, str]) -> CallContext:
     )
 
 
+NULL: list[Any] = []  # --null: the fixed answer
+
+
 async def _infer(plane: DataPlane, message: Any, call: CallContext) -> Any:
+    if NULL:
+        decode_model_infer_request(message, plane.limits)
+        return NULL[0]
     decoded = decode_model_infer_request(message, plane.limits)
     result = await plane.infer(message.model_name, message.model_version or None, decoded, call)
     return encode_model_infer_response(
@@ -70,6 +79,8 @@ def serve_threaded(plane: DataPlane, loop: asyncio.AbstractEventLoop, port: int,
     def model_infer(request: Any, context: grpc.ServicerContext) -> Any:
         metadata = {k.lower(): v for k, v in context.invocation_metadata() if isinstance(v, str)}
         decoded = decode_model_infer_request(request, plane.limits)
+        if NULL:
+            return NULL[0]
         future = asyncio.run_coroutine_threadsafe(
             plane.infer(request.model_name, request.model_version or None, decoded,
                         _context(metadata)),
@@ -137,7 +148,7 @@ def grpclib_service(plane: DataPlane) -> Any:
 # -- the process ---------------------------------------------------------------------------
 
 
-async def main_async(variant: str, port: int, threads: int, reuse: bool) -> None:
+async def main_async(variant: str, port: int, threads: int, reuse: bool, null: bool) -> None:
     settings = RoostSettings(grpc_port=0)
     gateway = Gateway(settings)
     await gateway.start()
@@ -146,6 +157,13 @@ async def main_async(variant: str, port: int, threads: int, reuse: bool) -> None
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     plane = gateway.plane
+    if null:
+        probe = pb.ModelInferResponse(model_name="breast-cancer", model_version="1", id="x")
+        probe.outputs.add(name="label", datatype="INT64", shape=[1])
+        probe.raw_output_contents.append(b"\0" * 8)
+        probe.outputs.add(name="probabilities", datatype="FP32", shape=[1, 2])
+        probe.raw_output_contents.append(b"\0" * 8)
+        NULL.append(probe)
     try:
         if variant == "threaded":
             sync_server = serve_threaded(plane, loop, port, threads)
@@ -163,9 +181,13 @@ async def main_async(variant: str, port: int, threads: int, reuse: bool) -> None
             aio_server = grpc.aio.server(options=[("grpc.so_reuseport", 1 if reuse else 0)])
             from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
-            pb_grpc.add_GRPCInferenceServiceServicer_to_server(
-                InferenceServicer(plane), aio_server
-            )
+            servicer = InferenceServicer(plane)
+            if null:
+                async def model_infer(request: Any, context: Any) -> Any:
+                    return await _infer(plane, request, _context({}))
+
+                setattr(servicer, "ModelInfer", model_infer)  # noqa: B010
+            pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, aio_server)
             aio_server.add_insecure_port(f"127.0.0.1:{port}")
             await aio_server.start()
             await stop.wait()
@@ -174,14 +196,15 @@ async def main_async(variant: str, port: int, threads: int, reuse: bool) -> None
         await gateway.stop()
 
 
-def run(variant: str, port: int, threads: int, reuse: bool) -> None:
-    try:
+def run(variant: str, port: int, threads: int, reuse: bool, null: bool = False,
+        loop: str = "uvloop") -> None:
+    factory: Any = None
+    if loop == "uvloop":
         import uvloop
 
-        uvloop.install()
-    except ImportError:  # pragma: no cover
-        pass
-    asyncio.run(main_async(variant, port, threads, reuse))
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main_async(variant, port, threads, reuse, null))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,14 +213,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--threads", type=int, default=16, help="threaded: pool size")
     parser.add_argument("--processes", type=int, default=1, help="aio/grpclib: processes")
+    parser.add_argument("--null", action="store_true", help="a fixed answer, no data plane")
+    parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
     args = parser.parse_args(argv)
     reuse = args.processes > 1
     if args.processes == 1:
-        run(args.variant, args.port, args.threads, reuse)
+        run(args.variant, args.port, args.threads, reuse, args.null, args.loop)
         return 0
     ctx = multiprocessing.get_context("spawn")
     children = [
-        ctx.Process(target=run, args=(args.variant, args.port, args.threads, True))
+        ctx.Process(
+            target=run,
+            args=(args.variant, args.port, args.threads, True, args.null, args.loop),
+        )
         for _ in range(args.processes)
     ]
     for child in children:

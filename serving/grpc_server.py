@@ -14,6 +14,7 @@ their 4-byte little-endian length; FP16 only this way). Responses always carry
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
@@ -27,6 +28,7 @@ from serving.dataplane import CallContext, DataPlane, Rejected
 from serving.protocol.grpc_codec import decode_model_infer_request, encode_model_infer_response
 from serving.protocol.render import MAX_PREVIEW_TENSORS
 from serving.protocol.types import DEFAULT_LIMITS, DecodeLimits
+from serving.shedding import Admission, reason_of
 
 if TYPE_CHECKING:
     from serving.grpc_processes import GrpcProcesses
@@ -70,13 +72,17 @@ def _presented_key(metadata: dict[str, str]) -> str | None:
     return None
 
 
-def _call_context(metadata: dict[str, str], principal: Principal) -> CallContext:
+def _call_context(
+    metadata: dict[str, str], principal: Principal, arrived: float | None = None
+) -> CallContext:
+    """``arrived``: when the call reached the servicer (its queue deadline counts from there)."""
     return CallContext(
         protocol=PROTOCOL,
         user_id=metadata.get(USER_METADATA),
         request_id=metadata.get(REQUEST_ID_METADATA),
         headers=metadata,
         principal=principal,
+        arrived=arrived,
     )
 
 
@@ -116,6 +122,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         )
         self.limits = DEFAULT_LIMITS if settings is None else DecodeLimits.from_settings(settings)
         """The decoder's limits (the gateway's ``max_tensor_elements``, ``max_json_depth``)."""
+        self.admission = Admission(0)
+        """Early refusals: a request its version would refuse (queue full, breaker open, every
+        instance set aside, unloading) is answered UNAVAILABLE before its tensors are decoded,
+        unlogged (:mod:`serving.shedding`; ``max_inflight_requests`` is the HTTP edge's)."""
 
     async def ServerLive(self, request: Any, context: Any) -> Any:  # noqa: N802
         return pb.ServerLiveResponse(live=True)
@@ -172,11 +182,30 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         return response
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:  # noqa: N802
+        arrived = time.monotonic()
         principal = await self._authorize(context, "predict", request.model_name)
+        model, version = request.model_name, request.model_version or None
+        refused = self.admission.refusal(self.plane.repository, model, version)
+        if refused is not None:  # before the tensors are decoded, as the HTTP edge does
+            self._count_refusal(model, refused, arrived)
+            await _abort(context, refused[0], "ModelInfer")
+        call = _call_context(_metadata(context), principal, arrived)
         try:
-            return await self._infer(request, _call_context(_metadata(context), principal))
+            return await self._infer(request, call)
         except Exception as exc:
             await _abort(context, exc, "ModelInfer")
+
+    def _count_refusal(
+        self, model: str, refused: tuple[ServiceUnavailable, Any], arrived: float
+    ) -> None:
+        """``roost_rejected_requests_total`` and ``roost_requests_total`` (503), unlogged."""
+        metrics = self.plane.metrics
+        if metrics is None:
+            return
+        error, loaded = refused
+        version = str(loaded.info.version) if loaded is not None else ""
+        metrics.rejected.labels(model, version, reason_of(error)).inc()
+        metrics.record_request(model, version, PROTOCOL, 503, time.monotonic() - arrived)
 
     async def _infer(self, message: Any, call: CallContext) -> Any:
         """Decode with the gateway's limits; a request that does not decode is logged against

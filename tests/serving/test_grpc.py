@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -20,6 +21,7 @@ from roost_testing import (
     ECHO_TYPES,
     deploy_model,
     make_echo_onnx,
+    make_failing_onnx,
     make_linear_onnx,
     running_gateway_with_grpc,
 )
@@ -34,6 +36,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 FEATURES = ["a", "b", "c", "d"]
+FAILING = {"warmup_runs": 0, "breaker_failures": 1, "breaker_reset_ms": 600_000}
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +50,7 @@ def gateway(module_settings: RoostSettings) -> Iterator[tuple[str, str]]:
     reg = Registry.from_settings(module_settings)
     deploy_model(reg, "linear", make_linear_onnx(seed=1), feature_names=FEATURES)
     deploy_model(reg, "echo", make_echo_onnx(), config={"max_batch_size": 0})
+    deploy_model(reg, "bad", make_failing_onnx(), config=FAILING)
     reg.close()
     with running_gateway_with_grpc(module_settings) as addresses:
         yield addresses
@@ -277,6 +281,35 @@ def test_timeout_parameter_reaches_the_data_plane(client: Any) -> None:
     error = grpc_error(lambda: client.infer("linear", [linear_input(x)], timeout=-5))
     assert error.status() == "StatusCode.INVALID_ARGUMENT"
     assert "parameters.timeout" in error.message()
+
+
+def test_open_breaker_is_unavailable_before_decoding(
+    gateway: tuple[str, str], stub: Any
+) -> None:
+    """A version that would refuse answers UNAVAILABLE with retry-after, as REST's 503, before
+    the tensors are decoded (an undecodable request gets it too), unlogged but counted."""
+    request = service_pb2.ModelInferRequest(model_name="bad")
+    request.inputs.add(name="input", datatype="FP32", shape=[1, 4])
+    request.raw_input_contents.append(np.ones(4, np.float32).tobytes())
+    with pytest.raises(grpc.RpcError) as failed:
+        stub.ModelInfer(request, timeout=10)
+    assert failed.value.code() == grpc.StatusCode.INTERNAL  # it ran, failed, opened the breaker
+    undecodable = service_pb2.ModelInferRequest(model_name="bad")
+    undecodable.inputs.add(name="input", datatype="FP32", shape=[1, 4])
+    undecodable.raw_input_contents.append(b"\x00" * 3)
+    for message in (request, undecodable):
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ModelInfer(message, timeout=10)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "circuit breaker open" in (refused.value.details() or "")
+        trailing = dict(refused.value.trailing_metadata() or ())
+        assert int(trailing["retry-after"]) > 500
+    metrics = httpx.get(f"{gateway[0]}/metrics", timeout=10).text
+    assert any(
+        line.startswith("roost_rejected_requests_total{") and 'model="bad"' in line
+        and 'reason="breaker_open"' in line and line.endswith(" 2.0")
+        for line in metrics.splitlines()
+    ), metrics
 
 
 # -- prediction log --------------------------------------------------------------------------
