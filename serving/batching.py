@@ -133,6 +133,7 @@ class DynamicBatcher:
         self._on_timeout = on_timeout  # (instances set aside now, whether a batch timed out)
         self.set_aside: set[int] = set()  # instances whose timed-out call has not returned
         self._closed = False
+        self._full: QueueFull | None = None  # the early refusal of a full queue (one message)
         # Fast models (a few microseconds) run inline on the event loop when there is one
         # instance; anything slower, or several instances, runs on the instances' threads.
         self._inline = len(self._runners) == 1
@@ -190,14 +191,17 @@ class DynamicBatcher:
 
     def refusal(self) -> ServiceUnavailable | None:
         """Why :meth:`submit` would refuse a request now, without queueing anything (and
-        without taking the half-open breaker's probe slot); None when it would queue it."""
+        without taking the half-open breaker's probe slot); None when it would queue it.
+        The error is shared between calls (it is answered, never raised)."""
         if self._closed or self._wakeup is None:
             return ServiceUnavailable(f"{self.name} is not accepting requests")
         if len(self._queue) >= self.config.max_queue_size:
-            return self._queue_full()
+            if self._full is None:
+                self._full = self._queue_full()
+            return self._full
         if len(self.set_aside) == len(self._runners):
             if self.breaker is not None and self.breaker.retry_in_s() > 0:
-                return self.breaker.rejection()
+                return self.breaker.refusal()
             return self._all_set_aside()
         return self.breaker.refusal() if self.breaker is not None else None
 

@@ -83,6 +83,7 @@ class CircuitBreaker:
         self._state = BreakerState.CLOSED
         self._opened_at = 0.0
         self._probing = False
+        self._refusal: tuple[tuple[int, BreakerState, int], BreakerOpen] | None = None
         # The rate window in one-second buckets: second -> [batches, failures].
         self._window: collections.OrderedDict[int, list[int]] = collections.OrderedDict()
 
@@ -161,7 +162,14 @@ class CircuitBreaker:
             state is BreakerState.HALF_OPEN and not self._probing
         ):
             return None
-        return self.rejection()
+        # Under overload this is asked for every request: the answer is built once per trip
+        # and tenth of a second (its message shows the wait to 0.1 s). Never raised, so the
+        # shared instance collects no tracebacks.
+        key = (self.trips, state, int(self.retry_in_s() * 10))
+        cached = self._refusal
+        if cached is None or cached[0] != key:
+            cached = self._refusal = (key, self.rejection())
+        return cached[1]
 
     def rejection(self) -> BreakerOpen:
         """The error a request refused by the open breaker gets."""

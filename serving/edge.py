@@ -172,7 +172,7 @@ async def _infer(
     admission = edge.admission
     refused = admission.refusal(plane.repository, model, version)
     if refused is not None:
-        await _refuse(plane, model, refused, raw, send, arrived)
+        await _refuse(admission, plane, model, refused, raw, send, arrived)
         return
     admission.inflight += 1
     try:
@@ -198,6 +198,7 @@ async def _infer(
 
 
 async def _refuse(
+    admission: Admission,
     plane: Any,
     model: str,
     refused: tuple[ServiceUnavailable, Any],
@@ -212,10 +213,9 @@ async def _refuse(
     metrics = plane.metrics
     if metrics is not None:
         version = str(loaded.info.version) if loaded is not None else ""
-        metrics.record_rejection(model, version, reason_of(error))
-        metrics.record_request(model, version, "v2-rest", 503, time.monotonic() - arrived)
-    close = [(b"connection", b"close")] if b"expect" in raw else None
-    await send_error(send, error, close)
+        admission.count(metrics, model, version, reason_of(error), time.monotonic() - arrived)
+    status, headers, body = admission.render(error, b"expect" in raw)
+    await _send(send, status, body, headers)
 
 
 def _draining_refusal() -> tuple[int, RawHeaders, bytes]:

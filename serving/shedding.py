@@ -27,15 +27,23 @@ reason (``queue_full``, ``breaker_open``, ``instances_stuck``, ``unavailable``,
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from registry.errors import ServiceUnavailable
 from serving.batching import InstancesStuck, QueueFull
 from serving.breaker import BreakerOpen
 
 if TYPE_CHECKING:
+    from serving.metrics import GatewayMetrics
     from serving.repository import ModelRepository
     from serving.routing_table import LoadedVersion, RoutingTable
+
+Rendered = tuple[int, list[tuple[bytes, bytes]], bytes]
+RENDERED_KEPT = 256
+"""Rendered refusals kept (the batchers and breakers share one error object while its message
+holds, so under overload one rendering serves many refusals)."""
 
 __all__ = ["Admission", "Overloaded", "reason_of"]
 
@@ -63,21 +71,54 @@ def reason_of(error: ServiceUnavailable) -> str:
 class Admission:
     """The per-process in-flight count and the early-refusal decision (see the module)."""
 
-    __slots__ = ("_candidates", "_table", "inflight", "max_inflight")
+    __slots__ = (
+        "_candidates", "_counters", "_overloaded", "_rendered", "_table", "inflight",
+        "max_inflight",
+    )
 
     def __init__(self, max_inflight: int) -> None:
         self.max_inflight = max_inflight  # 0: no limit
         self.inflight = 0
         self._table: RoutingTable | None = None
         self._candidates: dict[str, tuple[LoadedVersion, ...]] = {}
+        self._overloaded: Overloaded | None = None
+        self._rendered: dict[int, tuple[ServiceUnavailable, Rendered]] = {}
+        self._counters: dict[tuple[str, str, str], Any] = {}
 
     def overloaded(self) -> Overloaded | None:
-        if self.max_inflight and self.inflight >= self.max_inflight:
-            return Overloaded(
-                f"the gateway is overloaded: {self.inflight} inference requests in flight in "
-                f"this process (max_inflight_requests: {self.max_inflight}); retry later"
+        if not self.max_inflight or self.inflight < self.max_inflight:
+            return None
+        if self._overloaded is None:
+            self._overloaded = Overloaded(
+                f"the gateway is overloaded: {self.max_inflight} inference requests in flight "
+                f"in this process (max_inflight_requests: {self.max_inflight}); retry later"
             )
-        return None
+        return self._overloaded
+
+    def render(self, error: ServiceUnavailable, close: bool) -> Rendered:
+        """(status, raw headers, JSON body) of an early refusal, rendered once per error."""
+        kept = self._rendered.get(id(error))
+        if kept is None or kept[0] is not error:
+            status, headers = error.to_http()
+            raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+            if len(self._rendered) >= RENDERED_KEPT:
+                self._rendered.clear()
+            kept = self._rendered[id(error)] = (
+                error, (status, raw, orjson.dumps({"error": error.message}))
+            )
+        status, raw, body = kept[1]
+        return (status, [*raw, (b"connection", b"close")], body) if close else kept[1]
+
+    def count(
+        self, metrics: GatewayMetrics, model: str, version: str, reason: str, seconds: float
+    ) -> None:
+        """``roost_rejected_requests_total`` and ``roost_requests_total`` (503)."""
+        key = (model, version, reason)
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counters[key] = metrics.rejected.labels(model, version, reason)
+        counter.inc()
+        metrics.record_request(model, version, "v2-rest", 503, seconds)
 
     def refusal(
         self, repository: ModelRepository, model: str, version: str | None

@@ -1,0 +1,105 @@
+"""Server CPU per refused request against per served request, side by side on one gateway.
+
+    flock /tmp/roost-bench.lock .venv/bin/python benchmarks/shed_cost.py [--duration 5]
+        [--concurrency 64] [--rounds 2] [--out /tmp/shed-cost.json]
+
+One ``roost serve`` (as shipped: durable log, metrics, gRPC on) over a fresh ROOST_HOME with two
+models taking the breast-cancer body (``benchmarks/body.json``, 30 FP32): ``ok``, a linear
+softmax that answers 200, and ``bad``, a model every run of which fails, its circuit breaker
+tripped before measuring (``breaker_failures: 1``, ``breaker_reset_ms`` of an hour), so every
+request for it is refused 503 ``circuit breaker open``. wrk (``post.lua``, one thread) then
+loads ``ok`` and ``bad`` in turn, ``--rounds`` times, interleaved; each run reports the server
+process's CPU time per request (utime + stime from /proc, all threads). The refusal is what a
+full queue costs too: both are decided by the same check (serving/shedding.py).
+
+Run it against another checkout (e.g. the code before load shedding) with
+``PYTHONPATH=/path/to/checkout``: the registry writes and the server come from there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from harness import BODY_FILE, http, log, roost_target, run_wrk, start, stop, wait_ready
+from roost_testing import deploy_model, make_failing_onnx, make_linear_onnx
+
+FAILING = {"warmup_runs": 0, "breaker_failures": 1, "breaker_reset_ms": 3_600_000}
+
+
+def prepare(home: Path) -> None:
+    from registry import Registry, RoostSettings
+
+    registry = Registry.from_settings(RoostSettings(home=home))
+    deploy_model(registry, "ok", make_linear_onnx(n_features=30))
+    deploy_model(registry, "bad", make_failing_onnx(n_features=30), config=FAILING)
+    registry.close()
+
+
+def trip(url: str, body: bytes) -> str:
+    """Fail ``bad`` until its breaker answers; the refusal's message."""
+    for _ in range(20):
+        status, _, answer = http("POST", url, body)
+        if status == 503:
+            return str(json.loads(answer)["error"])
+        time.sleep(0.05)
+    raise SystemExit(f"the breaker of {url} never opened")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("/tmp/shed-cost.json"))
+    args = parser.parse_args(argv)
+    body = BODY_FILE.read_bytes().strip()
+    with tempfile.TemporaryDirectory(prefix="shed-cost-") as tmp:
+        home = Path(tmp) / "home"
+        prepare(home)
+        target = roost_target(home)
+        start(target, Path(tmp))
+        try:
+            wait_ready(target)
+            assert http("POST", target.infer_url("ok"), body)[0] == 200
+            refusal = trip(target.infer_url("bad"), body)
+            log(f"bad: {refusal}")
+            runs: dict[str, list[dict[str, Any]]] = {"served": [], "refused": []}
+            for n in range(args.rounds):
+                for kind, model in (("served", "ok"), ("refused", "bad")):
+                    row = run_wrk(
+                        target, args.concurrency, args.duration, BODY_FILE,
+                        url=target.infer_url(model),
+                    )
+                    runs[kind].append(row)
+                    log(
+                        f"round {n + 1} {kind}: {row['rps']:,.0f} req/s, "
+                        f"{row['server_cpu_us_per_req']:.1f} us CPU/req, non-2xx "
+                        f"{row['non_2xx']}"
+                    )
+        finally:
+            stop(target)
+    served = statistics.median(r["server_cpu_us_per_req"] for r in runs["served"])
+    refused = statistics.median(r["server_cpu_us_per_req"] for r in runs["refused"])
+    result = {
+        "concurrency": args.concurrency,
+        "duration_s": args.duration,
+        "refusal": refusal,
+        "served_cpu_us_per_req": served,
+        "refused_cpu_us_per_req": refused,
+        "ratio": refused / served,
+        "runs": runs,
+    }
+    args.out.write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k != "runs"}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
