@@ -381,7 +381,7 @@ class WriteAheadLog:
         self._waiters: list[Waiter] = []
         self._flush_loop: asyncio.AbstractEventLoop | None = None  # a loop flush is scheduled
         self._closed: list[tuple[Path, int]] = []  # closed segments (path, rows), oldest first
-        self._wake = threading.Event()
+        self._wake = _Wakeup()  # the syncer's
         self._compact_wake = threading.Event()
         self._commit_lock = threading.Lock()  # one write at a time; guards the segments, _seq
         self._sync_lock = threading.Lock()  # one sync round at a time (it closes retired fds)
@@ -896,6 +896,31 @@ class WriteAheadLog:
         finally:
             if fd is not None:
                 os.close(fd)
+
+
+class _Wakeup:
+    """Wakes the syncer: a binary semaphore. ``set`` is one C call, where
+    ``threading.Event.set`` takes a Condition's lock and notifies in Python on the event loop;
+    ``wait`` sleeps in the kernel until set (consuming it) or the timeout."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()  # held: not set
+
+    def set(self) -> None:
+        with contextlib.suppress(RuntimeError):  # already set
+            self._lock.release()
+
+    def is_set(self) -> bool:
+        return not self._lock.locked()
+
+    def wait(self, timeout: float) -> bool:
+        return self._lock.acquire(timeout=timeout)
+
+    def clear(self) -> None:
+        self._lock.acquire(blocking=False)
 
 
 def _write_all(fd: int, data: bytes | pa.Buffer) -> None:
