@@ -106,7 +106,8 @@ def llm_assets(spec: LlmSpec = LLM_DEMO) -> tuple[list[AssetsDefinition],
         from llm.cache import trained_model as cached
 
         model = cached(registry.settings().home, config.config, config.seed, config.minutes,
-                       log=context.log.info)
+                       log=context.log.info, good_enough=lambda summary: float(
+                           summary.get("held_out_perplexity", "inf")) <= spec.max_perplexity)
         out = {"path": str(model.path), "summary": model.summary, "config": config.config,
                "seed": config.seed, "trained_now": model.trained_now}
         return Output(out, metadata={**_scalars(model.summary), "path": str(model.path),

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,8 +46,13 @@ def cache_key(config_name: str, seed: int, minutes: float | None, corpus: Corpus
 
 def trained_model(home: Path, config_name: str = "demo", seed: int = 0,
                   minutes: float | None = None, log: Log | None = None,
-                  corpus: Corpus | None = None) -> CachedModel:
-    """The cached model for these inputs, trained (and cached) first if there is none."""
+                  corpus: Corpus | None = None,
+                  good_enough: Callable[[dict[str, Any]], bool] | None = None) -> CachedModel:
+    """The cached model for these inputs, trained (and cached) first if there is none.
+
+    ``good_enough`` judges a cached model's summary: one it refuses (a run starved of CPU that
+    then failed validation, say) is trained again instead of being reused forever.
+    """
     from llm.train import train
 
     corpus = corpus or load_corpus()
@@ -54,7 +60,11 @@ def trained_model(home: Path, config_name: str = "demo", seed: int = 0,
     path = cache_path(home, config_name, key)
     meta_path = path.with_suffix(".json")
     if path.is_file() and meta_path.is_file():
-        return CachedModel(path, json.loads(meta_path.read_text()), trained_now=False)
+        summary = json.loads(meta_path.read_text())
+        if good_enough is None or good_enough(summary):
+            return CachedModel(path, summary, trained_now=False)
+        if log is not None:
+            log(f"cached model {path.name} is not good enough ({summary}); training again")
     result = train(load_named_config(config_name), seed=seed, minutes=minutes, corpus=corpus,
                    log=log)
     return store(home, key, result)

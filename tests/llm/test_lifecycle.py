@@ -71,6 +71,8 @@ def test_training_is_cached_in_the_home(pipeline_run: bool, home: Path) -> None:
     assert not again.trained_now and again.path == first.path
     assert again.path.parent == home / "llm"
     assert again.summary["cache_key"] in again.path.name
+    refused = trained_model(home, "tiny", corpus=corpus, good_enough=lambda summary: False)
+    assert refused.trained_now and refused.path == first.path  # trained again, same key
 
 
 def test_random_weights_are_blocked(tmp_path: Path, random_model: bytes,

@@ -3,6 +3,7 @@ the JAX forward pass, and evaluation from the artifact alone agrees."""
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import onnxruntime as ort
@@ -12,8 +13,10 @@ from llm.config import load_named_config
 from llm.corpus import load_corpus
 from llm.evaluate import forward as onnx_forward
 from llm.evaluate import perplexity
-from llm.model import forward as jax_forward
+from llm.model import forward
 from llm.train import TrainResult, train
+
+jax_forward = jax.jit(forward, static_argnums=0)
 
 
 @pytest.fixture(scope="module")
