@@ -10,9 +10,8 @@ The demo breast-cancer model (one row per request) is materialized into a tempor
 - the alternatives of ``grpc_variants.py``: grpcio's threaded server, ``grpclib`` on the loop,
   and ``grpc.aio`` in N processes sharing the port (``--processes``);
 - ``roost serve`` with ``ROOST_GRPC_PROCESSES`` (when the setting exists);
-- MLServer 1.7.1 (``parallel_workers: 0``) in its own virtualenv (``--mlserver-venv``) with a
-  small ONNX Runtime model class (``--mlserver-dir``: its ``settings.json``, the runtime module
-  and ``breast-cancer/model-settings.json``; the ONNX file is copied in).
+- MLServer 1.7.1 (``parallel_workers: 0``) as ``benchmarks/peers.py`` runs it
+  (``benchmarks/peers/mlserver``: its own cached virtualenv, a small ONNX Runtime model class).
 
 Each round loads every target at each concurrency with ``grpc_load.py`` (``--clients``
 processes splitting the concurrency), interleaved; the table shows medians over rounds of req/s,
@@ -25,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -206,20 +204,14 @@ def build_servers(args: argparse.Namespace, home: Path, work: Path) -> list[Serv
         s.env = {**env, "ROOST_GRPC_PORT": str(s.port), "ROOST_HTTP_PORT": str(http),
                  "ROOST_GRPC_PROCESSES": str(n)}
         servers.append(s)
-    if "mlserver" in wanted:
-        mlserver = Path(args.mlserver_venv) / "bin" / "mlserver"
-        if not mlserver.exists():
-            log(f"MLServer not found at {mlserver}: skipped")
-        else:
-            models = work / "mlserver"
-            shutil.copytree(args.mlserver_dir, models)
-            shutil.copy(work / "model.onnx", models / MODEL / "model.onnx")
-            s = Server("MLServer 1.7.1 (parallel_workers 0)", [str(mlserver), "start", "."],
-                       {"MLSERVER_HTTP_PORT": str(free_port()),
-                        "MLSERVER_METRICS_PORT": str(free_port()), "PYTHONPATH": str(models)},
-                       cwd=models)
-            s.env["MLSERVER_GRPC_PORT"] = str(s.port)
-            servers.append(s)
+    if "mlserver" in wanted:  # the bench helper's setup: benchmarks/peers/mlserver
+        from peers.mlserver import mlserver_bin, write_model_folder
+
+        folder = work / "mlserver"
+        s = Server("MLServer 1.7.1 (parallel_workers 0)", [], {})
+        write_model_folder(folder, work / "model.onnx", MODEL, free_port(), s.port, free_port())
+        s.argv = [str(mlserver_bin() / "mlserver"), "start", str(folder)]
+        servers.append(s)
     return servers
 
 
@@ -265,8 +257,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="process counts for the aio-xN variant")
     parser.add_argument("--grpc-processes", type=int, nargs="*", default=[],
                         help="ROOST_GRPC_PROCESSES values to run `roost serve` with")
-    parser.add_argument("--mlserver-venv", default="/tmp/mlserver-venv")
-    parser.add_argument("--mlserver-dir", default=str(BENCH_DIR / "peers" / "mlserver"))
     parser.add_argument("--home", help="a ROOST_HOME with breast-cancer deployed (reused)")
     parser.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "out"))
     args = parser.parse_args(argv)

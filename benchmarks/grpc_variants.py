@@ -215,7 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, default=1, help="aio/grpclib: processes")
     parser.add_argument("--null", action="store_true", help="a fixed answer, no data plane")
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
+    parser.add_argument("--switch-interval-ms", type=float, help="sys.setswitchinterval")
     args = parser.parse_args(argv)
+    if args.switch_interval_ms:
+        sys.setswitchinterval(args.switch_interval_ms / 1000)
     reuse = args.processes > 1
     if args.processes == 1:
         run(args.variant, args.port, args.threads, reuse, args.null, args.loop)
