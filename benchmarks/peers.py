@@ -134,8 +134,7 @@ class PeersBench:
     def setup(self) -> None:
         args = self.args
         home = self.root / "home"
-        log(f"materializing {MODEL} into {home} ...")
-        model = materialize_model(home)
+        model = materialize_with_retries(home)
         self.model_path = self.root / "model.onnx"
         self.model_path.write_bytes(model)
         self.body = BODY_FILE.read_bytes().strip()
@@ -156,7 +155,7 @@ class PeersBench:
                                     env={"ROOST_LOG_DURABILITY": level}),
                        rest=args.concurrency,
                        grpc=args.grpc_concurrency if level == default else [])
-                for level in levels
+                for level in levels if level in (args.levels or levels)
             ],
             "roost-w2": lambda: [Column("roost-w2", "Roost, 2 workers (as shipped)",
                                         roost_target(self.home_copy("roost-w2"), 2,
@@ -173,14 +172,11 @@ class PeersBench:
                                              rest=args.concurrency, grpc=[])],
             "roost-granian": lambda: [Column(
                 "roost-granian", "Roost (as shipped) under Granian",
-                roost_target(self.home_copy("roost-granian"), name="roost-granian",
-                             env={"ROOST_HTTP_SERVER": "granian"}),
+                roost_granian_target(self.home_copy("roost-granian"),
+                                     "granian" in self.report["http_servers"]),
                 rest=args.concurrency, grpc=[])],
         }
         for name in args.servers:
-            if name == "roost-granian" and "granian" not in self.report["http_servers"]:
-                self.report["skipped"][name] = "ROOST_HTTP_SERVER=granian is not supported here"
-                continue
             try:
                 self.columns += makers[name]()
             except (VenvError, OSError, subprocess.SubprocessError) as exc:
@@ -290,6 +286,20 @@ class PeersBench:
         return text
 
 
+def materialize_with_retries(home: Path, attempts: int = 3) -> bytes:
+    """The demo pipeline into ``home``; again on failure: its staging test has a p99 latency
+    budget, which a machine busy with other work sometimes breaks."""
+    for attempt in range(1, attempts + 1):
+        log(f"materializing {MODEL} into {home} (attempt {attempt}) ...")
+        try:
+            return materialize_model(home)
+        except RuntimeError:
+            if attempt == attempts:
+                raise
+            shutil.rmtree(home, ignore_errors=True)
+    raise AssertionError("unreachable")
+
+
 def floor_granian_target(model_path: Path) -> Target:
     """The floor under Granian's ASGI interface (uvloop, one worker, access log off)."""
     target = floor_target(model_path, name="floor-granian")
@@ -300,6 +310,21 @@ def floor_granian_target(model_path: Path) -> Target:
         "--workers", "1", "--log-level", "warning", "--no-access-log",
         "--working-dir", str(Path(__file__).resolve().parent), "floor_app:create_app",
     ]
+    return target
+
+
+def roost_granian_target(home: Path, supported: bool) -> Target:
+    """``roost serve`` with ``ROOST_HTTP_SERVER=granian``; before ``roost serve`` had the
+    setting, Granian on the gateway's app factory directly (the same app and settings)."""
+    target = roost_target(home, name="roost-granian", env={"ROOST_HTTP_SERVER": "granian"})
+    target.description = "Roost gateway under Granian (--interface asgi --loop uvloop)"
+    if not supported:
+        target.argv = [
+            str(Path(sys.executable).with_name("granian")), "--interface", "asgi", "--loop",
+            "uvloop", "--factory", "--host", "127.0.0.1", "--port", str(target.port),
+            "--workers", "1", "--log-level", "warning", "--no-access-log",
+            "serving.app:create_app_from_env",
+        ]
     return target
 
 
@@ -455,6 +480,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         default=DEFAULT_SERVERS,
                         help=f"comma-separated, of {','.join(DEFAULT_SERVERS + OPTIONAL_SERVERS)}"
                              f" (default {','.join(DEFAULT_SERVERS)})")
+    parser.add_argument("--levels", type=lambda s: [v for v in s.split(",") if v],
+                        default=None,
+                        help="durability levels to measure (default: every level accepted)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "out")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args(argv)
