@@ -209,13 +209,20 @@ class CpuWindow:
 
     def begin(self) -> None:
         self.ticks0 = cpu_ticks()
-        self.server0 = proc_cpu_s(self.server_pid, self.tree)
+        self.each0 = {pid: proc_cpu_s(pid, {pid}) for pid in self.tree}
+        self.server0 = sum(self.each0.values())
         self.children0 = children_cpu_s()
         self.t0 = time.monotonic()
 
     def end(self) -> None:
         self.elapsed = time.monotonic() - self.t0
-        self.server_s = proc_cpu_s(self.server_pid, self.tree) - self.server0
+        each1 = {pid: proc_cpu_s(pid, {pid}) for pid in self.tree}
+        self.server_s = sum(each1.values()) - self.server0
+        # per process of the server (workers): how evenly the kernel spread the connections
+        self.per_process = {
+            pid: round(each1[pid] - self.each0.get(pid, 0.0), 3) for pid in each1
+            if each1[pid] - self.each0.get(pid, 0.0) >= 0.05
+        }
         self.ticks1 = cpu_ticks()
 
     def result(self, requests: int, client_s: float | None = None) -> dict[str, Any]:
@@ -231,6 +238,7 @@ class CpuWindow:
             "client_cpu_cores": client_s / elapsed,
             "other_cpu_cores": max(0.0, (busy - self.server_s - client_s) / elapsed),
             "steal_pct": 100.0 * (self.ticks1[2] - self.ticks0[2]) / total,
+            "server_cpu_s_per_process": self.per_process,
         }
 
 

@@ -24,8 +24,8 @@ medians over rounds of req/s and p99, and the server's CPU per request (process 
 system). ``fdatasync`` on the ROOST_HOME's disk is measured before and after the rounds.
 
 Writes ``<out>/peers.md`` and ``<out>/peers.json`` (``--out``, default ``benchmarks/out``) and
-prints the table. Every load run holds ``/tmp/roost-bench.lock`` (flock) so that two benchmark
-scripts on one machine do not load it at the same time.
+prints the table. The measurement (warm-up, rounds, fdatasync) holds ``/tmp/roost-bench.lock``
+(flock) so that two benchmark scripts on one machine do not load it at the same time.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import argparse
 import contextlib
 import fcntl
 import json
+import os
 import shutil
 import signal
 import statistics
@@ -98,9 +99,23 @@ def http_servers() -> list[str]:
     return [str(v) for v in typing.get_args(field.annotation)] or [str(field.default)]
 
 
+def lock_inherited() -> bool:
+    """Whether we run under ``flock /tmp/roost-bench.lock ...`` (its open file is ours too)."""
+    with contextlib.suppress(OSError):
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/self/fd/{fd}") == str(LOCK_FILE):
+                    return True
+    return False
+
+
 @contextlib.contextmanager
 def bench_lock() -> Iterator[None]:
-    """Hold ``/tmp/roost-bench.lock`` (the same lock as ``flock /tmp/roost-bench.lock``)."""
+    """Hold ``/tmp/roost-bench.lock`` (the same lock as ``flock /tmp/roost-bench.lock``), unless
+    ``flock`` started us holding it already (locking it again would wait forever)."""
+    if lock_inherited():
+        yield
+        return
     with LOCK_FILE.open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
@@ -234,17 +249,15 @@ class PeersBench:
             return
         for column in self.columns:
             log(f"warm-up {column.key} -c64 {self.args.warmup:g}s ...")
-            with bench_lock():
-                run_wrk(column.target, 64, self.args.warmup, self.body_file)
+            run_wrk(column.target, 64, self.args.warmup, self.body_file)
 
     def measure(self, column: Column, protocol: str, concurrency: int, round_: int) -> None:
         duration = self.args.duration
         log(f"round {round_ + 1}: {column.key} {protocol} -c{concurrency} {duration:g}s ...")
-        with bench_lock():
-            if protocol == "gRPC":
-                result = run_grpc(column.target, concurrency, duration, self.body_file)
-            else:
-                result = run_wrk(column.target, concurrency, duration, self.body_file)
+        if protocol == "gRPC":
+            result = run_grpc(column.target, concurrency, duration, self.body_file)
+        else:
+            result = run_wrk(column.target, concurrency, duration, self.body_file)
         result.pop("raw", None)
         result.pop("sample_response", None)
         result.update(key=column.key, round=round_ + 1)
@@ -351,9 +364,18 @@ def medians(report: dict[str, Any], key: str, protocol: str, concurrency: int
         "p99": statistics.median(r["latency_ms"].get("p99", float("nan")) for r in runs),
         "cpu": statistics.median(r["server_cpu_us_per_req"] for r in runs),
         "other": max(r["other_cpu_cores"] for r in runs),
+        "cores": statistics.median(r["server_cpu_cores"] for r in runs),
+        "client": statistics.median(r["client_cpu_cores"] for r in runs),
+        "split": statistics.median(_busiest_share(r) for r in runs),
         "errors": sum(int(r.get("non_2xx", 0)) + int(r.get("errors", 0)) for r in runs),
         "rounds": len(runs),
     }
+
+
+def _busiest_share(run: dict[str, Any]) -> float:
+    """The busiest server process's share of the server's CPU (1.0 with one process)."""
+    each = [v for v in run.get("server_cpu_s_per_process", {}).values() if v > 0]
+    return max(each) / sum(each) if each else 1.0
 
 
 def _p99(ms: float) -> str:
@@ -444,8 +466,15 @@ def ratios(report: dict[str, Any]) -> list[str]:
     one = medians(report, shipped, "REST JSON", top)
     two = medians(report, "roost-w2", "REST JSON", top)
     if one and two:
-        out.append(f"- Workers: `roost serve --workers 2` = {two['rps'] / one['rps']:.2f}× one "
-                   f"worker at c={top} REST JSON (wrk -t1 on the same 2 CPUs as the servers).")
+        out.append(
+            f"- Workers: `roost serve --workers 2` = {two['rps'] / one['rps']:.2f}× one worker "
+            f"at c={top} REST JSON, wrk -t1 on the same 2 CPUs as the servers. Server CPU "
+            f"{one['cores']:.2f} → {two['cores']:.2f} cores ({one['cpu']:.0f} → {two['cpu']:.0f} "
+            f"µs/req; busiest worker {two['split']:.0%} of it), wrk {two['client']:.2f} cores, "
+            f"others up to {two['other']:.2f}: with the CPU per request unchanged, two workers "
+            f"can reach at most (2 − wrk − others) / {one['cores']:.2f} = "
+            f"{(2 - two['client'] - two['other']) / max(one['cores'], 1e-9):.2f}× here."
+        )
     granian = medians(report, "floor-granian", "REST JSON", top)
     floor = medians(report, "floor", "REST JSON", top)
     if granian and floor:
@@ -510,10 +539,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         bench.setup()
         bench.start_all()
-        bench.sync_probe()
-        bench.warm_up()
-        bench.rounds()
-        bench.sync_probe()
+        log(f"waiting for {LOCK_FILE} (other benchmarks) ...")
+        with bench_lock():  # the whole measurement, as `flock /tmp/roost-bench.lock` would
+            bench.sync_probe()
+            bench.warm_up()
+            bench.rounds()
+            bench.sync_probe()
     except KeyboardInterrupt:
         log("interrupted: stopping the servers")
         return 130
