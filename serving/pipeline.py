@@ -37,6 +37,8 @@ from serving.protocol.types import DecodeLimits, InferRequest
 from serving.router import Decision
 
 if TYPE_CHECKING:
+    from asyncio import Future
+
     from serving.repository import LoadedVersion
 
 FEATURE_SERVICE_TAG = "feature_service"
@@ -58,6 +60,10 @@ class CallContext:
     arrived: float | None = None
     """``time.monotonic()`` when the transport started on the request: its queue deadline
     counts from here (None: from when it reaches the queue)."""
+    durable: list[Future[None]] | None = None
+    """A transport that awaits these before its answer leaves (REST v2) passes a list: the log
+    step puts the record's durability wait here instead of awaiting it, so the log's sync
+    overlaps the response's encoding. None: the log step waits itself."""
 
 
 @dataclass(frozen=True, slots=True)

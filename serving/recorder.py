@@ -8,7 +8,9 @@ The ``inputs`` column is always the pipeline's rendering (:mod:`serving.protocol
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -62,6 +64,7 @@ class PredictionRecorder:
         await self._record(
             result.model, result.version, result.request_id, context, inputs,
             outputs_json(result.outputs), started, 200, None, result.decision,
+            defer=context.durable,
         )
 
     async def failure(
@@ -97,6 +100,19 @@ class PredictionRecorder:
         """A finished text generation (serving/llm/): ``inputs``/``outputs`` as JSON text."""
         await self._record(
             model, version, request_id, context, inputs, outputs, started, 200, None, decision
+        )
+
+    def _count_durable(
+        self, model: str, version: str, protocol: str, status: int, started: float,
+        variant: str, waiter: asyncio.Future[None],
+    ) -> None:
+        """Count a request whose log wait its transport awaited (``defer``)."""
+        if waiter.cancelled() or self.metrics is None:
+            return
+        if waiter.exception() is not None:
+            status = LogUnavailable.status_code
+        self.metrics.record_request(
+            model, version, protocol, status, time.perf_counter() - started, variant=variant
         )
 
     def shadow(
@@ -140,10 +156,13 @@ class PredictionRecorder:
         status: int,
         error: str | None,
         decision: Decision | None,
+        defer: list[asyncio.Future[None]] | None = None,
     ) -> None:
-        """Record one prediction and wait until the record is durable (``log_durability:
-        fsync``), so the transport answers only then; raises ``LogUnavailable`` (503) if the log
-        cannot store it. The metric's latency includes that wait."""
+        """Record one prediction and wait until the record is durable (``log_durability``), so
+        the transport answers only then; raises ``LogUnavailable`` (503) if the log cannot store
+        it. With ``defer`` the wait is appended there for the transport to await (after it has
+        encoded its answer) and the request is counted when it ends. The metric's latency
+        includes that wait."""
         variant = decision.variant if decision else ""
         user_id = context.user_id
         if self.governance is not None:  # attributes logged; consent-minimised records
@@ -169,6 +188,16 @@ class PredictionRecorder:
                 region=self.region,
             )
         )
+        if waiter is not None and defer is not None:
+            defer.append(waiter)
+            if self.metrics is not None:
+                waiter.add_done_callback(
+                    functools.partial(
+                        self._count_durable, model, str(version), context.protocol, status,
+                        started, variant,
+                    )
+                )
+            return
         if waiter is not None:
             try:
                 await waiter

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Annotated, Any
@@ -139,9 +140,10 @@ async def handle_v2_infer(
     logged through :meth:`DataPlane.reject`. Shared by the FastAPI route (kept for the OpenAPI
     document) and the HTTP edge, which answers the route itself (serving/edge.py).
     """
+    durable: list[asyncio.Future[None]] = []  # the log record's sync, awaited after encoding
     context = CallContext(
         "v2-rest", headers.get(USER_HEADER), headers.get(REQUEST_ID_HEADER), headers,
-        principal=principal, arrived=arrived,
+        principal=principal, arrived=arrived, durable=durable,
     )
     header = headers.get(_HEADER_LENGTH)  # ASGI header names are lower-case
     try:
@@ -159,10 +161,14 @@ async def handle_v2_infer(
             result.model, str(result.version), result.request_id, result.outputs,
             result.response_parameters(),
         )
+        for waiter in durable:
+            await waiter  # LogUnavailable: 503, the answer never leaves
         return encoded, "application/json", variant
     encoded, json_length = encode_binary_response(
         result.model, str(result.version), result.request_id, result.outputs, flags
     )
+    for waiter in durable:
+        await waiter
     return (
         encoded,
         "application/octet-stream",

@@ -387,6 +387,7 @@ class WriteAheadLog:
         self._sync_lock = threading.Lock()  # one sync round at a time (it closes retired fds)
         self._retiring: list[_OpenSegment] = []  # written to, to be synced, closed and sealed
         self._dirty_since: float | None = None  # monotonic time of the first unsynced write
+        self._syncing = False  # a sync round is running (a hint: no lock)
         self._seal_lock = threading.Lock()  # one sealer at a time
         self._segment: _OpenSegment | None = None
         self._seq = 0
@@ -482,7 +483,10 @@ class WriteAheadLog:
 
         Called on an event loop (and after ``start()``), the group is written by a callback on
         that loop, after the callbacks that are ready now, so every record appended in one loop
-        iteration shares one ``write``; from a thread, the syncer thread writes it.
+        iteration shares one ``write``; from a thread, the syncer thread writes it. With
+        ``fsync``, a record that finds the syncer idle is written at once, here, and the sync
+        starts while the caller goes on (e.g. encodes its response): waiting for the rest of
+        the loop iteration would only delay a sync that nobody shares.
         """
         loop = _running_loop()
         with self._lock:
@@ -492,11 +496,21 @@ class WriteAheadLog:
             if loop is not None and self._threads:
                 if self._flush_loop is not None:
                     return  # a flush is scheduled (on this loop or another): it takes this too
-                self._flush_loop = loop
+                segment = self._segment  # idle: no sync running, none about to start
+                now = (
+                    self.durability is Durability.FSYNC
+                    and not self._syncing
+                    and not (segment is not None and segment.waiters)
+                )
+                if not now:
+                    self._flush_loop = loop
             else:
                 loop = None
         if loop is not None:
-            loop.call_soon(self._flush_on_loop)
+            if now:
+                self._flush_on_loop()
+            else:
+                loop.call_soon(self._flush_on_loop)
         elif not self._wake.is_set():
             self._wake.set()
 
@@ -601,35 +615,42 @@ class WriteAheadLog:
         (and, once, its directory), complete the waiters, close retired segments and queue them
         for sealing. ``buffered`` never syncs."""
         with self._sync_lock:
-            with self._commit_lock:
-                retiring, self._retiring = self._retiring, []
-                work = []
-                for segment in (*retiring, self._segment):
-                    if segment is None:
-                        continue
-                    work.append((segment, segment.size, segment.rows, segment.waiters))
-                    segment.waiters = []
-                self._dirty_since = None
-            for segment, size, rows, waiters in work:
-                if size > segment.synced and self.durability is not Durability.BUFFERED:
-                    try:
-                        if not segment.dir_synced:
-                            _fsync_path(self.directory)  # the new file's directory entry
-                            segment.dir_synced = True
-                        _sync_data(segment.fd)
-                    except Exception as exc:
-                        self._sync_failed(segment, waiters, exc)
-                        continue
-                    self.syncs_total += 1
-                    segment.synced, segment.synced_rows = size, rows
-                _settle(waiters, None)
-            for segment in retiring:
-                with contextlib.suppress(OSError):
-                    os.close(segment.fd)
-                with self._lock:
-                    self._closed.append((segment.path, segment.rows))
-            if retiring:
-                self._compact_wake.set()
+            self._syncing = True
+            try:
+                self._sync_locked()
+            finally:
+                self._syncing = False
+
+    def _sync_locked(self) -> None:
+        with self._commit_lock:
+            retiring, self._retiring = self._retiring, []
+            work = []
+            for segment in (*retiring, self._segment):
+                if segment is None:
+                    continue
+                work.append((segment, segment.size, segment.rows, segment.waiters))
+                segment.waiters = []
+            self._dirty_since = None
+        for segment, size, rows, waiters in work:
+            if size > segment.synced and self.durability is not Durability.BUFFERED:
+                try:
+                    if not segment.dir_synced:
+                        _fsync_path(self.directory)  # the new file's directory entry
+                        segment.dir_synced = True
+                    _sync_data(segment.fd)
+                except Exception as exc:
+                    self._sync_failed(segment, waiters, exc)
+                    continue
+                self.syncs_total += 1
+                segment.synced, segment.synced_rows = size, rows
+            _settle(waiters, None)
+        for segment in retiring:
+            with contextlib.suppress(OSError):
+                os.close(segment.fd)
+            with self._lock:
+                self._closed.append((segment.path, segment.rows))
+        if retiring:
+            self._compact_wake.set()
 
     def _sync_failed(self, segment: _OpenSegment, waiters: list[Waiter], exc: Exception) -> None:
         """A failed fdatasync: the segment's unsynced bytes are in an unknown state. ``fsync``:
