@@ -12,8 +12,8 @@ running for the whole measurement on loopback:
 - ``roost-w2``: ``roost serve --workers 2`` as shipped (REST JSON at the top concurrency only);
 - ``mlserver``: MLServer 1.7.1, ``parallel_workers: 0`` (benchmarks/peers/mlserver/);
 - ``kserve``: KServe's Python model server (benchmarks/peers/kserve/), if it installs;
-- ``floor-granian`` / ``roost-granian`` (``--servers``, off by default): the same apps under
-  Granian (``--interface asgi --loop uvloop``), when ``roost serve`` supports it.
+- ``floor-granian`` / ``roost-granian``: the floor and Roost (as shipped) under Granian
+  (``--interface asgi --loop uvloop``; Roost through ``ROOST_HTTP_SERVER=granian``).
 
 MLServer and KServe are installed by the script in their own virtualenvs, cached in
 ``~/.cache/roost-bench-peers`` (``$ROOST_PEERS_CACHE``). Load: REST JSON with wrk (``-t1``, the
@@ -75,8 +75,10 @@ from peers.mlserver import mlserver_target  # noqa: E402
 from peers.venvs import VenvError  # noqa: E402
 
 LOCK_FILE = Path("/tmp/roost-bench.lock")
-DEFAULT_SERVERS = ["floor", "roost", "mlserver", "kserve", "roost-w2"]
-OPTIONAL_SERVERS = ["floor-granian", "roost-granian"]
+DEFAULT_SERVERS = [
+    "floor", "roost", "mlserver", "kserve", "roost-w2", "floor-granian", "roost-granian",
+]
+OPTIONAL_SERVERS: list[str] = []
 
 
 def durability_levels() -> tuple[list[str], str]:
@@ -413,7 +415,8 @@ def render(report: dict[str, Any]) -> str:
         f"{settings['duration']:g} s per run, medians over rounds; REST JSON with "
         "`wrk -t1` (benchmarks/post.lua, benchmarks/body.json: one breast-cancer row), gRPC "
         "`ModelInfer` with benchmarks/grpc_load.py (one Python process, same client for every "
-        f"server). Wall time {report['wall_s'] / 60:.1f} min.",
+        f"server). Wall time {report['wall_s'] / 60:.1f} min, of which "
+        f"{report.get('lock_wait_s', 0) / 60:.1f} min setup and waiting for other benchmarks.",
         "",
         *speed,
         "",
@@ -538,9 +541,11 @@ def main(argv: list[str] | None = None) -> int:
     bench.report["machine"] = machine_info()
     try:
         bench.setup()
+        catch_stop_signals()  # again: the Dagster run in setup() leaves its own handlers
         bench.start_all()
         log(f"waiting for {LOCK_FILE} (other benchmarks) ...")
         with bench_lock():  # the whole measurement, as `flock /tmp/roost-bench.lock` would
+            bench.report["lock_wait_s"] = time.monotonic() - started
             bench.sync_probe()
             bench.warm_up()
             bench.rounds()
@@ -559,10 +564,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _sigterm(signum: int, frame: object) -> None:
+def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # stop the servers in main's finally, as Ctrl-C does
 
 
+def catch_stop_signals() -> None:
+    """SIGTERM and SIGINT stop the run cleanly (also when started in the background, where
+    SIGINT arrives ignored)."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _interrupt)
+
+
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, _sigterm)
+    catch_stop_signals()
     sys.exit(main())
