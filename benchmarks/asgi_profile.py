@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
+import gc
 import io
 import os
 import pstats
@@ -115,8 +116,33 @@ async def time_app(app: Asgi, body: bytes, calls: int, concurrency: int) -> dict
         "requests": done,
     }
     if samples:
+        ordered = sorted(samples)
         out["median_us"] = statistics.median(samples) / 1000
+        out["p99_us"] = ordered[int(len(ordered) * 0.99)] / 1000
+        out["p999_us"] = ordered[int(len(ordered) * 0.999)] / 1000
+        out["max_us"] = ordered[-1] / 1000
     return out
+
+
+class GcWatch:
+    """Times every garbage collection in the process (``--gc``): where c=1 tails can come from."""
+
+    def __init__(self) -> None:
+        self.pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
+        self._start = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            self.pauses[info["generation"]].append((time.perf_counter() - self._start) * 1e6)
+
+    def report(self) -> str:
+        return "; ".join(
+            f"gen{g}: {len(p)} collections, max {max(p, default=0):.0f} us, "
+            f"total {sum(p) / 1000:.1f} ms"
+            for g, p in self.pauses.items()
+        )
 
 
 @contextlib.asynccontextmanager
@@ -152,7 +178,13 @@ async def main_async(args: argparse.Namespace, home: Path) -> None:
     apps = {"floor": create_floor(), "roost": create_app(settings)}
     for name, app in apps.items():
         async with started(app):
+            watch = GcWatch()
+            if args.gc:
+                gc.callbacks.append(watch)
             result = await time_app(app, body, args.calls, args.concurrency)
+            if args.gc:
+                gc.callbacks.remove(watch)
+                print(f"{name:6s} garbage collection: {watch.report()}")
             print(f"{name:6s} concurrency {args.concurrency}: " + ", ".join(
                 f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()
             ))
@@ -171,7 +203,12 @@ def main() -> int:
     parser.add_argument("--profile", choices=["floor", "roost"], default=None)
     parser.add_argument("--rows", type=int, default=30, help="profile rows to print")
     parser.add_argument("--home", type=Path, default=None, help="ROOST_HOME with the model")
+    parser.add_argument("--gc", action="store_true", help="time every garbage collection")
+    parser.add_argument("--switch-interval-ms", type=float, default=None,
+                        help="sys.setswitchinterval for the run (the GIL hand-off interval)")
     args = parser.parse_args()
+    if args.switch_interval_ms is not None:
+        sys.setswitchinterval(args.switch_interval_ms / 1000.0)
     home = args.home
     temp = None
     if home is None:
