@@ -31,6 +31,7 @@ from serving.protocol.types import DEFAULT_LIMITS, DecodeLimits
 from serving.shedding import Admission, reason_of
 
 if TYPE_CHECKING:
+    from serving.grpc_grpclib import GrpclibServer
     from serving.grpc_processes import GrpcProcesses
 
 __all__ = ["GrpcBindError", "InferenceServicer", "grpc_address", "start_grpc_server"]
@@ -255,11 +256,12 @@ def grpc_address(host: str, port: int) -> str:
 
 async def start_grpc_server(
     plane: DataPlane, settings: RoostSettings, *, reuse_port: bool = False
-) -> grpc.aio.Server | GrpcProcesses | None:
+) -> grpc.aio.Server | GrpcProcesses | GrpclibServer | None:
     """Start the OIP v2 gRPC service on ``settings.grpc_port``; None when the port is 0.
 
-    On this event loop, or in ``settings.grpc_processes`` processes of its own
-    (:mod:`serving.grpc_processes`); either answers ``await server.stop(grace)``.
+    On this event loop with ``grpc.aio`` or, with ``settings.grpc_server`` ``grpclib``, with
+    grpclib (:mod:`serving.grpc_grpclib`); or in ``settings.grpc_processes`` processes of its
+    own (:mod:`serving.grpc_processes`). Each answers ``await server.stop(grace)``.
     ``reuse_port``: share the port (SO_REUSEPORT) even with one worker (a gRPC process does).
     """
     if settings.grpc_port == 0:
@@ -270,6 +272,20 @@ async def start_grpc_server(
         processes = GrpcProcesses(settings)
         await processes.start()
         return processes
+    address = grpc_address(settings.host, settings.grpc_port)
+    if settings.grpc_server == "grpclib":
+        from serving.grpc_grpclib import GrpclibServer
+
+        lib = GrpclibServer(InferenceServicer(plane), settings.max_request_bytes)
+        try:
+            await lib.start(settings.host, settings.grpc_port, reuse_port or settings.workers > 1)
+        except OSError as exc:
+            raise GrpcBindError(
+                f"the gRPC server cannot listen on {address}: is the port in use? "
+                f"({exc.strerror}; set ROOST_GRPC_PORT to another port, or to 0 to disable gRPC)"
+            ) from None
+        log.info("gRPC (Open Inference Protocol v2, grpclib) listening on %s", address)
+        return lib
     server = grpc.aio.server(
         options=[
             # A bigger request gets RESOURCE_EXHAUSTED from gRPC itself, before it is decoded.
@@ -282,7 +298,6 @@ async def start_grpc_server(
         ]
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), server)
-    address = grpc_address(settings.host, settings.grpc_port)
     try:
         bound = server.add_insecure_port(address)
     except RuntimeError:

@@ -39,10 +39,15 @@ FEATURES = ["a", "b", "c", "d"]
 FAILING = {"warmup_runs": 0, "breaker_failures": 1, "breaker_reset_ms": 600_000}
 
 
-@pytest.fixture(scope="module")
-def module_settings(tmp_path_factory: pytest.TempPathFactory) -> RoostSettings:
+@pytest.fixture(scope="module", params=["grpcio", "grpclib"])
+def module_settings(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> RoostSettings:
+    """Every test of the service runs on both implementations (ROOST_GRPC_SERVER)."""
     home: Path = tmp_path_factory.mktemp("grpc")
-    return RoostSettings(home=home, poll_interval_s=0.2, log_flush_interval_s=0.2)
+    return RoostSettings(
+        home=home, poll_interval_s=0.2, log_flush_interval_s=0.2, grpc_server=request.param
+    )
 
 
 @pytest.fixture(scope="module")
@@ -467,7 +472,11 @@ def run_lifespan(settings: RoostSettings) -> Any:
     return asyncio.run(main())
 
 
-def test_grpc_port_zero_disables_and_busy_port_fails_clearly(settings: RoostSettings) -> None:
+@pytest.mark.parametrize("server", ["grpcio", "grpclib"])
+def test_grpc_port_zero_disables_and_busy_port_fails_clearly(
+    settings: RoostSettings, server: str
+) -> None:
+    settings = settings.model_copy(update={"grpc_server": server})
     assert run_lifespan(settings.model_copy(update={"grpc_port": 0})) is None
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

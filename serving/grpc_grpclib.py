@@ -1,0 +1,161 @@
+"""The OIP v2 gRPC service on ``grpclib`` (pure-asyncio HTTP/2), on the gateway's event loop.
+
+``ROOST_GRPC_SERVER=grpclib`` serves the same :class:`~serving.grpc_server.InferenceServicer`
+(every RPC, auth, request ids, early refusals, logging) through grpclib instead of ``grpc.aio``.
+Why: ``grpc.aio`` runs its own poller thread, and every call crosses from it to the event loop
+and back; next to the data plane's own threads (the batcher's, the log's) that costs the
+gateway about twice the CPU per call that grpclib's in-loop HTTP/2 costs, measured side by side
+in ``benchmarks/grpc_compare.py`` (the numbers are in benchmarks/RESULTS.md).
+
+The servicer is written against ``grpc.aio``'s context (``invocation_metadata()``,
+``abort(code, details, trailing_metadata)``); :class:`StreamContext` gives it that over a grpclib
+stream, so one servicer serves both. What grpclib does not do by itself is done here:
+
+- a request message over ``max_request_bytes`` is refused RESOURCE_EXHAUSTED from its 5-byte
+  length prefix, before its body is read (as grpc-core's ``max_receive_message_length``);
+- ``stop(grace)`` drains like ``grpc.aio.Server.stop``: no new connections, new calls on open
+  ones UNAVAILABLE, calls in flight get ``grace`` seconds; those still running then are answered
+  UNAVAILABLE and cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import struct
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, NoReturn
+
+import grpc
+from google.protobuf import message_factory
+from grpclib.const import Cardinality, Handler, Status
+from grpclib.exceptions import GRPCError
+from grpclib.server import Server
+from tritonclient.grpc import service_pb2 as pb
+
+__all__ = ["GrpclibServer", "StreamContext"]
+
+log = logging.getLogger("roost.serving")
+
+SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+
+
+class StreamContext:
+    """The part of a ``grpc.aio`` servicer context the servicer uses, over a grpclib stream."""
+
+    __slots__ = ("stream",)
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def invocation_metadata(self) -> list[tuple[str, str | bytes]]:
+        return list(self.stream.metadata.items())
+
+    async def abort(
+        self, code: grpc.StatusCode, details: str = "",
+        trailing_metadata: Iterable[tuple[str, str]] = (),
+    ) -> NoReturn:
+        """Send the status (and trailing metadata) now and end the handler."""
+        status = Status(code.value[0])
+        metadata = dict(trailing_metadata)
+        await self.stream.send_trailing_metadata(
+            status=status, status_message=details, metadata=metadata or None
+        )
+        raise GRPCError(status, details)  # the trailers are sent: grpclib only ends the call
+
+
+async def _recv_limited(stream: Any, request_type: Any, limit: int) -> Any:
+    """The call's one request message; RESOURCE_EXHAUSTED from the length prefix when it is
+    over ``limit`` bytes (before the body is read)."""
+    raw = stream._stream  # grpclib's HTTP/2 stream (what grpclib's own recv_message reads)
+    prefix = await raw.recv_data(5)
+    if not prefix:
+        raise GRPCError(Status.INVALID_ARGUMENT, "the call carried no request message")
+    compressed, length = struct.unpack(">?I", prefix)
+    if compressed:
+        raise GRPCError(Status.UNIMPLEMENTED, "compressed request messages are not supported")
+    if length > limit:
+        raise GRPCError(
+            Status.RESOURCE_EXHAUSTED,
+            f"request message of {length} bytes is larger than the limit of {limit} bytes "
+            "(ROOST_MAX_REQUEST_BYTES)",
+        )
+    try:
+        return request_type.FromString(await raw.recv_data(length))
+    except Exception as exc:  # DecodeError
+        raise GRPCError(Status.INTERNAL, f"the request message does not parse: {exc}") from None
+
+
+class GrpclibServer:
+    """A servicer on grpclib, with ``grpc.aio.Server``'s ``stop(grace)``."""
+
+    def __init__(self, servicer: Any, max_request_bytes: int) -> None:
+        self.servicer = servicer
+        self.limit = max_request_bytes
+        self.inflight = 0
+        self.streams: set[Any] = set()  # the calls in flight
+        self.draining = False
+        self._idle = asyncio.Event()
+        self.server = Server([self])
+
+    def __mapping__(self) -> dict[str, Handler]:
+        """Every RPC of the service, to the servicer's method of the same name."""
+        mapping = {}
+        for method in SERVICE.methods:
+            request_type = message_factory.GetMessageClass(method.input_type)
+            reply_type = message_factory.GetMessageClass(method.output_type)
+            streaming = method.client_streaming or method.server_streaming
+            cardinality = Cardinality.STREAM_STREAM if streaming else Cardinality.UNARY_UNARY
+            mapping[f"/{SERVICE.full_name}/{method.name}"] = Handler(
+                self._handler(getattr(self.servicer, method.name), request_type, streaming),
+                cardinality, request_type, reply_type,
+            )
+        return mapping
+
+    def _handler(
+        self, rpc: Callable[[Any, Any], Awaitable[Any]], request_type: Any, streaming: bool
+    ) -> Callable[[Any], Awaitable[None]]:
+        async def handle(stream: Any) -> None:
+            context = StreamContext(stream)
+            if self.draining:
+                await context.abort(
+                    grpc.StatusCode.UNAVAILABLE, "the gateway is draining (shutting down)"
+                )
+            self.inflight += 1
+            self.streams.add(stream)
+            try:
+                # streaming RPCs (ModelStreamInfer) only answer UNIMPLEMENTED: nothing to read
+                request = None if streaming else await _recv_limited(
+                    stream, request_type, self.limit
+                )
+                await stream.send_message(await rpc(request, context))
+            finally:
+                self.streams.discard(stream)
+                self.inflight -= 1
+                if not self.inflight:
+                    self._idle.set()
+
+        return handle
+
+    async def start(self, host: str, port: int, reuse_port: bool) -> None:
+        await self.server.start(host.strip("[]"), port, reuse_port=reuse_port or None)
+
+    async def stop(self, grace: float | None) -> None:
+        """Stop taking calls; give those in flight ``grace`` seconds, then cancel them."""
+        self.draining = True
+        listener = self.server._server  # stop accepting connections, keep the open ones
+        if listener is not None:
+            listener.close()
+        if grace and self.inflight:
+            self._idle.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), grace)
+        for stream in list(self.streams):  # past the grace: answered now, then cancelled
+            with contextlib.suppress(Exception):
+                await stream.send_trailing_metadata(
+                    status=Status.UNAVAILABLE,
+                    status_message="the gateway stopped before the call finished",
+                )
+        self.server.close()
+        await self.server.wait_closed()
