@@ -9,7 +9,8 @@ The demo breast-cancer model (one row per request) is materialized into a tempor
 - ``aio (shipped)``: ``roost serve`` as shipped (gRPC on the gateway's event loop);
 - the alternatives of ``grpc_variants.py``: grpcio's threaded server, ``grpclib`` on the loop,
   and ``grpc.aio`` in N processes sharing the port (``--processes``);
-- ``roost serve`` with ``ROOST_GRPC_PROCESSES`` (when the setting exists);
+- ``roost serve`` with each ``--grpc-servers`` (``ROOST_GRPC_SERVER``) and each
+  ``--grpc-processes`` (``ROOST_GRPC_PROCESSES``; 0: on the gateway's loop);
 - MLServer 1.7.1 (``parallel_workers: 0``) as ``benchmarks/peers.py`` runs it
   (``benchmarks/peers/mlserver``: its own cached virtualenv, a small ONNX Runtime model class).
 
@@ -197,13 +198,15 @@ def build_servers(args: argparse.Namespace, home: Path, work: Path) -> list[Serv
             s.argv = [*variants, "--variant", "aio", "--port", str(s.port),
                       "--processes", str(n)]
             servers.append(s)
-    for n in args.grpc_processes:
-        s = Server(f"roost serve, ROOST_GRPC_PROCESSES={n}", [], env)
-        http = free_port()
-        s.argv = [*roost_argv(), "serve", "--host", "127.0.0.1", "--port", str(http)]
-        s.env = {**env, "ROOST_GRPC_PORT": str(s.port), "ROOST_HTTP_PORT": str(http),
-                 "ROOST_GRPC_PROCESSES": str(n)}
-        servers.append(s)
+    for impl in args.grpc_servers:
+        for n in args.grpc_processes:
+            where = "on the loop" if n == 0 else f"{n} gRPC processes"
+            s = Server(f"roost serve, {impl}, {where}", [], env)
+            http = free_port()
+            s.argv = [*roost_argv(), "serve", "--host", "127.0.0.1", "--port", str(http)]
+            s.env = {**env, "ROOST_GRPC_PORT": str(s.port), "ROOST_HTTP_PORT": str(http),
+                     "ROOST_GRPC_PROCESSES": str(n), "ROOST_GRPC_SERVER": impl}
+            servers.append(s)
     if "mlserver" in wanted:  # the bench helper's setup: benchmarks/peers/mlserver
         from peers.mlserver import mlserver_bin, write_model_folder
 
@@ -257,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="process counts for the aio-xN variant")
     parser.add_argument("--grpc-processes", type=int, nargs="*", default=[],
                         help="ROOST_GRPC_PROCESSES values to run `roost serve` with")
+    parser.add_argument("--grpc-servers", nargs="*", default=["grpcio"],
+                        help="ROOST_GRPC_SERVER values for --grpc-processes")
     parser.add_argument("--home", help="a ROOST_HOME with breast-cancer deployed (reused)")
     parser.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "out"))
     args = parser.parse_args(argv)
