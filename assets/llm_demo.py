@@ -51,8 +51,8 @@ class LlmSpec:
     prefix: str = "roost_lm"
     config: str = "demo"  # llm/configs.yaml
     seed: int = 0
-    max_perplexity: float = 250.0
-    """Held-out perplexity bar: the demo's unigram baseline is ~600, random weights ~2000."""
+    max_perplexity: float = 300.0
+    """Held-out perplexity bar, half the unigram baseline (~600); random weights score ~2000."""
     decode_latency_ms: float = 20.0  # one cached decode step, p99: 50 tokens/s per stream
     description: str = "The project's own small language model, trained on its docs."
 

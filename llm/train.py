@@ -3,11 +3,12 @@
 The token stream is every training document as ``<|bos|> text <|eos|>``, one after the other;
 a batch is ``batch_size`` windows of ``seq_len + 1`` tokens at offsets drawn from a numpy
 generator seeded with ``seed``. The learning rate warms up over ``warmup_steps`` and then
-follows a cosine to a tenth of its peak over the run's step count, which is fixed once after
-the warm-up: ``min(max_steps, steps that fit the time budget at the measured step time)``. The
-same seed and step count give the same weights; a slower (or busier) machine fits fewer steps
-in the same budget, and the run stops at the budget whatever the plan (the result records how
-many steps were run).
+follows a cosine to a tenth of its peak over the run's planned step count:
+``min(max_steps, steps that fit the time budget at the measured step time)``, estimated after
+the warm-up and again every 25 steps (other work on the machine changes the step time). When
+``max_steps`` binds (the run ends before its budget) the same seed gives the same weights;
+a slower (or busier) machine fits fewer steps in the same budget, and the run stops at
+the budget whatever the plan (the result records how many steps were run).
 """
 
 from __future__ import annotations
@@ -121,7 +122,8 @@ def train(named: NamedConfig, seed: int = 0, minutes: float | None = None,
         if step == 1:  # compiled: the step time is measured from here
             loss_value.block_until_ready()
             first_done = time.perf_counter()
-        elif step == min(max(2, settings.warmup_steps), total_steps):
+        elif step >= min(max(2, settings.warmup_steps), total_steps) and (
+                step % REPLAN_EVERY == 0 or step == settings.warmup_steps):
             loss_value.block_until_ready()
             now = time.perf_counter()
             total_steps = _fit_budget(step_cap, step, (now - first_done) / (step - 1),
@@ -158,6 +160,7 @@ def _learning_rate(named: NamedConfig, step: int, total: int) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+REPLAN_EVERY = 25  # steps between re-estimates of what fits the budget (the load may change)
 AdamState = tuple[dict[str, jax.Array], dict[str, jax.Array], jax.Array]
 BETA1, BETA2, ADAM_EPS, CLIP_NORM = 0.9, 0.95, 1e-8, 1.0
 

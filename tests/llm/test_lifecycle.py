@@ -14,9 +14,12 @@ from assets.llm_checks import check_perplexity
 from assets.llm_demo import LLM_DEMO, llm_assets
 from assets.resources import RegistryResource
 from llm.cache import cache_key, store, trained_model
+from llm.config import load_named_config
 from llm.corpus import load_corpus
+from llm.export import build_random_model
 from llm.train import TrainResult
 from orchestration.cli import main
+from orchestration.cli_llm import LLM_DEMO_ENV, run_llm_demo_for_up
 from registry import Registry, RoostSettings, State
 
 TINY = {"ops": {f"{LLM_DEMO.prefix}_trained_model": {"config": {"config": "tiny"}}}}
@@ -75,10 +78,11 @@ def test_training_is_cached_in_the_home(pipeline_run: bool, home: Path) -> None:
     assert refused.trained_now and refused.path == first.path  # trained again, same key
 
 
-def test_random_weights_are_blocked(tmp_path: Path, random_model: bytes,
-                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    outcome = check_perplexity(random_model, load_corpus().held_out_texts(), 250.0)
-    assert not outcome.passed and float(outcome.metadata["perplexity"]) > 250
+def test_random_weights_are_blocked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    random_model = build_random_model(load_named_config(LLM_DEMO.config).model, seed=1)
+    bar = LLM_DEMO.max_perplexity
+    outcome = check_perplexity(random_model, load_corpus().held_out_texts(), bar)
+    assert not outcome.passed and float(outcome.metadata["perplexity"]) > bar
 
     monkeypatch.setenv("ROOST_HOME", str(tmp_path))
     path = tmp_path / "random.onnx"
@@ -109,3 +113,15 @@ def test_cli_refuses_a_file_that_is_not_a_language_model(tmp_path: Path,
     assert "Traceback" not in result.output
     bad = CliRunner().invoke(main, ["llm", "train", "--config", "huge"])
     assert bad.exit_code == 2 and "--config" in bad.output
+
+
+def test_roost_up_step_reuses_a_deployed_model(pipeline_run: bool, home: Path,
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    settings = RoostSettings(home=home)
+    monkeypatch.delenv(LLM_DEMO_ENV, raising=False)
+    run_llm_demo_for_up(settings, home, verbose=False)  # off unless asked (make up asks)
+    assert capsys.readouterr().out == ""
+    monkeypatch.setenv(LLM_DEMO_ENV, "1")
+    run_llm_demo_for_up(settings, home, verbose=False)
+    assert "roost-lm already deployed; reusing it" in capsys.readouterr().out
