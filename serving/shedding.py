@@ -131,7 +131,7 @@ class Admission:
             return over, None
         table = repository.table
         if version is not None:
-            if not version.isdigit():
+            if not (version.isascii() and version.isdigit()) or len(version) > 18:
                 return None  # the normal path answers 404 naming the version
             loaded = table.loaded.get((model, int(version)))
         elif model in table.routers:
