@@ -28,6 +28,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from registry.dburl import libpq_conninfo, sqlalchemy_url
+from registry.tasks import cancel_and_wait
 
 __all__ = ["CHANNEL", "RegistryWatcher", "is_postgres", "libpq_conninfo", "send", "sqlalchemy_url"]
 
@@ -93,10 +94,7 @@ class RegistryWatcher:
 
     async def close(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         self.listening = False
 
     async def _listen(self) -> None:

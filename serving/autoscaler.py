@@ -20,7 +20,6 @@ same policy object
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import os
@@ -28,6 +27,8 @@ import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from registry.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -423,10 +424,7 @@ def start_instance_autoscaler(gateway: Any) -> asyncio.Task[None] | None:
 
 
 async def stop_instance_autoscaler(task: asyncio.Task[None] | None) -> None:
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    await cancel_and_wait(task)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,7 +37,6 @@ global), nor where callers send data.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import threading
@@ -50,6 +49,7 @@ import orjson
 import yaml
 
 from registry import RoostError
+from registry.tasks import cancel_and_wait
 
 log = logging.getLogger("roost.serving")
 
@@ -122,10 +122,7 @@ class ConsentGate:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     async def _refresh_forever(self) -> None:
         while True:

@@ -13,12 +13,12 @@ counts failed polls.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING
 
 from registry.notify import RegistryWatcher
+from registry.tasks import cancel_and_wait
 from serving.metrics import GatewayMetrics
 
 if TYPE_CHECKING:
@@ -98,8 +98,5 @@ class RegistryPoller:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         await self.watcher.close()

@@ -12,12 +12,12 @@ SQL. A shadow that is slow, failing or missing changes nothing for callers.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from registry.tasks import cancel_and_wait
 from serving.protocol.types import InferRequest
 
 if TYPE_CHECKING:
@@ -67,11 +67,7 @@ class ShadowMirror:
         self._tasks = [asyncio.create_task(self._work()) for _ in range(self._workers_n)]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._tasks)
 
     @property
     def depth(self) -> int:
