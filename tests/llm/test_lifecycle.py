@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -125,3 +126,13 @@ def test_roost_up_step_reuses_a_deployed_model(pipeline_run: bool, home: Path,
     monkeypatch.setenv(LLM_DEMO_ENV, "1")
     run_llm_demo_for_up(settings, home, verbose=False)
     assert "roost-lm already deployed; reusing it" in capsys.readouterr().out
+
+
+def test_cli_trains_and_writes_the_artifact(tmp_path: Path) -> None:
+    out = tmp_path / "lm.onnx"
+    result = CliRunner().invoke(main, ["llm", "train", "--config", "tiny", "--minutes", "2",
+                                       "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output[result.output.index("{"):])
+    assert summary["config"] == "tiny" and summary["bytes"] == out.stat().st_size
+    assert summary["onnx_perplexity"] < summary["unigram_perplexity"]
