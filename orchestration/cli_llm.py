@@ -187,8 +187,12 @@ def run_llm_demo_for_up(settings: Any, logs: Path, verbose: bool) -> None:
         deployment = registry.get_deployment("roost-lm")
     finally:
         registry.close()
+    sample = (f"roost:   curl -s http://{settings.host}:{settings.http_port}/v1/completions "
+              "-H 'content-type: application/json' "
+              """-d '{"model": "roost-lm", "prompt": "The registry", "max_tokens": 32}'""")
     if deployment is not None and deployment.production_version is not None:
         print("roost: roost-lm already deployed; reusing it", flush=True)
+        print(sample, flush=True)
         return
     log_path = logs / "llm.log"
     print(f"roost: training (once, cached in {settings.home / 'llm'}), validating and "
@@ -198,5 +202,6 @@ def run_llm_demo_for_up(settings: Any, logs: Path, verbose: bool) -> None:
     else:
         with quiet_output(log_path):
             ok = materialize_llm_demo(settings)
-    print("roost: roost-lm deployed" if ok else
-          f"roost: warning: the roost-lm pipeline failed; see {log_path}", flush=True)
+    print("roost: roost-lm deployed\n" + sample if ok else
+          f"roost: warning: the roost-lm pipeline failed (a run starved of CPU can miss the "
+          f"perplexity bar; the next run trains again); see {log_path}", flush=True)
