@@ -147,7 +147,7 @@ def train(named: NamedConfig, seed: int = 0, minutes: float | None = None,
 
 
 def _fit_budget(cap: int, step: int, step_seconds: float, remaining: float) -> int:
-    """The run's step count, fixed once the step time is known."""
+    """The run's planned step count at the measured step time (capped by ``cap``)."""
     fitting = step + int(max(0.0, remaining) / max(step_seconds, 1e-6))
     return max(step, min(cap, fitting))
 
