@@ -201,11 +201,13 @@ def build_servers(args: argparse.Namespace, home: Path, work: Path) -> list[Serv
     for impl in args.grpc_servers:
         for n in args.grpc_processes:
             where = "on the loop" if n == 0 else f"{n} gRPC processes"
-            s = Server(f"roost serve, {impl}, {where}", [], env)
+            extra = dict(item.split("=", 1) for item in args.roost_env)
+            note = "".join(f", {k}={v}" for k, v in extra.items())
+            s = Server(f"roost serve, {impl}, {where}{note}", [], env)
             http = free_port()
             s.argv = [*roost_argv(), "serve", "--host", "127.0.0.1", "--port", str(http)]
             s.env = {**env, "ROOST_GRPC_PORT": str(s.port), "ROOST_HTTP_PORT": str(http),
-                     "ROOST_GRPC_PROCESSES": str(n), "ROOST_GRPC_SERVER": impl}
+                     "ROOST_GRPC_PROCESSES": str(n), "ROOST_GRPC_SERVER": impl, **extra}
             servers.append(s)
     if "mlserver" in wanted:  # the bench helper's setup: benchmarks/peers/mlserver
         from peers.mlserver import mlserver_bin, write_model_folder
@@ -262,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="ROOST_GRPC_PROCESSES values to run `roost serve` with")
     parser.add_argument("--grpc-servers", nargs="*", default=["grpcio"],
                         help="ROOST_GRPC_SERVER values for --grpc-processes")
+    parser.add_argument("--roost-env", nargs="*", default=[],
+                        help="KEY=VALUE settings for every `roost serve` target")
     parser.add_argument("--home", help="a ROOST_HOME with breast-cancer deployed (reused)")
     parser.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "out"))
     args = parser.parse_args(argv)
