@@ -274,8 +274,13 @@ async def start_grpc_server(
         return processes
     address = grpc_address(settings.host, settings.grpc_port)
     if settings.grpc_server == "grpclib":
-        from serving.grpc_grpclib import GrpclibServer
-
+        try:
+            from serving.grpc_grpclib import GrpclibServer
+        except ImportError as exc:
+            raise GrpcBindError(
+                f"ROOST_GRPC_SERVER=grpclib needs the grpclib package ({exc}): "
+                "pip install 'grpclib>=0.4.7', or set ROOST_GRPC_SERVER=grpcio"
+            ) from None
         lib = GrpclibServer(InferenceServicer(plane), settings.max_request_bytes)
         try:
             await lib.start(settings.host, settings.grpc_port, reuse_port or settings.workers > 1)
