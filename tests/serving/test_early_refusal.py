@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,7 +24,7 @@ import pytest
 from roost_testing import deploy_model, make_failing_onnx, make_linear_onnx, running_gateway
 
 from registry import Registry, RoostSettings, ServingConfig, State
-from registry.errors import ServiceUnavailable
+from registry.errors import DeadlineExceeded, ServiceUnavailable
 from serving import create_app
 from serving.batching import DynamicBatcher, QueueFull
 from serving.breaker import BreakerOpen, BreakerState, CircuitBreaker
@@ -235,6 +236,33 @@ def test_batcher_says_why_it_would_refuse_without_side_effects() -> None:
         release.set()
         assert [float((await t)["y"][0, 0]) for t in (running, queued)] == [0.0, 1.0]
         assert batcher.refusal() is None
+        await batcher.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_request_past_its_deadline_on_arrival_at_the_queue_is_not_queued() -> None:
+    calls: list[int] = []
+
+    def model(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        calls.append(1)
+        return {"y": feeds["x"]}
+
+    async def scenario() -> None:
+        breaker = CircuitBreaker("m", 1, failures=1, failure_rate=0, reset_s=0.001)
+        breaker.record_failure("boom")
+        await asyncio.sleep(0.002)  # half-open: the next admitted request would be the probe
+        config = ServingConfig(queue_timeout_ms=100)
+        batcher = DynamicBatcher("m v1", [model], config, breaker=breaker)
+        batcher.start()
+        arrived = time.monotonic() - 0.25  # its body took 250 ms to arrive
+        with pytest.raises(DeadlineExceeded, match=r"2\d\d ms old when it reached the queue"):
+            await batcher.submit({"x": np.zeros((1, 1))}, arrived=arrived)
+        assert batcher.stats.expired == 1 and batcher.depth == 0 and not calls
+        assert breaker.refusal() is None  # the probe slot was not taken
+        out = await batcher.submit({"x": np.ones((1, 1))}, 400, arrived=arrived)  # 400 ms
+        assert float(out["y"][0, 0]) == 1.0 and calls == [1]
+        assert breaker.state is BreakerState.CLOSED  # the probe went through and closed it
         await batcher.stop()
 
     asyncio.run(scenario())
