@@ -58,12 +58,24 @@ class EngineObserver(Protocol):
 
 
 Sink = Callable[[TokenEvent], None]
+"""Where a sequence's events go; called on its event loop (or the engine's thread without one)."""
+
+
+def _deliver_all(items: list[tuple[Sink, TokenEvent]]) -> None:
+    for sink, event in items:
+        sink(event)
 
 
 class _SeqState:
-    __slots__ = ("arrived", "cache", "detok", "last", "params", "rng", "sink", "stop", "ttft")
+    __slots__ = (
+        "arrived", "cache", "detok", "last", "loop", "params", "rng", "sink", "stop", "ttft",
+    )
 
-    def __init__(self, params: SamplingParams, table: list[bytes], sink: Sink) -> None:
+    def __init__(
+        self, params: SamplingParams, table: list[bytes], sink: Sink,
+        loop: asyncio.AbstractEventLoop | None,
+    ) -> None:
+        self.loop = loop
         self.params = params
         self.rng = params.rng()
         self.detok = IncrementalDetokenizer(table)
@@ -91,6 +103,7 @@ class LLMEngine:
         self._stopped = False
         self._thread: threading.Thread | None = None
         self.steps = 0
+        self._outbox: list[tuple[_SeqState, TokenEvent]] = []
 
     # -- lifecycle (any thread) ---------------------------------------------------------------
 
@@ -117,10 +130,15 @@ class LLMEngine:
         """Running + waiting sequences (to pick the least busy instance)."""
         return len(self.scheduler.running) + len(self.scheduler.waiting)
 
-    def submit(self, prompt: list[int], params: SamplingParams, sink: Sink) -> Sequence:
-        """Queue a sequence; raises 400 (could never run) or 503 (queue full, closing)."""
+    def submit(
+        self, prompt: list[int], params: SamplingParams, sink: Sink,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> Sequence:
+        """Queue a sequence whose events go to ``sink`` (on ``loop``: one wake-up of each loop
+        per engine step carries every event of that step); raises 400 (could never run) or
+        503 (queue full, closing)."""
         seq = Sequence(next(self._ids), prompt, params.max_tokens)
-        seq.state = _SeqState(params, self._table, sink)
+        seq.state = _SeqState(params, self._table, sink, loop)
         with self._cond:
             if self._closing:
                 raise ServiceUnavailable("the model version is being unloaded", retry_after_s=1)
@@ -166,6 +184,7 @@ class LLMEngine:
                 error = RoostError(f"the model failed: {exc}")
                 for seq in [*admitted, *running]:
                     self._finish(seq, "", None, error)
+            self._flush()
             with self._cond:
                 self._report()
 
@@ -176,6 +195,8 @@ class LLMEngine:
             state.cache = KVCache(model.config, seq.reserve)
             logits = model.prefill(seq.prompt, state.cache)
             self._accept(seq, logits)
+        if admitted:
+            self._flush()  # first tokens go out before the decode step
         decoding = [s for s in running if not s.aborted]
         if decoding:
             caches = [s.state.cache for s in decoding]
@@ -204,7 +225,7 @@ class LLMEngine:
             self._finish(seq, text + tail + ("" if state.stop.stopped else state.stop.flush()),
                          "stop" if state.stop.stopped else "length")
         elif text:
-            state.sink(TokenEvent(text, len(seq.output), len(seq.prompt)))
+            self._outbox.append((state, TokenEvent(text, len(seq.output), len(seq.prompt))))
 
     def _finish(
         self, seq: Sequence, text: str, reason: str | None, error: RoostError | None = None
@@ -215,9 +236,24 @@ class LLMEngine:
                 self.scheduler.finish(seq)
         state.cache = None
         if not seq.aborted:
-            state.sink(TokenEvent(
+            self._outbox.append((state, TokenEvent(
                 text, len(seq.output), len(seq.prompt), reason, state.ttft, error
-            ))
+            )))
+
+    def _flush(self) -> None:
+        """Hand the step's events over: one ``call_soon_threadsafe`` per event loop."""
+        outbox, self._outbox = self._outbox, []
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Sink, TokenEvent]]] = {}
+        for state, event in outbox:
+            if state.loop is None:
+                state.sink(event)
+            else:
+                by_loop.setdefault(state.loop, []).append((state.sink, event))
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver_all, items)
+            except RuntimeError:  # the loop was closed: nobody is listening any more
+                pass
 
     def _aborted(self, seq: Sequence) -> None:
         seq.state.cache = None
@@ -241,10 +277,7 @@ class Generation:
         self.prompt_tokens = len(prompt)
         self.done = False
 
-        def sink(event: TokenEvent) -> None:
-            loop.call_soon_threadsafe(put, event)
-
-        self.seq = engine.submit(prompt, params, sink)
+        self.seq = engine.submit(prompt, params, put, loop)
 
     def __aiter__(self) -> Generation:
         return self
@@ -253,6 +286,12 @@ class Generation:
         if self.done:
             raise StopAsyncIteration
         event = await self._queue.get()
+        queue = self._queue
+        while not queue.empty() and event.finish_reason is None and event.error is None:
+            # the client is behind the engine: hand on everything that is ready as one event
+            more = queue.get_nowait()
+            event = TokenEvent(event.text + more.text, more.completion_tokens,
+                               more.prompt_tokens, more.finish_reason, more.ttft_s, more.error)
         if event.error is not None:
             self.done = True
             raise event.error
