@@ -156,9 +156,6 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
         shared = tempfile.mkdtemp(prefix="metrics-", dir=settings.home)
         os.environ[MULTIPROC_ENV] = shared
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = shared  # prometheus_client's value storage
-    if settings.http_server == "granian":
-        _serve_granian(host or settings.host, port or settings.http_port, workers, settings)
-        return
     uvicorn.run(
         "serving.app:create_app_from_env",
         factory=True,
@@ -168,38 +165,6 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
         log_level="warning",
         access_log=False,
     )
-
-
-def _serve_granian(host: str, port: int, workers: int, settings: RoostSettings) -> None:
-    """``roost serve`` under Granian (``ROOST_HTTP_SERVER=granian``): the same app factory,
-    ASGI interface and uvloop, warnings only, no access log. Granian gives workers that do not
-    stop within the drain's grace (plus 5 s) a SIGKILL. Workers are spawned, not forked (as
-    uvicorn's are): a forked worker would inherit modules imported here, prometheus_client's
-    choice of in-memory metric values among them (``/metrics`` of several workers was empty)."""
-    import math
-    import multiprocessing
-
-    try:
-        from granian import Granian
-        from granian.constants import Interfaces, Loops
-        from granian.log import LogLevels
-    except ImportError:
-        raise click.UsageError(
-            "ROOST_HTTP_SERVER=granian: Granian is not installed (pip install granian)"
-        ) from None
-    multiprocessing.set_start_method("spawn", force=True)
-    Granian(
-        "serving.app:create_app_from_env",
-        address=host,
-        port=port,
-        interface=Interfaces.ASGI,
-        workers=workers,
-        loop=Loops.uvloop,
-        factory=True,
-        log_level=LogLevels.warning,
-        log_access=False,
-        workers_kill_timeout=math.ceil(settings.drain_delay_s + settings.drain_grace_s) + 5,
-    ).serve()
 
 
 @main.command("config")

@@ -81,13 +81,6 @@ class RoostSettings(BaseSettings):
     workers: int = 1
     """Gateway processes sharing the ports (``roost serve --workers``)."""
 
-    http_server: Literal["uvicorn", "granian"] = "uvicorn"
-    """The HTTP server ``roost serve`` runs the gateway under (``ROOST_HTTP_SERVER``):
-    ``uvicorn`` (uvloop + httptools) or ``granian`` (Granian's Rust HTTP/1.1 server, ASGI
-    interface, uvloop; ``pip install granian``). Same app, lifespan, gRPC and workers; under
-    Granian a SIGTERM stops accepting at once, so ``drain_delay_s`` does not apply (figures
-    and trade-offs: benchmarks/README.md, "HTTP server")."""
-
     poll_interval_s: float = 1.0
     """How often the gateway polls the registry's generation counter for deployment changes."""
 
