@@ -150,11 +150,14 @@ class RoostSettings(BaseSettings):
     """Largest request body the gateway reads, on every REST route (``Content-Length`` or the
     bytes actually sent; more gets 413) and per gRPC message (more gets RESOURCE_EXHAUSTED)."""
 
-    max_inflight_requests: int = Field(default=0, ge=0)
-    """REST inference requests one gateway process works on at once
-    (``ROOST_MAX_INFLIGHT_REQUESTS``); one more is answered 503 with Retry-After at once,
-    before its body is read (serving/shedding.py). 0: no limit (each version's
-    ``max_queue_size`` still bounds its queue)."""
+    max_inflight_requests: int = Field(default=128, ge=0)
+    """REST inference requests one gateway process works on at once, from admission to the
+    last byte of the answer (``ROOST_MAX_INFLIGHT_REQUESTS``); one more is answered 503
+    ``overloaded`` with Retry-After at once, before its body is read (serving/shedding.py).
+    0: no limit (each version's ``max_queue_size`` still bounds its queue). The default comes
+    from a 10x burst on 1,000 connections (docs/load-shedding.md): against no limit it answered
+    1.8x the 200s with a third of the 504s. Raise it for slow or remote backends, where
+    throughput per process is this many requests per answer time."""
 
     max_tensor_elements: int = Field(default=16 * 1024 * 1024, ge=1)
     """Most elements one input tensor may have (the product of its shape), and the largest

@@ -285,7 +285,7 @@ class Edge:
         self.auth_required = bool(settings.auth_required)
         self.max_bytes = int(getattr(settings, "max_request_bytes", MAX_BODY_BYTES))
         self.limits = DecodeLimits.from_settings(settings)
-        self.admission = Admission(int(getattr(settings, "max_inflight_requests", 0)))
+        self.admission = Admission(int(getattr(settings, "max_inflight_requests", 128)))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
