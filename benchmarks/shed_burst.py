@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="shed-burst-") as tmp:
             home = Path(tmp) / "home"
             prepare(home)
-            env = {"ROOST_MAX_INFLIGHT_REQUESTS": str(limit)} if limit else {}
+            env = {"ROOST_MAX_INFLIGHT_REQUESTS": str(limit)}  # 0: off (older code: ignored)
             target = roost_target(home, env=env)
             start(target, Path(tmp))
             try:
