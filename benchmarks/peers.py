@@ -1,6 +1,6 @@
 """Roost next to the floor and its peers, the issue's table in one run: ``benchmarks/peers.py``.
 
-    .venv/bin/python benchmarks/peers.py            # about 9-10 minutes on 2 vCPUs
+    .venv/bin/python benchmarks/peers.py            # about 10 minutes on 2 vCPUs (9.8 measured)
     .venv/bin/python benchmarks/peers.py --quick    # about 2 minutes: a try, not a result
 
 Servers, all serving the demo breast-cancer model (one ONNX file, one row per request), all
@@ -12,8 +12,9 @@ running for the whole measurement on loopback:
 - ``roost-w2``: ``roost serve --workers 2`` as shipped (REST JSON at the top concurrency only);
 - ``mlserver``: MLServer 1.7.1, ``parallel_workers: 0`` (benchmarks/peers/mlserver/);
 - ``kserve``: KServe's Python model server (benchmarks/peers/kserve/), if it installs;
-- ``floor-granian`` / ``roost-granian``: the floor and Roost (as shipped) under Granian
-  (``--interface asgi --loop uvloop``; Roost through ``ROOST_HTTP_SERVER=granian``).
+- ``floor-granian`` / ``roost-granian``: the floor and Roost (as shipped, its app factory
+  ``serving.app:create_app_from_env``) under Granian's CLI (``--interface asgi --loop uvloop``,
+  one worker, access log off): Granian measured against uvicorn + httptools.
 
 MLServer and KServe are installed by the script in their own virtualenvs, cached in
 ``~/.cache/roost-bench-peers`` (``$ROOST_PEERS_CACHE``). Load: REST JSON with wrk (``-t1``, the
@@ -91,16 +92,6 @@ def durability_levels() -> tuple[list[str], str]:
     return [default, *[v for v in values if v != default]], default
 
 
-def http_servers() -> list[str]:
-    """The values ``ROOST_HTTP_SERVER`` accepts (``["uvicorn"]`` before the setting existed)."""
-    from registry.settings import RoostSettings
-
-    field = RoostSettings.model_fields.get("http_server")
-    if field is None:
-        return ["uvicorn"]
-    return [str(v) for v in typing.get_args(field.annotation)] or [str(field.default)]
-
-
 def lock_inherited() -> bool:
     """Whether we run under ``flock /tmp/roost-bench.lock ...`` (its open file is ours too)."""
     with contextlib.suppress(OSError):
@@ -160,7 +151,6 @@ class PeersBench:
         top = max(args.concurrency)
         levels, default = durability_levels()
         self.report["durability_levels"] = levels
-        self.report["http_servers"] = http_servers()
         makers: dict[str, Callable[[], list[Column]]] = {
             "floor": lambda: [Column("floor", "floor (uvicorn)",
                                      floor_target(self.model_path), rest=args.concurrency,
@@ -189,8 +179,7 @@ class PeersBench:
                                              rest=args.concurrency, grpc=[])],
             "roost-granian": lambda: [Column(
                 "roost-granian", "Roost (as shipped) under Granian",
-                roost_granian_target(self.home_copy("roost-granian"),
-                                     "granian" in self.report["http_servers"]),
+                roost_granian_target(self.home_copy("roost-granian")),
                 rest=args.concurrency, grpc=[])],
         }
         for name in args.servers:
@@ -328,18 +317,16 @@ def floor_granian_target(model_path: Path) -> Target:
     return target
 
 
-def roost_granian_target(home: Path, supported: bool) -> Target:
-    """``roost serve`` with ``ROOST_HTTP_SERVER=granian``; before ``roost serve`` had the
-    setting, Granian on the gateway's app factory directly (the same app and settings)."""
-    target = roost_target(home, name="roost-granian", env={"ROOST_HTTP_SERVER": "granian"})
-    target.description = "Roost gateway under Granian (--interface asgi --loop uvloop)"
-    if not supported:
-        target.argv = [
-            str(Path(sys.executable).with_name("granian")), "--interface", "asgi", "--loop",
-            "uvloop", "--factory", "--host", "127.0.0.1", "--port", str(target.port),
-            "--workers", "1", "--log-level", "warning", "--no-access-log",
-            "serving.app:create_app_from_env",
-        ]
+def roost_granian_target(home: Path) -> Target:
+    """Roost's app factory under Granian's CLI, with the settings ``roost serve`` gives it."""
+    target = roost_target(home, name="roost-granian")
+    target.description = "Roost gateway app under Granian (--interface asgi --loop uvloop)"
+    target.argv = [
+        str(Path(sys.executable).with_name("granian")), "--interface", "asgi", "--loop",
+        "uvloop", "--factory", "--host", "127.0.0.1", "--port", str(target.port),
+        "--workers", "1", "--log-level", "warning", "--no-access-log",
+        "serving.app:create_app_from_env",
+    ]
     return target
 
 
@@ -478,11 +465,20 @@ def ratios(report: dict[str, Any]) -> list[str]:
             f"can reach at most (2 − wrk − others) / {one['cores']:.2f} = "
             f"{(2 - two['client'] - two['other']) / max(one['cores'], 1e-9):.2f}× here."
         )
-    granian = medians(report, "floor-granian", "REST JSON", top)
-    floor = medians(report, "floor", "REST JSON", top)
-    if granian and floor:
-        out.append(f"- Granian: the floor under Granian = {granian['rps'] / floor['rps']:.2f}× "
-                   f"the floor under uvicorn at c={top}.")
+    for c in settings["concurrency"]:
+        floor = medians(report, "floor", "REST JSON", c)
+        granian = medians(report, "floor-granian", "REST JSON", c)
+        roost = medians(report, shipped, "REST JSON", c)
+        roost_g = medians(report, "roost-granian", "REST JSON", c)
+        if floor and granian:
+            text = (f"- Granian c={c}: the floor under Granian = "
+                    f"{granian['rps'] / floor['rps']:.2f}× its req/s under uvicorn, "
+                    f"{granian['cpu'] / floor['cpu']:.2f}× its CPU/req")
+            if roost and roost_g:
+                text += (f"; Roost under Granian = {roost_g['rps'] / roost['rps']:.2f}× its req/s "
+                         f"under uvicorn ({roost_g['rps'] / floor['rps']:.2f}× the uvicorn floor), "
+                         f"{roost_g['cpu'] / roost['cpu']:.2f}× its CPU/req")
+            out.append(text + ".")
     return out
 
 
