@@ -101,7 +101,7 @@ def wait_grpc_ready(server: Server, timeout_s: float = 240) -> None:
 
 
 def run_clients(server: Server, concurrency: int, clients: int, duration: float,
-                body: Path, samples_dir: Path) -> dict[str, Any]:
+                body: Path, samples_dir: Path, channels: int = 1) -> dict[str, Any]:
     """``clients`` grpc_load.py processes splitting ``concurrency``; the server's CPU between
     the first client starting to record and the last one finishing."""
     assert server.proc is not None
@@ -112,7 +112,7 @@ def run_clients(server: Server, concurrency: int, clients: int, duration: float,
             sys.executable, str(BENCH_DIR / "grpc_load.py"),
             "--address", f"127.0.0.1:{server.port}", "--model", MODEL, "--body", str(body),
             "--concurrency", str(share), "--duration", f"{duration:g}", "--warmup", "1",
-            "--samples", str(samples_dir / f"c{i}.npy"),
+            "--samples", str(samples_dir / f"c{i}.npy"), "--channels", str(channels),
         ]
         procs.append(subprocess.Popen(argv, cwd=REPO_ROOT, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True))
@@ -256,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[8, 64])
     parser.add_argument("--clients", type=int, default=1, help="client processes per load")
+    parser.add_argument("--channels", type=int, default=1,
+                        help="connections per client process (grpc_load.py --channels)")
     parser.add_argument("--servers", nargs="+",
                         default=["aio", "threaded", "grpclib", "aio-xN", "mlserver"])
     parser.add_argument("--processes", type=int, nargs="+", default=[2],
@@ -292,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
             order = servers if round_ % 2 == 0 else servers[::-1]
             for c in args.concurrency:
                 for server in order:
-                    result = run_clients(server, c, args.clients, args.duration, BODY_FILE, work)
+                    result = run_clients(server, c, args.clients, args.duration, BODY_FILE,
+                                         work, args.channels)
                     results[server.label].setdefault(c, []).append(result)
                     log(f"round {round_ + 1} c={c} {server.label}: {result['rps']:,.0f} req/s "
                         f"p99 {result['p99_ms']:.2f} ms, server "
@@ -310,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "grpc_compare.json").write_text(json.dumps(report, indent=1))
-    print(f"commit {commit}, clients {args.clients}, duration {args.duration:g}s")
+    print(f"commit {commit}, clients {args.clients}, channels {args.channels}, "
+          f"duration {args.duration:g}s")
     print(table(results, args))
     return 0
 

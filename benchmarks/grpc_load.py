@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/grpc_load.py --address 127.0.0.1:8001 --model breast-cancer \\
         --body benchmarks/body.json --concurrency 64 --duration 10
 
-``--concurrency`` tasks on one ``grpc.aio`` channel each send a request, wait for its answer and
+``--concurrency`` tasks on one ``grpc.aio`` channel (``--channels``: spread over that many
+connections) each send a request, wait for its answer and
 send the next, for ``--duration`` seconds after ``--warmup`` seconds that are not recorded. The
 request is built once from the OIP JSON body (its tensors as ``raw_input_contents``, what
 ``tritonclient.grpc`` sends) and serialized once: the stub sends those bytes and does not parse
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import json
 import resource
 import sys
@@ -67,9 +69,17 @@ def _cpu_s() -> float:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     payload = build_request(args.model, json.loads(Path(args.body).read_bytes()))
-    options = [("grpc.max_receive_message_length", 64 << 20)]
-    async with grpc.aio.insecure_channel(args.address, options=options) as channel:
-        call = channel.unary_unary(METHOD)  # bytes in, bytes out: no (de)serialization cost
+    # A local subchannel pool per channel: each --channels channel is its own TCP connection
+    # (servers sharing a port with SO_REUSEPORT are spread over connections, not calls).
+    options = [("grpc.max_receive_message_length", 64 << 20),
+               ("grpc.use_local_subchannel_pool", 1)]
+    channels = [grpc.aio.insecure_channel(args.address, options=options)
+                for _ in range(args.channels)]
+    async with contextlib.AsyncExitStack() as stack:
+        for channel in channels:
+            await stack.enter_async_context(channel)
+        calls = [c.unary_unary(METHOD) for c in channels]  # bytes in and out: no (de)serializing
+        call = calls[0]
         first = pb.ModelInferResponse.FromString(await call(payload, timeout=10))
         if not first.raw_output_contents:
             raise SystemExit(f"unexpected ModelInfer answer: {first}")
@@ -81,7 +91,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         clock = time.perf_counter_ns
         stop_at = time.monotonic() + args.warmup + args.duration
 
-        async def worker() -> None:
+        async def worker(call: Any) -> None:
             while time.monotonic() < stop_at:
                 started = clock()
                 try:
@@ -94,7 +104,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 else:
                     unrecorded[0] += 1
 
-        tasks = [asyncio.create_task(worker()) for _ in range(args.concurrency)]
+        tasks = [asyncio.create_task(worker(calls[i % len(calls)]))
+                 for i in range(args.concurrency)]
         await asyncio.sleep(args.warmup)
         recording = True
         mark("recording")
@@ -140,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds recorded")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds not recorded")
     parser.add_argument("--timeout", type=float, default=10.0, help="per-call deadline, s")
+    parser.add_argument("--channels", type=int, default=1,
+                        help="connections the concurrency is spread over (round robin)")
     parser.add_argument("--samples", help="write the recorded latencies (ns) to this .npy file")
     args = parser.parse_args(argv)
     json.dump(asyncio.run(run(args)), sys.stdout)
