@@ -693,7 +693,9 @@ class WriteAheadLog:
 
     def _next_round_in(self) -> float:
         """Seconds until the syncer has work: records to write or sync, a segment to close."""
-        if self._pending or self._retiring:
+        if self._retiring:
+            return 0.0
+        if self._pending:
             return 0.0 if self._flush_loop is None else 0.01  # a loop flush takes them
         segment = self._segment
         if segment is None:
