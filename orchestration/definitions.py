@@ -17,6 +17,7 @@ from assets.experiments import experiment_definitions
 from assets.fairness import fairness_definitions
 from assets.features import fraud_feature_assets
 from assets.lineage import build_lineages
+from assets.llm_demo import LLM_DEMO, llm_assets
 from assets.observer import registry_observer, serving_assets
 from assets.quantize import quantize_job
 from assets.registry_gc import registry_gc_definitions
@@ -48,6 +49,12 @@ def build_definitions(home: Path | None = None) -> Definitions:
     assets += drift_assets + concept_assets
     fairness_assets, fairness_schedules = fairness_definitions(specs)  # specs declaring it
     assets += fairness_assets
+    lm_assets, lm_checks = llm_assets()  # the project's own language model (llm/, docs/llm.md)
+    assets += lm_assets
+    lm_job = define_asset_job(
+        f"{LLM_DEMO.prefix}_pipeline", selection=AssetSelection.groups(LLM_DEMO.prefix),
+        description="Train (cached), register, validate and deploy the demo language model.",
+    )
     demo_groups = [spec.prefix for spec in DEMO_SPECS] + ["features"]
     demo_job = define_asset_job(
         "demo_pipeline",
@@ -58,8 +65,8 @@ def build_definitions(home: Path | None = None) -> Definitions:
     )
     return Definitions(
         assets=assets,
-        asset_checks=[c for lineage in lineages for c in lineage.checks],
-        jobs=[demo_job, *(job for lineage in lineages for job in lineage.jobs()),
+        asset_checks=[*(c for lineage in lineages for c in lineage.checks), *lm_checks],
+        jobs=[demo_job, lm_job, *(job for lineage in lineages for job in lineage.jobs()),
               *operator_jobs(), quantize_job],
         schedules=[*demo_schedules(), *experiment_schedules, *gc_schedules, *retention_schedules,
                    *drift_schedules, *concept_schedules, *fairness_schedules],

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from dagster import AssetCheckKey, AssetKey, Definitions, build_sensor_context
 
+from assets.llm_checks import LLM_CHECKS
 from assets.resources import FeatureStoreResource, RegistryResource
 from assets.validation_assets import ONNX_CHECKS, TRAINER_CHECKS
 from orchestration.definitions import build_definitions, defs
@@ -25,6 +26,9 @@ FEATURE_ASSETS = ("customer_activity", "online_features")  # the fraud model's F
 ASSET_KEYS = {AssetKey(f"{p}_{stage}") for p in PREFIXES for stage in STAGES} | {
     AssetKey(name) for name in FEATURE_ASSETS
 }
+# The project's own language model (assets/llm_demo.py), its own job.
+LM_STAGES = ("trained_model", "onnx_artifact", "validation", "deployment")
+LM_KEYS = {AssetKey(f"roost_lm_{stage}") for stage in LM_STAGES}
 # Daily-partitioned monitoring assets (tests/monitoring/test_monitoring_definitions.py).
 MONITORING_KEYS = {AssetKey(f"{p}_{k}") for p in PREFIXES for k in ("data_drift", "concept_drift")}
 STAGING_CHECKS = ("staging_error_rate", "staging_latency", "staging_agreement")
@@ -55,10 +59,13 @@ def test_definitions_hold_the_demo_assets_checks_jobs_schedule_and_resources(
 ) -> None:
     repo = build_definitions(tmp_path).get_repository_def()
     graph = repo.asset_graph
-    assert set(graph.get_all_asset_keys()) == ASSET_KEYS | MONITORING_KEYS | {
+    assert set(graph.get_all_asset_keys()) == ASSET_KEYS | MONITORING_KEYS | LM_KEYS | {
         AssetKey("experiment_analysis"), AssetKey("registry_gc"), AssetKey("retention")
     }
-    assert set(graph.asset_check_keys) == CHECK_KEYS
+    assert set(graph.asset_check_keys) == CHECK_KEYS | {
+        AssetCheckKey(AssetKey("roost_lm_validation"), f"{name}_check") for name in LLM_CHECKS
+    }
+    assert set(repo.get_job("roost_lm_pipeline").asset_layer.selected_asset_keys) == LM_KEYS
 
     # Each model is its own group, wired training data -> ... -> production -> serving.
     for p in PREFIXES:
