@@ -212,8 +212,10 @@ async def _refuse(
     error, loaded = refused
     metrics = plane.metrics
     if metrics is not None:
-        version = str(loaded.info.version) if loaded is not None else ""
-        admission.count(metrics, model, version, reason_of(error), time.monotonic() - arrived)
+        admission.count(
+            metrics, plane.repository, model, loaded, reason_of(error),
+            time.monotonic() - arrived,
+        )
     status, headers, body = admission.render(error, b"expect" in raw)
     await _send(send, status, body, headers)
 

@@ -110,9 +110,24 @@ class Admission:
         return (status, [*raw, (b"connection", b"close")], body) if close else kept[1]
 
     def count(
-        self, metrics: GatewayMetrics, model: str, version: str, reason: str, seconds: float
+        self,
+        metrics: GatewayMetrics,
+        repository: ModelRepository,
+        model: str,
+        loaded: LoadedVersion | None,
+        reason: str,
+        seconds: float,
     ) -> None:
-        """``roost_rejected_requests_total`` and ``roost_requests_total`` (503)."""
+        """``roost_rejected_requests_total`` and ``roost_requests_total`` (503). A refusal of
+        the whole process (``overloaded``) names the model only when it is served: the path is
+        the client's, and every name it makes up would be a new metric series."""
+        if loaded is not None:
+            version = str(loaded.info.version)
+        else:
+            version = ""
+            table = repository.table
+            if model not in table.production and model not in table.routers:
+                model = ""
         key = (model, version, reason)
         counter = self._counters.get(key)
         if counter is None:

@@ -146,11 +146,15 @@ def test_over_the_admission_limit_is_refused_at_once(
                 "the gateway is overloaded: 1 inference requests in flight in this process "
                 "(max_inflight_requests: 1); retry later"
             )
+            made_up = Body()  # a model nobody serves: refused too, counted without its name
+            status, _, _ = await call(app, "/v2/models/made-up-7f3a/infer", made_up)
+            assert status == 503 and made_up.calls == 0
             slow.release.set()
             assert (await in_flight)[0] == 200
             assert (await call(app, "/v2/models/m/infer", Body()))[0] == 200  # room again
             text = (await client.get("/metrics")).text
             assert rejected(text, "m", "overloaded") == 1
+            assert rejected(text, "", "overloaded") == 1 and "made-up-7f3a" not in text
 
     asyncio.run(scenario())
 
