@@ -3,6 +3,7 @@ every answered request logged, exit status 0."""
 
 from __future__ import annotations
 
+import re
 import signal
 import threading
 import time
@@ -76,7 +77,9 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(tmp_path: Path) -> Non
         senders = [threading.Thread(target=send, args=(r,)) for r in ids]
         for thread in senders:
             thread.start()
-        time.sleep(min(0.3, one_request_s))  # all sent; the first one running, the rest queued
+        # SIGTERM once the gateway holds them all (the first running, the rest queued): on a
+        # busy machine the senders may need longer than one request to build and send bodies
+        _wait_until_queued(url, "slow", IN_FLIGHT - 1, timeout_s=30)
         gateway.send_signal(signal.SIGTERM)
         sigterm_at = time.perf_counter()
 
@@ -115,6 +118,20 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(tmp_path: Path) -> Non
         assert not list((home / "logs" / WAL_DIR).glob("*/seg-*.arrow"))
     finally:
         gateway.kill()
+
+
+def _wait_until_queued(url: str, model: str, depth: int, timeout_s: float) -> None:
+    """Poll /metrics until ``model``'s queue holds ``depth`` requests."""
+    pattern = re.compile(rf'^roost_queue_depth{{[^}}]*model="{model}"[^}}]*}} (\S+)$', re.M)
+    deadline = time.monotonic() + timeout_s
+    seen = 0.0
+    while time.monotonic() < deadline:
+        match = pattern.search(httpx.get(f"{url}/metrics", timeout=5).text)
+        seen = float(match.group(1)) if match else 0.0
+        if seen >= depth:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"{model}'s queue reached {seen:g} requests, not {depth}, in {timeout_s}s")
 
 
 def _check_grpc_refused(address: str) -> None:
