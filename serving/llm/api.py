@@ -31,6 +31,7 @@ from serving.rest import REQUEST_ID_HEADER, USER_HEADER, VARIANT_HEADER, Gateway
 
 openai_api = APIRouter(tags=["text-generation"])
 B = TypeVar("B", bound=BaseModel)
+CLIENT_CLOSED = 499
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 _ERROR_TYPES = {
     400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
@@ -99,8 +100,8 @@ async def until_disconnected(request: Request) -> None:
         pass
 
 
-async def collect(request: Request, run: Run) -> Outcome:
-    """Run to the end, or stop the generation when the client disconnects first."""
+async def collect(request: Request, run: Run) -> Outcome | None:
+    """Run to the end, or stop the generation when the client disconnects first (None)."""
     work = asyncio.ensure_future(run.collect())
     watch = asyncio.ensure_future(until_disconnected(request))
     try:
@@ -110,7 +111,7 @@ async def collect(request: Request, run: Run) -> Outcome:
         if not work.done():
             work.cancel()
     if work.cancelled():
-        raise asyncio.CancelledError  # nobody to answer
+        return None  # nobody to answer; the run logged the abort
     return work.result()
 
 
@@ -156,6 +157,8 @@ async def _openai(
         outcome = await collect(request, run)
     except RoostError as exc:
         return openai_error(exc)
+    if outcome is None:
+        return Response(status_code=CLIENT_CLOSED)
     text = "".join(outcome.text)
     if chat:
         choice: dict[str, Any] = {
@@ -262,6 +265,8 @@ async def _generate(
         outcome = await collect(request, run)
     except RoostError as exc:
         return error_response(exc)
+    if outcome is None:
+        return Response(status_code=CLIENT_CLOSED)
     answer = {**head, "text_output": "".join(outcome.text),
               "finish_reason": outcome.finish_reason, "usage": usage(outcome)}
     return Response(orjson.dumps(answer), media_type="application/json",

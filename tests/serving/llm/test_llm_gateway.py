@@ -317,3 +317,23 @@ def test_openai_upstream_and_triton_generate_forward_to_another_gateway(
     assert chat.usage == same.usage
     with pytest.raises(openai.BadRequestError, match="max_tokens"):
         via_b.completions.create(model="proxy", prompt="x", max_tokens=999)
+
+
+def test_a_plain_request_whose_client_leaves_is_aborted(gateways: Gateways) -> None:
+    url = gateways.a.url
+
+    def aborts() -> float:
+        text = httpx.get(f"{url}/metrics").text
+        return metric(text, "roost_llm_requests_total", model="slow", finish_reason="abort")
+
+    before = aborts()
+    body = {"model": "slow", "prompt": "a", "max_tokens": 8000, "ignore_eos": True}
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up while it generates
+        httpx.post(f"{url}/v1/completions", json=body, timeout=httpx.Timeout(5, read=0.5))
+    deadline = time.monotonic() + 10
+    while aborts() < before + 1:
+        assert time.monotonic() < deadline, "the abandoned generation went on"
+        time.sleep(0.05)
+    running = metric(httpx.get(f"{url}/metrics").text, "roost_llm_running_sequences",
+                     model="slow")
+    assert running == 0
