@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -133,6 +134,7 @@ def pct(values: list[float], q: float) -> float:
 async def run_mode(gateway: GatewayProcess, model: str,
                    load: list[tuple[float, str, int]]) -> dict[str, Any]:
     results = [Result(at) for at, _, _ in load]
+    load_before = os.getloadavg()[0]
     proc = psutil.Process(gateway.proc.pid if gateway.proc else 0)
     cpu0 = proc.cpu_times()
     limits = httpx.Limits(max_connections=len(load) + 10)
@@ -160,19 +162,22 @@ async def run_mode(gateway: GatewayProcess, model: str,
         "stream_tok_s_median": statistics.median(speeds) if speeds else float("nan"),
         "stream_tok_s_p10": pct(speeds, 10),
         "cpu_s_per_1k_tokens": cpu / tokens * 1000 if tokens else float("nan"),
+        "loadavg_1m": (load_before, os.getloadavg()[0]),
     }
 
 
 def table(rows: list[dict[str, Any]]) -> str:
     head = ("| mode | tokens/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | "
-            "per-stream tok/s median (p10) | server CPU s / 1k tok | errors |")
-    lines = [head, "|" + "---|" * 9]
+            "per-stream tok/s median (p10) | server CPU s / 1k tok | errors | "
+            "load avg before, after |")
+    lines = [head, "|" + "---|" * 10]
     for r in rows:
         lines.append(
             f"| {r['model'].removeprefix('llm-')} | {r['throughput_tok_s']:.0f} | "
             f"{r['ttft_p50_ms']:.0f} | {r['ttft_p99_ms']:.0f} | {r['itl_p50_ms']:.1f} | "
             f"{r['itl_p99_ms']:.1f} | {r['stream_tok_s_median']:.0f} "
-            f"({r['stream_tok_s_p10']:.0f}) | {r['cpu_s_per_1k_tokens']:.2f} | {r['errors']} |"
+            f"({r['stream_tok_s_p10']:.0f}) | {r['cpu_s_per_1k_tokens']:.2f} | {r['errors']} | "
+            f"{r['loadavg_1m'][0]:.1f}, {r['loadavg_1m'][1]:.1f} |"
         )
     return "\n".join(lines)
 
