@@ -4,8 +4,13 @@ Layout: ``<logs_dir>/wal/<writer_id>/`` holds one writer's segments, ``seg-<ns>-
 (``<ns>``: the segment's creation time in nanoseconds, ``<n>``: a per-writer counter; names sort
 in write order), and a ``LOCK`` file the writer holds an exclusive ``flock`` on while it lives.
 Each segment is an Arrow IPC *stream*: the schema message, then one record-batch message per
-commit group (no end-of-stream marker), in :data:`WAL_SCHEMA` (the Parquet columns plus ``model``
-and ``wal_seq``, the record's sequence number in its writer).
+commit group (no end-of-stream marker), in :data:`COMPACT_WAL_SCHEMA`: ``wal_seq`` (the record's
+sequence number in its writer) and ``row``, the record's fields as one JSON array (``orjson``; in
+the order the schema's metadata names, ``ts`` as integer microseconds since the epoch, UTC). That
+costs a few microseconds per group on the event loop, where building the ~16 typed columns cost
+tens; :func:`read_segment` converts a segment to the full :data:`WAL_SCHEMA` (the Parquet columns
+plus ``model`` and ``wal_seq``) once, when it is read to be sealed, recovered or erased. Segments
+in the full schema (written before, or rewritten by erasure) are read as they are.
 
 Group commit: :meth:`WriteAheadLog.append` puts the record on a list under a lock. On an event
 loop it schedules one callback on that loop (``call_soon``), which runs after the callbacks that
@@ -58,13 +63,16 @@ import os
 import re
 import threading
 import time
+from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from itertools import accumulate
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -90,7 +98,22 @@ WAL_SCHEMA: pa.Schema = pa.schema(
 """Columns of a WAL segment: the Parquet columns, the ``model`` partition key and ``wal_seq``."""
 
 _WAL_STRUCT = pa.struct(list(WAL_SCHEMA))
-_record_fields = operator.attrgetter(*(f.name for f in WAL_SCHEMA if f.name != "wal_seq"))
+_ROW_FIELDS: tuple[str, ...] = tuple(f.name for f in WAL_SCHEMA if f.name != "wal_seq")
+_record_fields = operator.attrgetter(*_ROW_FIELDS)
+_ROW_FIELDS_KEY = b"roost.wal.row_fields"
+
+COMPACT_WAL_SCHEMA: pa.Schema = pa.schema(
+    [
+        pa.field("wal_seq", pa.int64(), nullable=False),
+        pa.field("row", pa.binary(), nullable=False),
+    ],
+    metadata={_ROW_FIELDS_KEY: orjson.dumps(_ROW_FIELDS)},
+)
+"""Columns of a WAL segment as written: ``wal_seq`` and ``row``, a JSON array of the record's
+fields in the order the metadata's ``roost.wal.row_fields`` names (``ts``: epoch microseconds)."""
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 _SEGMENT = re.compile(r"seg-(\d{19})-(\d{6,})\.arrow")
 _NEW_DIR_PREFIX = ".new-"
@@ -178,8 +201,37 @@ def list_segments(directory: Path) -> list[Path]:
     return [directory / n for n in sorted(names) if _SEGMENT.fullmatch(n)]
 
 
+def _epoch_us(value: object) -> int:
+    if isinstance(value, datetime):
+        return (value - _EPOCH) // _MICROSECOND  # exact, where ``timestamp()`` is a float
+    raise TypeError(f"prediction record field of type {type(value).__name__} is not JSON")
+
+
+def records_to_compact_batch(records: Sequence[PredictionRecord], first_seq: int) -> pa.RecordBatch:
+    """The records as one record batch in :data:`COMPACT_WAL_SCHEMA`, numbered from
+    ``first_seq``: one ``orjson.dumps`` per record and two arrays built from buffers."""
+    rows = [
+        orjson.dumps(_record_fields(r), default=_epoch_us, option=orjson.OPT_PASSTHROUGH_DATETIME)
+        for r in records
+    ]
+    n = len(rows)
+    offsets = array("i", accumulate(map(len, rows), initial=0))
+    seqs = array("q", range(first_seq, first_seq + n))
+    return pa.RecordBatch.from_arrays(
+        [
+            pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(seqs)]),
+            pa.Array.from_buffers(
+                pa.binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(rows))]
+            ),
+        ],
+        schema=COMPACT_WAL_SCHEMA,
+    )
+
+
 def records_to_wal_batch(records: Sequence[PredictionRecord], first_seq: int) -> pa.RecordBatch:
-    """The records as one record batch in :data:`WAL_SCHEMA`, numbered from ``first_seq``."""
+    """The records as one record batch in the full :data:`WAL_SCHEMA`, numbered from
+    ``first_seq`` (the format segments had before :data:`COMPACT_WAL_SCHEMA`; erasure still
+    rewrites segments in it)."""
     # One conversion of row tuples to a struct array: about a third of the time of one
     # ``pa.array`` per column for the lone record of a request at one connection.
     rows = [(*_record_fields(r), first_seq + i) for i, r in enumerate(records)]
@@ -194,8 +246,9 @@ def warm_up() -> None:
         request_id="warm-up", ts=datetime.now(UTC), model="warm-up", version=0, inputs="",
         outputs="", latency_ms=0.0, status=0, user_id=None, protocol="", error=None,
     )  # fmt: skip
-    batch = records_to_wal_batch([record], 0)
-    table = pa.Table.from_batches([pa.ipc.read_record_batch(batch.serialize(), WAL_SCHEMA)])
+    batch = records_to_compact_batch([record], 0)
+    compact = pa.ipc.read_record_batch(batch.serialize(), COMPACT_WAL_SCHEMA)
+    table = _expand(pa.Table.from_batches([compact]))
     dates = pc.cast(table.column("ts"), pa.date32())
     keys = pa.table({"model": table.column("model"), "date": dates, "row": [0]})
     keys.group_by(["model", "date"], use_threads=False).aggregate([("row", "list")])
@@ -211,7 +264,7 @@ def read_segment(path: Path, *, truncate: bool = False) -> SegmentContents:
     kept once, first occurrence first.
     """
     data = path.read_bytes()
-    table = _read_whole(data)
+    table = _read_whole(data, path)
     if table is not None:
         return _dedupe(path, SegmentContents(table, len(data), len(data)))
     reader = pa.BufferReader(pa.py_buffer(data))
@@ -224,8 +277,9 @@ def read_segment(path: Path, *, truncate: bool = False) -> SegmentContents:
         schema = None  # a crash while the segment was being created: nothing in it
         if data:
             logger.warning("prediction log: %s: no complete schema message (%s)", path, exc)
+    compact = schema is not None and _is_compact(schema)
     if schema is not None:
-        if "wal_seq" not in schema.names or "request_id" not in schema.names:
+        if not compact and ("wal_seq" not in schema.names or "request_id" not in schema.names):
             raise SegmentSchemaError(f"{path}: not a prediction-log WAL segment (schema {schema})")
         valid = reader.tell()
         try:
@@ -235,13 +289,17 @@ def read_segment(path: Path, *, truncate: bool = False) -> SegmentContents:
                     raise ValueError(f"unexpected {message.type} message")
                 batch = pa.ipc.read_record_batch(message, schema)
                 batch.validate(full=True)
-                batches.append(_conform(batch))
+                batches.append(batch if compact else _conform(batch))
                 valid = reader.tell()
         except StopIteration:
             pass
         except (pa.ArrowException, OSError, ValueError) as exc:
             logger.warning("prediction log: %s: torn tail after byte %d (%s)", path, valid, exc)
-    table = pa.Table.from_batches(batches, schema=WAL_SCHEMA)
+    if compact:
+        assert schema is not None
+        table = _expand(pa.Table.from_batches(batches, schema=schema), path)
+    else:
+        table = pa.Table.from_batches(batches, schema=WAL_SCHEMA)
     contents = _dedupe(path, SegmentContents(table, valid, len(data)))
     if truncate and contents.torn:
         with open(path, "r+b") as handle:
@@ -254,15 +312,16 @@ def read_segment(path: Path, *, truncate: bool = False) -> SegmentContents:
     return contents
 
 
-def _read_whole(data: bytes) -> pa.Table | None:
+def _read_whole(data: bytes, path: Path) -> pa.Table | None:
     """The common case in one call (Arrow's C++ reader, not a Python loop per message, so a
-    seal holds the GIL for less): a segment in today's schema whose every message is whole.
-    None when it is not (an older schema, a torn or malformed tail): read it message by
-    message."""
+    seal holds the GIL for less): a segment in the compact or the full schema whose every
+    message is whole, in :data:`WAL_SCHEMA`. None when it is not (an older schema, a torn or
+    malformed tail): read it message by message."""
     reader = pa.BufferReader(pa.py_buffer(data))
     try:
         stream = pa.ipc.open_stream(reader)
-        if not stream.schema.equals(WAL_SCHEMA):
+        compact = _is_compact(stream.schema)
+        if not compact and not stream.schema.equals(WAL_SCHEMA):
             return None
         table = stream.read_all()
         table.validate(full=True)
@@ -270,7 +329,37 @@ def _read_whole(data: bytes) -> pa.Table | None:
         return None
     if reader.tell() != len(data):
         return None
-    return table.combine_chunks()
+    return _expand(table, path) if compact else table.combine_chunks()
+
+
+def _is_compact(schema: pa.Schema) -> bool:
+    return bool(schema.equals(COMPACT_WAL_SCHEMA))
+
+
+def _expand(table: pa.Table, path: Path | None = None) -> pa.Table:
+    """A table in :data:`COMPACT_WAL_SCHEMA` as one in :data:`WAL_SCHEMA`: every row's JSON
+    decoded in one ``orjson.loads`` and converted in one ``pa.array`` (fields the segment's
+    writer did not know get their defaults, fields this version does not know are dropped)."""
+    metadata = table.schema.metadata or {}
+    try:
+        names = tuple(orjson.loads(metadata.get(_ROW_FIELDS_KEY, b"null")) or _ROW_FIELDS)
+        rows = orjson.loads(b"[" + b",".join(table.column("row").to_pylist()) + b"]")
+        known = [(i, WAL_SCHEMA.field(n)) for i, n in enumerate(names) if n in WAL_SCHEMA.names]
+        seqs = table.column("wal_seq").to_pylist()
+        tuples = [(*(row[i] for i, _ in known), seq) for row, seq in zip(rows, seqs, strict=True)]
+        struct = pa.struct(
+            [f.with_nullable(True) for _, f in known] + [WAL_SCHEMA.field("wal_seq")]
+        )
+        batch = pa.RecordBatch.from_struct_array(pa.array(tuples, type=struct))
+    except (orjson.JSONDecodeError, pa.ArrowException, IndexError, TypeError, ValueError) as exc:
+        raise SegmentSchemaError(f"{path}: a WAL row cannot be decoded: {exc}") from exc
+    # orjson writes a non-finite float as null; the full schema's floats are not nullable
+    for name in ("latency_ms",):
+        if name in batch.schema.names:
+            index = batch.schema.get_field_index(name)
+            filled = pc.fill_null(batch.column(index), float("nan"))
+            batch = batch.set_column(index, batch.schema.field(index), filled)
+    return pa.Table.from_batches([_conform(batch)], schema=WAL_SCHEMA)
 
 
 def _dedupe(path: Path, contents: SegmentContents) -> SegmentContents:
@@ -294,6 +383,8 @@ def _conform(batch: pa.RecordBatch) -> pa.RecordBatch:
     get the record's default (null when there is none), columns it has extra are dropped."""
     if batch.schema.equals(WAL_SCHEMA):
         return batch
+    if batch.schema.names == WAL_SCHEMA.names:  # the same columns (nullability may differ)
+        return pa.RecordBatch.from_arrays(batch.columns, schema=WAL_SCHEMA)
     defaults = {
         f.name: f.default
         for f in dataclasses.fields(PredictionRecord)
@@ -532,7 +623,7 @@ class WriteAheadLog:
         self._segment_number += 1
         path = self.directory / segment_name(created, number)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
-        schema = WAL_SCHEMA.serialize()
+        schema = COMPACT_WAL_SCHEMA.serialize()
         try:
             _write_all(fd, schema)
         except BaseException:
@@ -562,7 +653,7 @@ class WriteAheadLog:
                 segment = self._segment
                 if segment is None:
                     segment = self._segment = self._new_segment()
-                data = records_to_wal_batch(records, self._seq).serialize()
+                data = records_to_compact_batch(records, self._seq).serialize()
                 try:
                     _write_all(segment.fd, data)
                 except BaseException:

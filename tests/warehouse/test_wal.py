@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import math
 import os
 import signal
 import subprocess
@@ -11,10 +13,11 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pyarrow as pa
 import pytest
 
@@ -32,7 +35,13 @@ from warehouse import (
     read_segment,
     run_query,
 )
-from warehouse.wal import list_segments, records_to_wal_batch
+from warehouse.wal import (
+    COMPACT_WAL_SCHEMA,
+    list_segments,
+    records_to_compact_batch,
+    records_to_wal_batch,
+    segment_name,
+)
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 _ids = iter(range(10**9))
@@ -87,9 +96,7 @@ def wal_writer(
 
 
 def logged(root: Path) -> list[tuple[str, int]]:
-    _, rows = run_query(
-        root, "select request_id, count(*) from predictions group by 1 order by 1"
-    )
+    _, rows = run_query(root, "select request_id, count(*) from predictions group by 1 order by 1")
     return [(r, int(n)) for r, n in rows]
 
 
@@ -403,54 +410,177 @@ def test_writers_without_write_table_get_records(tmp_path: Path) -> None:
 # -- reading segments ----------------------------------------------------------------------------
 
 
-def _write_segment(path: Path, *parts: bytes) -> None:
+FORMATS = ["compact", "full"]
+"""Segment formats: today's (``wal_seq`` + a JSON row) and the full schema (written before, and
+by erasure's rewrites of dead writers' segments)."""
+
+
+def _schema_bytes(fmt: str = "compact") -> bytes:
+    schema = COMPACT_WAL_SCHEMA if fmt == "compact" else WAL_SCHEMA
+    return bytes(schema.serialize().to_pybytes())
+
+
+def _write_segment(path: Path, *parts: bytes, fmt: str = "compact") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(WAL_SCHEMA.serialize().to_pybytes() + b"".join(parts))
+    path.write_bytes(_schema_bytes(fmt) + b"".join(parts))
 
 
-def _batch(ids: list[str], first_seq: int) -> bytes:
+def _batch(ids: list[str], first_seq: int, fmt: str = "compact") -> bytes:
     records = [make_record(request_id=r) for r in ids]
-    return bytes(records_to_wal_batch(records, first_seq).serialize().to_pybytes())
+    encode = records_to_compact_batch if fmt == "compact" else records_to_wal_batch
+    return bytes(encode(records, first_seq).serialize().to_pybytes())
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("cut", [1, 7, 40, 200])
-def test_torn_tail_is_truncated(tmp_path: Path, cut: int) -> None:
+def test_torn_tail_is_truncated(tmp_path: Path, cut: int, fmt: str) -> None:
     path = tmp_path / "seg-0000000000000000001-000000.arrow"
-    good = _batch(["a", "b"], 0) + _batch(["c"], 2)
-    torn = _batch(["d", "e"], 3)
-    _write_segment(path, good, torn[:cut])
+    good = _batch(["a", "b"], 0, fmt) + _batch(["c"], 2, fmt)
+    torn = _batch(["d", "e"], 3, fmt)
+    _write_segment(path, good, torn[:cut], fmt=fmt)
     contents = read_segment(path, truncate=True)
     assert contents.table.column("request_id").to_pylist() == ["a", "b", "c"]
+    assert contents.table.schema.equals(WAL_SCHEMA)
     assert contents.torn
     assert path.stat().st_size == contents.valid_bytes
     again = read_segment(path)
     assert not again.torn and again.table.num_rows == 3
 
 
-def test_zeroed_tail_and_empty_segments(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_zeroed_tail_and_empty_segments(tmp_path: Path, fmt: str) -> None:
     path = tmp_path / "seg-0000000000000000001-000000.arrow"
-    _write_segment(path, _batch(["a"], 0), b"\0" * 512)  # what a power cut can leave
+    _write_segment(path, _batch(["a"], 0, fmt), b"\0" * 512, fmt=fmt)  # what a power cut leaves
     contents = read_segment(path, truncate=True)
     assert contents.table.column("request_id").to_pylist() == ["a"]
     assert contents.torn
-    for data in [b"", WAL_SCHEMA.serialize().to_pybytes()[:10]]:
+    for data in [b"", _schema_bytes(fmt)[:10], _schema_bytes(fmt)]:
         path.write_bytes(data)
-        assert read_segment(path, truncate=True).table.num_rows == 0
+        table = read_segment(path, truncate=True).table
+        assert table.num_rows == 0 and table.schema.equals(WAL_SCHEMA)
 
 
-def test_duplicate_rows_in_a_segment_are_kept_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_duplicate_rows_in_a_segment_are_kept_once(tmp_path: Path, fmt: str) -> None:
     path = tmp_path / "seg-0000000000000000001-000000.arrow"
-    batch = _batch(["a", "b"], 0)
-    _write_segment(path, batch, batch, _batch(["c"], 2))
+    batch = _batch(["a", "b"], 0, fmt)
+    _write_segment(path, batch, batch, _batch(["c"], 2, fmt), fmt=fmt)
     assert read_segment(path).table.column("request_id").to_pylist() == ["a", "b", "c"]
+
+
+def _varied_records() -> list[PredictionRecord]:
+    """Records exercising every column: nulls, unicode, a non-UTC ``ts``, the router's fields."""
+    plain = make_record(request_id="plain")
+    tz = datetime(2024, 5, 1, 23, 59, 59, 999999, tzinfo=timezone(timedelta(hours=-7)))
+    return [
+        plain,
+        dataclasses.replace(
+            plain,
+            request_id="full",
+            ts=tz,
+            version=2**40,
+            inputs='{"s": "é\\u2028\\"q"}',
+            outputs="",
+            latency_ms=0.1 + 0.2,
+            status=503,
+            user_id="user-ü",
+            error="boom\n",
+            variant="b",
+            experiment="exp",
+            route="shadow",
+            shadow=True,
+            region="eu-west",
+        ),  # fmt: skip
+        dataclasses.replace(plain, request_id="old", ts=datetime(1969, 12, 31, 23, 59, tzinfo=UTC)),
+    ]
+
+
+def test_compact_rows_read_back_as_the_full_schema_exactly(tmp_path: Path) -> None:
+    records = _varied_records()
+    path = tmp_path / "seg-0000000000000000001-000000.arrow"
+    compact = records_to_compact_batch(records, 5).serialize().to_pybytes()
+    _write_segment(path, compact)
+    table = read_segment(path).table
+    expected = pa.Table.from_batches([records_to_wal_batch(records, 5)])
+    assert table.schema.equals(WAL_SCHEMA)
+    assert table.equals(expected)
+    assert table.column("ts").to_pylist()[1] == records[1].ts  # same instant, read back in UTC
+    assert table.column("ts").type == pa.timestamp("us", tz="UTC")
+
+
+def test_compact_rows_of_another_version_get_defaults(tmp_path: Path) -> None:
+    """A writer that knew other fields: those this version lacks are dropped, the missing get
+    their default (the field order comes from the segment's schema metadata)."""
+    names = [n for n in WAL_SCHEMA.names if n not in ("wal_seq", "region", "shadow")]
+    schema = COMPACT_WAL_SCHEMA.with_metadata(
+        {b"roost.wal.row_fields": orjson.dumps(["future", *reversed(names)])}
+    )
+    record = _varied_records()[1]
+    values = [getattr(record, n) for n in reversed(names)]
+    values[values.index(record.ts)] = (record.ts - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(
+        microseconds=1
+    )
+    batch = pa.record_batch(
+        [pa.array([0], pa.int64()), pa.array([orjson.dumps(["x", *values])], pa.binary())],
+        schema=schema,
+    )
+    path = tmp_path / "seg-0000000000000000001-000000.arrow"
+    path.write_bytes(schema.serialize().to_pybytes() + batch.serialize().to_pybytes())
+    [row] = read_segment(path).table.to_pylist()
+    assert row["request_id"] == "full" and row["user_id"] == "user-ü"
+    assert row["shadow"] is False and row["region"] is None
+
+
+def test_non_finite_latency_reads_back_as_nan(tmp_path: Path) -> None:
+    record = dataclasses.replace(make_record(request_id="inf"), latency_ms=float("inf"))
+    path = tmp_path / "seg-0000000000000000001-000000.arrow"
+    _write_segment(path, records_to_compact_batch([record], 0).serialize().to_pybytes())
+    [latency] = read_segment(path).table.column("latency_ms").to_pylist()
+    assert math.isnan(latency)  # JSON has no infinity: orjson writes null
+
+
+def test_legacy_and_compact_segments_are_recovered_together(tmp_path: Path) -> None:
+    """An upgraded gateway finds a dead writer's segments in the old full schema (or rewritten
+    by erasure) next to compact ones: all are sealed, each row once, every column intact."""
+    records = _varied_records()
+    dead = tmp_path / WAL_DIR / "dead"
+    dead.mkdir(parents=True)
+    (dead / "LOCK").touch()
+    full = [dataclasses.replace(r, request_id=f"legacy-{r.request_id}") for r in records]
+    _write_segment(
+        dead / segment_name(1, 0),
+        records_to_wal_batch(full[:2], 0).serialize().to_pybytes(),
+        records_to_wal_batch(full[2:], 2).serialize().to_pybytes(),
+        _batch(["torn"], 3, "full")[:60],
+        fmt="full",
+    )
+    compact = [dataclasses.replace(r, request_id=f"compact-{r.request_id}") for r in records]
+    _write_segment(
+        dead / segment_name(2, 1), records_to_compact_batch(compact, 3).serialize().to_pybytes()
+    )
+    live = wal_writer(tmp_path, "live", recover_orphans=True)
+    live.start()
+    try:
+        wait_for(lambda: not dead.exists())
+        columns = ", ".join(n for n in WAL_SCHEMA.names if n != "wal_seq")
+        _, rows = run_query(tmp_path, f"select {columns} from predictions order by request_id")
+    finally:
+        live.close()
+    expected = pa.Table.from_batches([records_to_wal_batch(compact + full, 0)])
+    expected = expected.sort_by("request_id").drop_columns(["wal_seq"]).to_pylist()
+    assert [r[0] for r in rows] == [e["request_id"] for e in expected]
+    for row, want in zip(rows, expected, strict=True):
+        got = dict(zip(columns.split(", "), row, strict=True))
+        assert got["ts"] == want["ts"], got["request_id"]
+        assert {k: v for k, v in got.items() if k != "ts"} == {
+            k: v for k, v in want.items() if k != "ts"
+        }
 
 
 def test_segments_with_older_columns_are_read(tmp_path: Path) -> None:
     older = pa.schema([f for f in WAL_SCHEMA if f.name not in ("user_id", "error")])
     batch = records_to_wal_batch([make_record(request_id="old")], 0)
-    old_batch = pa.RecordBatch.from_arrays(
-        [batch.column(f.name) for f in older], schema=older
-    )
+    old_batch = pa.RecordBatch.from_arrays([batch.column(f.name) for f in older], schema=older)
     path = tmp_path / "seg-0000000000000000001-000000.arrow"
     path.write_bytes(older.serialize().to_pybytes() + old_batch.serialize().to_pybytes())
     table = read_segment(path).table
