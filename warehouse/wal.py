@@ -15,7 +15,7 @@ in the full schema (written before, or rewritten by erasure) are read as they ar
 Group commit: :meth:`WriteAheadLog.append` puts the record on a list under a lock. On an event
 loop it schedules one callback on that loop (``call_soon``), which runs after the callbacks that
 are ready now and so takes *every* record appended in that loop iteration: it serializes them as
-one record batch and writes it with one ``write(2)`` on the loop (tens of microseconds, no thread
+one record batch and writes it with one ``write(2)`` on the loop (microseconds, no thread
 hop). Appends from other threads are written the same way by the syncer thread. Then, by
 ``durability`` (:class:`Durability`; the three levels of MySQL's
 ``innodb_flush_log_at_trx_commit``, see docs/durability.md):
