@@ -383,7 +383,8 @@ def _conform(batch: pa.RecordBatch) -> pa.RecordBatch:
     get the record's default (null when there is none), columns it has extra are dropped."""
     if batch.schema.equals(WAL_SCHEMA):
         return batch
-    if batch.schema.names == WAL_SCHEMA.names:  # the same columns (nullability may differ)
+    if batch.schema.names == WAL_SCHEMA.names and batch.schema.types == WAL_SCHEMA.types:
+        # the same columns, only nullability differs (a decoded compact segment)
         return pa.RecordBatch.from_arrays(batch.columns, schema=WAL_SCHEMA)
     defaults = {
         f.name: f.default
