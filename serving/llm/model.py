@@ -7,7 +7,10 @@
   values go into the sequence's cache buffer;
 * :meth:`CausalLM.decode`: one new token for each of B sequences; their caches are
   left-padded to the longest (padding masked out by ``attention_mask``, explicit
-  ``position_ids``), and only the new position's keys and values are copied back.
+  ``position_ids``), and only the new position's keys and values are copied back. While the
+  batch stays the same from one step to the next, the previous step's ``present`` outputs are
+  fed back as the ``past`` inputs as they are (no copy); the padded batch is assembled again
+  from the sequences' buffers only when a sequence joins or leaves.
 
 A sequence's cache is a :class:`KVCache` buffer of its reserved size (prompt + ``max_tokens``
 positions), allocated once when the scheduler admits it: nothing grows while it decodes.
@@ -15,6 +18,7 @@ positions), allocated once when the scheduler admits it: nothing grows while it 
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass
 
@@ -29,6 +33,7 @@ CONFIG_KEY = "roost.llm.config"
 TOKENIZER_KEY = "roost.llm.tokenizer"
 CHAT_TEMPLATE_KEY = "roost.llm.chat_template"
 DEFAULT_CHAT_TEMPLATE = "<|{role}|>{content}<|eos|>"
+_SERIALS = itertools.count()
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,7 @@ class KVCache:
             (config.n_layers, 2, config.n_heads, capacity, config.head_dim), np.float32
         )
         self.length = 0
+        self.serial = next(_SERIALS)
 
     @property
     def capacity(self) -> int:
@@ -99,6 +105,8 @@ class CausalLM:
         self._past = [
             (f"past_key_values.{i}.key", f"past_key_values.{i}.value") for i in range(layers)
         ]
+        # the last decode step's batch: (cache serials and lengths, presents, attention mask)
+        self._last: tuple[list[tuple[int, int]], list[np.ndarray], np.ndarray] | None = None
 
     def _run(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
         results = self.session.run(self._outputs, feeds)
@@ -129,24 +137,36 @@ class CausalLM:
         cfg = self.config
         batch = len(tokens)
         lengths = [c.length for c in caches]
-        longest = max(lengths)
-        past = np.zeros(
-            (cfg.n_layers, 2, batch, cfg.n_heads, longest, cfg.head_dim), np.float32
-        )
-        mask = np.zeros((batch, longest + 1), np.int64)
-        for b, cache in enumerate(caches):
-            n = cache.length
-            if n:
-                past[:, :, b, :, longest - n :] = cache.buffer[:, :, :, :n]
-            mask[b, longest - n :] = 1
         feeds: dict[str, np.ndarray] = {
             "input_ids": np.asarray(tokens, np.int64)[:, None],
             "position_ids": np.asarray(lengths, np.int64)[:, None],
-            "attention_mask": mask,
         }
-        for i, (key_name, value_name) in enumerate(self._past):
-            feeds[key_name] = past[i, 0]
-            feeds[value_name] = past[i, 1]
+        members = [(c.serial, c.length) for c in caches]
+        last = self._last
+        if last is not None and last[0] == [(s, n - 1) for s, n in members]:
+            # the same batch as the last step: its outputs are this step's cache
+            _, presents, previous = last
+            feeds["attention_mask"] = mask = np.concatenate(
+                [previous, np.ones((batch, 1), np.int64)], axis=1
+            )
+            for i, (key_name, value_name) in enumerate(self._past):
+                feeds[key_name] = presents[2 * i]
+                feeds[value_name] = presents[2 * i + 1]
+        else:
+            longest = max(lengths)
+            past = np.zeros(
+                (cfg.n_layers, 2, batch, cfg.n_heads, longest, cfg.head_dim), np.float32
+            )
+            mask = np.zeros((batch, longest + 1), np.int64)
+            for b, cache in enumerate(caches):
+                n = cache.length
+                if n:
+                    past[:, :, b, :, longest - n :] = cache.buffer[:, :, :, :n]
+                mask[b, longest - n :] = 1
+            feeds["attention_mask"] = mask
+            for i, (key_name, value_name) in enumerate(self._past):
+                feeds[key_name] = past[i, 0]
+                feeds[value_name] = past[i, 1]
         logits, presents = self._run(feeds)
         for b, cache in enumerate(caches):
             n = cache.length
@@ -154,6 +174,7 @@ class CausalLM:
                 cache.buffer[i, 0, :, n] = presents[2 * i][b, :, -1]
                 cache.buffer[i, 1, :, n] = presents[2 * i + 1][b, :, -1]
             cache.length = n + 1
+        self._last = ([(c.serial, c.length) for c in caches], presents, mask)
         return np.asarray(logits[:, -1])
 
     def encode(self, text: str) -> list[int]:
