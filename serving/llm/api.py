@@ -115,8 +115,18 @@ async def collect(request: Request, run: Run) -> Outcome | None:
     return work.result()
 
 
+_LINE_BREAKS = ((b"\xc2\x85", b"\\u0085"), (b"\xe2\x80\xa8", b"\\u2028"),
+                (b"\xe2\x80\xa9", b"\\u2029"))
+
+
 def sse(payload: Any) -> bytes:
-    return b"data: " + orjson.dumps(payload) + b"\n\n"
+    """One server-sent event. U+0085, U+2028 and U+2029 are escaped: JSON allows them raw, but
+    clients that split the stream with ``str.splitlines`` would cut the event there."""
+    data = orjson.dumps(payload)
+    for raw, escaped in _LINE_BREAKS:
+        if raw in data:
+            data = data.replace(raw, escaped)
+    return b"data: " + data + b"\n\n"
 
 
 def headers_of(run: Run) -> dict[str, str]:

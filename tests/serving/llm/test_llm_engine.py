@@ -256,3 +256,13 @@ def test_seeded_sampling_is_reproducible_whatever_the_batch(tiny: CausalLM, engi
 
     alone, in_batch = asyncio.run(run())
     assert alone == in_batch and alone
+
+
+def test_server_sent_events_survive_unicode_line_breaks_in_text() -> None:
+    import json
+
+    from serving.llm.api import sse
+
+    event = sse({"text": "a\u2028b\x85c\u2029"})
+    assert event.endswith(b"\n\n") and len(event.decode().strip().splitlines()) == 1
+    assert json.loads(event[6:])["text"] == "a\u2028b\x85c\u2029"
