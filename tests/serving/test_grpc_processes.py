@@ -31,11 +31,14 @@ CHILD = "serving.grpc_processes"
 
 def grpc_children() -> list[psutil.Process]:
     """This test process's gRPC child processes (started by the embedded gateway)."""
-    return [
-        p for p in psutil.Process().children(recursive=True)
-        if CHILD in " ".join(p.cmdline()) and p.is_running()
-        and p.status() != psutil.STATUS_ZOMBIE
-    ]
+    found = []
+    for p in psutil.Process().children(recursive=True):
+        try:  # a child killed a moment ago is a zombie until reaped: its cmdline() raises
+            if CHILD in " ".join(p.cmdline()) and p.status() != psutil.STATUS_ZOMBIE:
+                found.append(p)
+        except psutil.Error:
+            continue
+    return found
 
 
 def listens_on(proc: psutil.Process, port: int) -> bool:
