@@ -138,6 +138,8 @@ class DynamicBatcher:
         # instance; anything slower, or several instances, runs on the instances' threads.
         self._inline = len(self._runners) == 1
         self._typical_s = float("inf")
+        self._consumer_idle = False  # the (one) consumer waits for work: nothing is running
+        self._burst = False  # a request was submitted in this event-loop iteration
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -252,7 +254,13 @@ class DynamicBatcher:
                 f"{timeout:g} ms; it was not run"
             )
         probe = self.breaker.admit() if self.breaker is not None else False
-        future: asyncio.Future[Tensors] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        if not self._burst:  # the first request of this event-loop iteration
+            self._burst = True
+            loop.call_soon(self._end_burst)
+            if self._consumer_idle and not self._queue and self._runs_here():
+                return self._run_here(feeds, rows)
+        future: asyncio.Future[Tensors] = loop.create_future()
         pending = _Pending(feeds, rows, deadline, now, arrived, future, _compat(feeds), probe)
         self._queue.append(pending)
         self._wakeup.set()
@@ -271,7 +279,11 @@ class DynamicBatcher:
                 stuck = None
             while not self._queue:
                 self._wakeup.clear()
-                await self._wakeup.wait()
+                self._consumer_idle = True
+                try:
+                    await self._wakeup.wait()
+                finally:
+                    self._consumer_idle = False
             batch = await self._collect()
             if not batch:
                 continue
@@ -454,16 +466,54 @@ class DynamicBatcher:
             0.9 * self._typical_s + 0.1 * took_s
         )
 
+    def _end_burst(self) -> None:
+        self._burst = False
+
+    def _runs_here(self) -> bool:
+        """Whether a request that is the first of its event-loop iteration, finds the queue
+        empty and the consumer idle runs in its own task: a fast model (typical batch under
+        ``INLINE_BELOW_S``) on one synchronous instance, and no batching delay asked for. It
+        saves the hand-off to the consumer task and back (two event-loop iterations and a
+        future) for a lone request (one in flight); requests arriving together (the rest of the
+        iteration) still queue and are merged into one batch."""
+        return (
+            self._inline
+            and self._typical_s < INLINE_BELOW_S
+            and not self.config.max_queue_delay_ms
+            and not inspect.iscoroutinefunction(self._runners[0])
+        )
+
+    def _run_here(self, feeds: Tensors, rows: int) -> Tensors:
+        """One request's batch, run in the caller's task (see :meth:`_runs_here`)."""
+        started = time.monotonic()
+        try:
+            outputs, took_s = _timed_run(cast(SyncRunFn, self._runners[0]), feeds)
+        except RoostError as exc:
+            self._count(rows, started, 0.0)
+            self._outcome(exc)
+            raise
+        except Exception as exc:  # the model failed, as in a queued batch
+            error = RoostError(f"{self.name}: inference failed: {exc}")
+            self._count(rows, started, 0.0)
+            self._outcome(error)
+            raise error from None
+        self._learn(took_s)
+        self._count(rows, started, 0.0)
+        self._outcome(None)
+        return outputs
+
     def _record(self, batch: list[_Pending], started: float) -> None:
+        self._count(sum(p.rows for p in batch), started,
+                    max(started - p.enqueued for p in batch))
+
+    def _count(self, rows: int, started: float, waited: float) -> None:
         took = time.monotonic() - started
-        rows = sum(p.rows for p in batch)
         stats = self.stats
         stats.batches += 1
         stats.rows += rows
         stats.last_batch_rows = rows
         stats.batch_sizes[rows] += 1
         if self._observe is not None:
-            waited = max(started - p.enqueued for p in batch)
             self._observe(rows, waited, took, len(self._queue))
 
 

@@ -210,3 +210,38 @@ def test_instances_run_batches_in_parallel() -> None:
 
     asyncio.run(scenario())
     assert peak == 2
+
+
+def test_a_lone_request_on_a_fast_model_runs_in_its_own_task_and_a_burst_still_merges() -> None:
+    """Once the model is known to be fast, a request that is alone in its event-loop iteration
+    runs on the loop in the caller's task (no hand-off to the consumer); requests arriving
+    together still queue behind it and are merged into one batch."""
+    backend = onnx_backend()
+    threads: list[str] = []
+    sizes: list[int] = []
+
+    def model(feeds: Tensors) -> Tensors:
+        threads.append(threading.current_thread().name)
+        sizes.append(len(feeds["input"]))
+        return backend.infer(feeds)
+
+    async def scenario() -> None:
+        batcher = DynamicBatcher("m:1", [model], ServingConfig(max_batch_size=16))
+        batcher.start()
+        await batcher.submit(rows(1, seed=0))  # the first call learns the model's time
+        assert threads[-1].startswith("roost-m:1")
+        await asyncio.sleep(0)
+        lone = rows(2, seed=1)
+        result = await batcher.submit(lone)
+        assert threads[-1] == threading.main_thread().name and sizes[-1] == 2
+        np.testing.assert_array_equal(result["label"], backend.infer(lone)["label"])
+        await asyncio.sleep(0)
+        burst = [rows(1, seed=10 + i) for i in range(6)]
+        results = await asyncio.gather(*(batcher.submit(r) for r in burst))
+        assert sizes[-2:] == [1, 5], sizes  # the first ran at once, the other five merged
+        for request, answer in zip(burst, results, strict=True):
+            np.testing.assert_array_equal(answer["label"], backend.infer(request)["label"])
+        assert batcher.stats.batches == len(sizes)
+        await batcher.stop()
+
+    asyncio.run(scenario())
