@@ -296,7 +296,9 @@ def run_up(settings: RoostSettings, *, skip_pipeline: bool = False, verbose: boo
     elif not skip_pipeline:
         _say("demo models already deployed; reusing them")
     if not skip_pipeline:  # roost-lm, when ROOST_LLM_DEMO=1 (make up sets it)
-        __import__("orchestration.cli_llm").cli_llm.run_llm_demo_for_up(settings, logs, verbose)
+        from orchestration.cli_llm import run_llm_demo_for_up  # JAX only when it runs
+
+        run_llm_demo_for_up(settings, logs, verbose)
 
     env = dict(os.environ)
     bindir = Path(sys.executable).parent
