@@ -47,6 +47,22 @@ T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 _ids = iter(range(10**9))
 
 
+def fail_next_sync(monkeypatch: pytest.MonkeyPatch, *, armed: bool) -> dict[str, bool]:
+    """Make the WAL's next fdatasync fail with EIO once ``fail["next"]`` is set (``armed``:
+    already set); later syncs are real."""
+    real = wal_module._sync_data
+    fail = {"next": armed}
+
+    def flaky_sync(fd: int) -> None:
+        if fail["next"]:
+            fail["next"] = False
+            raise OSError(5, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(wal_module, "_sync_data", flaky_sync)
+    return fail
+
+
 def make_record(model: str = "iris", *, request_id: str | None = None) -> PredictionRecord:
     n = next(_ids)
     return PredictionRecord(
@@ -251,16 +267,7 @@ def test_failed_background_sync_keeps_written_records(
 ) -> None:
     """``write``: a failed fdatasync cannot take back answers already given; the records stay
     and the next ones go to a new segment."""
-    real = wal_module._sync_data
-    fail = {"next": True}
-
-    def flaky_sync(fd: int) -> None:
-        if fail["next"]:
-            fail["next"] = False
-            raise OSError(5, "Input/output error")
-        real(fd)
-
-    monkeypatch.setattr(wal_module, "_sync_data", flaky_sync)
+    fail = fail_next_sync(monkeypatch, armed=True)
     writer = wal_writer(tmp_path, durability="write", sync_interval_s=0.001)
     writer.start()
     try:
@@ -278,16 +285,7 @@ def test_failed_background_sync_keeps_written_records(
 def test_failed_sync_fails_the_group_and_the_next_group_succeeds(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = wal_module._sync_data
-    fail = {"next": False}
-
-    def flaky_sync(fd: int) -> None:
-        if fail["next"]:
-            fail["next"] = False
-            raise OSError(5, "Input/output error")
-        real(fd)
-
-    monkeypatch.setattr(wal_module, "_sync_data", flaky_sync)
+    fail = fail_next_sync(monkeypatch, armed=False)
     writer = wal_writer(tmp_path)
     writer.start()
     try:
