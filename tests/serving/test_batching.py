@@ -230,15 +230,22 @@ def test_a_lone_request_on_a_fast_model_runs_in_its_own_task_and_a_burst_still_m
         batcher.start()
         await batcher.submit(rows(1, seed=0))  # the first call learns the model's time
         assert threads[-1].startswith("roost-m:1")
+        # Lone requests: once the learnt time is under INLINE_BELOW_S (a cold or preempted
+        # first call on a busy machine can take longer), they run on the loop, in their task.
+        for attempt in range(200):
+            await asyncio.sleep(0)
+            lone = rows(2, seed=1 + attempt)
+            result = await batcher.submit(lone)
+            np.testing.assert_array_equal(result["label"], backend.infer(lone)["label"])
+            if threads[-1] == threading.main_thread().name:
+                break
+        assert threads[-1] == threading.main_thread().name and sizes[-1] == 2, threads[-3:]
         await asyncio.sleep(0)
-        lone = rows(2, seed=1)
-        result = await batcher.submit(lone)
-        assert threads[-1] == threading.main_thread().name and sizes[-1] == 2
-        np.testing.assert_array_equal(result["label"], backend.infer(lone)["label"])
-        await asyncio.sleep(0)
-        burst = [rows(1, seed=10 + i) for i in range(6)]
+        burst = [rows(1, seed=1000 + i) for i in range(6)]
+        before = len(sizes)
         results = await asyncio.gather(*(batcher.submit(r) for r in burst))
-        assert sizes[-2:] == [1, 5], sizes  # the first ran at once, the other five merged
+        ran = sizes[before:]
+        assert sum(ran) == 6 and len(ran) <= 2 and max(ran) >= 5, ran  # merged, not one by one
         for request, answer in zip(burst, results, strict=True):
             np.testing.assert_array_equal(answer["label"], backend.infer(request)["label"])
         assert batcher.stats.batches == len(sizes)
