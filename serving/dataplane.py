@@ -111,7 +111,7 @@ class DataPlane:
         if len(recent) > RECENT_REQUESTS:
             recent.popitem(last=False)
 
-    def _new_id(self) -> str:
+    def new_request_id(self) -> str:
         return f"{self._id_prefix}{next(self._id_counter):012x}"
 
     # -- metadata ---------------------------------------------------------------------------
@@ -155,7 +155,7 @@ class DataPlane:
         Every step is a method below; a step's :class:`RoostError` is logged against the version
         that would have answered (when there is one) and raised to the transport.
         """
-        request_id = request.id or context.request_id or self._new_id()
+        request_id = request.id or context.request_id or self.new_request_id()
         call = PipelineState(time.perf_counter(), request_id)
         try:
             if self.governance is not None:  # 451 before routing: nothing computed or logged
@@ -261,7 +261,7 @@ class DataPlane:
     ) -> NoReturn:
         """Log a payload the transport could not decode against the version that would have
         answered it, then raise ``error`` (an unknown model raises NotFound, unlogged)."""
-        request_id = preview.request_id or context.request_id or self._new_id()
+        request_id = preview.request_id or context.request_id or self.new_request_id()
         call = PipelineState(time.perf_counter(), request_id)
         call.loaded, call.decision = self.repository.route(model, version, _facts(context, None))
         await self.recorder.failure(model, call, context, preview.render(), error)
@@ -301,7 +301,7 @@ class DataPlane:
             status, error = exc.status_code, exc.message
         except Exception as exc:  # the shadow's failure stays the shadow's
             status, error = 500, f"shadow failed: {exc}"
-        self.recorder.shadow(copy, inputs, outputs, started, status, error)
+        self.recorder.shadow(copy.origin, inputs, outputs, started, status, error)
         if status != 200:
             raise RoostError(error or "shadow failed")
 

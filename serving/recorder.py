@@ -25,7 +25,7 @@ from serving.breaker import BreakerOpen
 from serving.metrics import GatewayMetrics
 from serving.protocol.json_codec import tensor_json
 from serving.router import Decision
-from serving.shadows import ShadowCopy
+from serving.shadows import ShadowOrigin
 from warehouse import LogUnavailable, PredictionLogWriter, PredictionRecord
 
 if TYPE_CHECKING:
@@ -116,11 +116,11 @@ class PredictionRecorder:
         )
 
     def shadow(
-        self, copy: ShadowCopy, inputs: str, outputs: str, started: float, status: int,
+        self, copy: ShadowOrigin, inputs: str, outputs: str, started: float, status: int,
         error: str | None,
     ) -> None:
-        """A shadow's answer (``shadow = true``, under the primary's request id); not
-        durable-waited: nobody receives this answer."""
+        """A shadow's answer (``shadow = true``, under the primary's request id ``copy``
+        names); not durable-waited: nobody receives this answer."""
         user_id = copy.user_id
         if self.governance is not None:
             user_id, inputs, outputs = self.governance.for_log(user_id, {}, inputs, outputs)

@@ -27,6 +27,18 @@ log = logging.getLogger("roost.serving")
 
 
 @dataclass(frozen=True, slots=True)
+class ShadowOrigin:
+    """Whose answer a shadow's log record stands beside: the primary's request (any kind of
+    request: tensors, or text for an LLM version)."""
+
+    model: str
+    version: int
+    request_id: str
+    user_id: str | None
+    protocol: str
+
+
+@dataclass(frozen=True, slots=True)
 class ShadowCopy:
     """A mirrored request: as the transport decoded it (``request``, adapted again for the
     shadow version) and as the primary saw it (``adapted``, rendered as ``inputs``; the shadow's
@@ -40,6 +52,11 @@ class ShadowCopy:
     inputs: str
     user_id: str | None
     protocol: str
+
+    @property
+    def origin(self) -> ShadowOrigin:
+        return ShadowOrigin(self.model, self.version, self.request_id, self.user_id,
+                            self.protocol)
 
 
 ShadowRunner = Callable[[ShadowCopy], Awaitable[None]]

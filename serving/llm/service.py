@@ -29,7 +29,7 @@ from serving.llm.remote import TritonGenerate
 from serving.pipeline import CallContext, PipelineState
 from serving.router import Decision, RequestFacts
 from serving.routing_table import LoadedVersion
-from serving.shadows import ShadowCopy
+from serving.shadows import ShadowOrigin
 
 log = logging.getLogger("roost.serving.llm")
 
@@ -201,7 +201,7 @@ class TextService:
         model, pinned = split_model(model_field) if version is None else (model_field, version)
         check_scope(context.principal, model)
         plane = self.plane
-        call = PipelineState(time.perf_counter(), context.request_id or plane._new_id())
+        call = PipelineState(time.perf_counter(), context.request_id or plane.new_request_id())
         inputs = inputs_json(request)
         if plane.governance is not None:
             plane.governance.admit(model, context.user_id)
@@ -247,9 +247,7 @@ class TextService:
             status, error = exc.status_code, exc.message
         except Exception as exc:  # a shadow's failure stays the shadow's
             status, error = 500, f"shadow failed: {exc}"
-        # ShadowCopy's request fields are read by the data plane's runner only, not the log
-        copy = ShadowCopy(model, version, request_id, cast(Any, None), cast(Any, None), inputs,
-                          context.user_id, context.protocol)
+        copy = ShadowOrigin(model, version, request_id, context.user_id, context.protocol)
         outputs = outputs_json(outcome) if status == 200 else ""
         self.plane.recorder.shadow(copy, inputs, outputs, started, status, error)
         if self.plane.metrics is not None:
