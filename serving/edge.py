@@ -60,7 +60,7 @@ from serving.bodies import (
 )
 from serving.protocol.types import DecodeLimits
 from serving.rest import handle_v2_infer
-from serving.shedding import Admission, reason_of
+from serving.shedding import ARRIVED, Admission, reason_of
 
 log = logging.getLogger("roost.serving")
 
@@ -162,7 +162,7 @@ async def _infer(
 ) -> None:
     """OIP v2 infer, without FastAPI (the same :func:`serving.rest.handle_v2_infer`); refused
     before the body is read when it would be refused anyway (:mod:`serving.shedding`)."""
-    arrived = time.monotonic()
+    arrived = scope["state"].get(ARRIVED) or time.monotonic()  # from the HTTP protocol
     plane = getattr(edge.owner.state, "dataplane", None)
     if plane is None:
         await send_error(send, ServiceUnavailable("the gateway is starting"))
@@ -288,6 +288,7 @@ class Edge:
         self.max_bytes = int(getattr(settings, "max_request_bytes", MAX_BODY_BYTES))
         self.limits = DecodeLimits.from_settings(settings)
         self.admission = Admission(int(getattr(settings, "max_inflight_requests", 128)))
+        owner.state.edge = self  # serving/http_protocol.py refuses early with it
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -45,7 +45,11 @@ RENDERED_KEPT = 256
 """Rendered refusals kept (the batchers and breakers share one error object while its message
 holds, so under overload one rendering serves many refusals)."""
 
-__all__ = ["Admission", "Overloaded", "reason_of"]
+ARRIVED = "arrived"
+"""``scope["state"]`` key of a request's arrival (``time.monotonic()``), set by the HTTP
+protocol when it read the headers (:mod:`serving.http_protocol`); the deadline counts from it."""
+
+__all__ = ["ARRIVED", "Admission", "Overloaded", "reason_of"]
 
 
 class Overloaded(ServiceUnavailable):

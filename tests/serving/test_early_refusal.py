@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 import orjson
 import pytest
+from refusal_testing import BODY, FAILING, ROW, post, quiet, read_response, rejected
 from roost_testing import deploy_model, make_failing_onnx, make_linear_onnx, running_gateway
 
 from registry import Registry, RoostSettings, ServingConfig, State
@@ -28,16 +29,6 @@ from registry.errors import DeadlineExceeded, ServiceUnavailable
 from serving import create_app
 from serving.batching import DynamicBatcher, QueueFull
 from serving.breaker import BreakerOpen, BreakerState, CircuitBreaker
-
-ROW = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
-BODY = orjson.dumps(ROW)
-FAILING = {"warmup_runs": 0, "breaker_failures": 1, "breaker_reset_ms": 600_000}
-
-
-def quiet(settings: RoostSettings, **update: Any) -> RoostSettings:
-    return settings.model_copy(
-        update={"grpc_port": 0, "log_flush_interval_s": 0.2, "poll_interval_s": 0.1, **update}
-    )
 
 
 class Body:
@@ -86,14 +77,6 @@ async def lifespan(app: Any) -> AsyncIterator[httpx.AsyncClient]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
             yield client
-
-
-def rejected(text: str, model: str, reason: str) -> float:
-    return sum(
-        float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-        if line.startswith("roost_rejected_requests_total{")
-        and f'model="{model}"' in line and f'reason="{reason}"' in line
-    )
 
 
 # -- through the ASGI app ---------------------------------------------------------------------
@@ -289,30 +272,6 @@ def test_breaker_refusal_does_not_take_the_probe() -> None:
 
 
 # -- on a real server: the connection after an early refusal -------------------------------------
-
-
-def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, "the server closed the connection"
-        data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    length = int(headers.get("content-length", "0"))
-    while len(rest) < length:
-        chunk = sock.recv(65536)
-        assert chunk, "the server closed the connection"
-        rest += chunk
-    return int(lines[0].split()[1]), headers, rest[:length]
-
-
-def post(path: str, body: bytes, extra: str = "") -> bytes:
-    return (
-        f"POST {path} HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n{extra}\r\n"
-    ).encode()
 
 
 def test_connection_stays_usable_after_an_early_refusal(
