@@ -140,8 +140,6 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
     import os
     import tempfile
 
-    import uvicorn
-
     settings = _settings()
     os.environ["ROOST_HOME"] = str(settings.home)  # the workers and their settings
     workers = workers or settings.workers
@@ -156,17 +154,21 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
         shared = tempfile.mkdtemp(prefix="metrics-", dir=settings.home)
         os.environ[MULTIPROC_ENV] = shared
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = shared  # prometheus_client's value storage
-    uvicorn.run(
-        "serving.app:create_app_from_env",
-        factory=True,
-        host=host or settings.host,
-        port=port or settings.http_port,
-        workers=workers,
-        log_level="warning",
-        access_log=False,
-        # uvicorn's httptools protocol, answering early refusals itself (serving/http_protocol.py)
-        http="serving.http_protocol:EarlyRefusalProtocol",
-    )
+    from serving.workers import AddressInUse, run_workers
+
+    try:  # N > 1: one SO_REUSEPORT socket per worker, supervised (serving/workers.py)
+        run_workers(
+            "serving.app:create_app_from_env",
+            host=host or settings.host,
+            port=port or settings.http_port,
+            workers=workers,
+            log_level="warning",
+            access_log=False,
+            # httptools protocol answering early refusals itself (serving/http_protocol.py)
+            http="serving.http_protocol:EarlyRefusalProtocol",
+        )
+    except AddressInUse as exc:
+        raise click.ClickException(f"--port: {exc.strerror}") from None
 
 
 @main.command("config")
