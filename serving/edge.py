@@ -181,7 +181,7 @@ async def _infer(
             body = await read_body(receive, edge.max_bytes, raw.get(b"content-encoding"))
             encoded, media_type, extra = await handle_v2_infer(
                 plane, model, version, body, headers, edge.limits, scope["state"]["principal"],
-                arrived,
+                arrived, admission.inflight == 1,
             )
         except ClientGone:
             return  # nobody to answer; nothing was run

@@ -186,7 +186,8 @@ class PredictionRecorder:
                 experiment=decision.experiment if decision else None,
                 route=decision.route if decision else None,
                 region=self.region,
-            )
+            ),
+            alone=defer is not None and context.alone,
         )
         if waiter is not None and defer is not None:
             defer.append(waiter)

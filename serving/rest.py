@@ -131,9 +131,13 @@ async def handle_v2_infer(
     limits: DecodeLimits,
     principal: Principal = ANONYMOUS,
     arrived: float | None = None,
+    alone: bool = False,
 ) -> tuple[bytes, str, dict[str, str]]:
     """One OIP v2 infer over HTTP: (response body, media type, extra headers); the queue
     deadline counts from ``arrived`` (``time.monotonic()`` when the edge took the request).
+    ``alone``: no other inference request is in flight in this process, so the log record's
+    fdatasync runs here, on the event loop, after the answer is encoded
+    (:attr:`CallContext.alone`).
 
     Decodes the body (v2 JSON, or Triton's binary tensor extension when
     ``Inference-Header-Content-Length`` is set) with ``limits``; a body that does not decode is
@@ -143,7 +147,7 @@ async def handle_v2_infer(
     durable: list[asyncio.Future[None]] = []  # the log record's sync, awaited after encoding
     context = CallContext(
         "v2-rest", headers.get(USER_HEADER), headers.get(REQUEST_ID_HEADER), headers,
-        principal=principal, arrived=arrived, durable=durable,
+        principal=principal, arrived=arrived, durable=durable, alone=alone,
     )
     header = headers.get(_HEADER_LENGTH)  # ASGI header names are lower-case
     try:
@@ -161,19 +165,25 @@ async def handle_v2_infer(
             result.model, str(result.version), result.request_id, result.outputs,
             result.response_parameters(),
         )
-        for waiter in durable:
-            await waiter  # LogUnavailable: 503, the answer never leaves
+        await _durable(plane, durable, alone)  # LogUnavailable: 503, the answer never leaves
         return encoded, "application/json", variant
     encoded, json_length = encode_binary_response(
         result.model, str(result.version), result.request_id, result.outputs, flags
     )
-    for waiter in durable:
-        await waiter
+    await _durable(plane, durable, alone)
     return (
         encoded,
         "application/octet-stream",
         {HEADER_LENGTH: str(json_length), **variant},
     )
+
+
+async def _durable(plane: DataPlane, durable: list[asyncio.Future[None]], alone: bool) -> None:
+    """Wait until the log record of the answer is durable (fdatasynced here when ``alone``)."""
+    if alone and durable and not durable[-1].done():
+        plane.log_writer.sync_here()
+    for waiter in durable:
+        await waiter
 
 
 def _rejected(body: bytes, header: str | None) -> Rejected:

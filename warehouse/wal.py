@@ -568,7 +568,9 @@ class WriteAheadLog:
 
     # -- hot path ---------------------------------------------------------------------------
 
-    def append(self, record: PredictionRecord, waiter: Waiter | None = None) -> None:
+    def append(
+        self, record: PredictionRecord, waiter: Waiter | None = None, *, alone: bool = False
+    ) -> None:
         """Queue ``record`` for the next commit group; ``waiter`` completes once the record is
         written (``write``), or written and fdatasynced (``fsync``), or gets
         :class:`LogUnavailable`. Thread-safe.
@@ -579,6 +581,13 @@ class WriteAheadLog:
         ``fsync``, a record that finds the syncer idle is written at once, here, and the sync
         starts while the caller goes on (e.g. encodes its response): waiting for the rest of
         the loop iteration would only delay a sync that nobody shares.
+
+        ``alone``: the caller is the only request in flight and will call :meth:`sync_here`
+        before it awaits ``waiter`` (the HTTP edge at concurrency 1). The record is written at
+        once (``write`` too) and, with ``fsync``, the syncer is not woken: the caller's own
+        fdatasync on the loop saves the two thread hand-offs (waking the syncer, and the
+        syncer waking the loop) that nobody else would share. Should the caller not sync
+        before the loop's next iteration, a callback hands the sync to the syncer after all.
         """
         loop = _running_loop()
         with self._lock:
@@ -589,28 +598,56 @@ class WriteAheadLog:
                 if self._flush_loop is not None:
                     return  # a flush is scheduled (on this loop or another): it takes this too
                 segment = self._segment  # idle: no sync running, none about to start
-                now = (
-                    self.durability is Durability.FSYNC
-                    and not self._syncing
-                    and not (segment is not None and segment.waiters)
-                )
+                idle = not self._syncing and not (segment is not None and segment.waiters)
+                now = idle and (alone or self.durability is Durability.FSYNC)
                 if not now:
                     self._flush_loop = loop
             else:
                 loop = None
-        if loop is not None:
-            if now:
-                self._flush_on_loop()
-            else:
-                loop.call_soon(self._flush_on_loop)
-        elif not self._wake.is_set():
-            self._wake.set()
+        if loop is None:
+            if not self._wake.is_set():
+                self._wake.set()
+        elif not now:
+            loop.call_soon(self._flush_on_loop)
+        elif alone and self.durability is Durability.FSYNC:
+            self._flush_on_loop(wake=False)
+            loop.call_soon(self._wake_if_unsynced)
+        else:
+            self._flush_on_loop()
 
-    def _flush_on_loop(self) -> None:
+    def _flush_on_loop(self, wake: bool = True) -> None:
         try:
-            self._write_pending()
+            self._write_pending(wake)
         except Exception:  # never raise into the event loop; the waiters got their error
             logger.exception("prediction log: writing a commit group failed")
+
+    def _wake_if_unsynced(self) -> None:
+        """After an ``alone`` append: the caller did not sync on the loop; the syncer does."""
+        segment = self._segment
+        if (self._retiring or (segment is not None and segment.waiters)) and (
+            not self._wake.is_set()
+        ):
+            self._wake.set()
+
+    def sync_here(self) -> bool:
+        """``fsync``: make what is written durable now, in this thread (on the event loop it
+        blocks the loop for one fdatasync), completing the waiters directly; nothing if a sync
+        round is running already (its waiters complete through it) or nothing waits. For the
+        one request in flight (see ``alone`` in :meth:`append`); returns whether it synced."""
+        if self.durability is not Durability.FSYNC:
+            return False
+        segment = self._segment
+        if not (self._retiring or (segment is not None and segment.waiters)):
+            return False
+        if not self._sync_lock.acquire(blocking=False):
+            return False
+        try:
+            self._syncing = True
+            self._sync_locked()
+        finally:
+            self._syncing = False
+            self._sync_lock.release()
+        return True
 
     # -- committing -------------------------------------------------------------------------
 
@@ -640,7 +677,7 @@ class WriteAheadLog:
         Thread-safe; never waits for a sync."""
         return self._write_pending()
 
-    def _write_pending(self) -> int:
+    def _write_pending(self, wake: bool = True) -> int:
         with self._commit_lock:
             with self._lock:
                 records, waiters = self._pending, self._waiters
@@ -687,7 +724,7 @@ class WriteAheadLog:
                 or time.monotonic() - segment.created >= self.segment_age_s
             ):
                 self._retire()
-        if self.durability is Durability.FSYNC or (
+        if (wake and self.durability is Durability.FSYNC) or (
             self.durability is Durability.WRITE and not was_dirty
         ):
             if not self._wake.is_set():

@@ -236,27 +236,14 @@ class ParquetSink:
             raise ValueError(f"file name {name!r} is not safe")
         if table.num_rows == 0:
             return []
-        for model in pc.unique(table.column("model")).to_pylist():
+        models = pc.unique(table.column("model")).to_pylist()
+        for model in models:
             validate_model_name(model)
-        keys = pa.table(
-            {
-                "model": table.column("model"),
-                "date": pc.cast(table.column("ts"), pa.date32()),
-                "row": pa.array(range(table.num_rows), pa.int64()),
-            }
-        )
-        groups = keys.group_by(["model", "date"], use_threads=False).aggregate([("row", "list")])
         staged: list[tuple[Path, Path]] = []
         try:
-            for model, day, rows in zip(
-                groups.column("model").to_pylist(),
-                groups.column("date").to_pylist(),
-                groups.column("row_list").to_pylist(),
-                strict=True,
-            ):
+            for model, day, part in _partitions(table, models):
                 directory = self.partition_dir(model, day)
                 directory.mkdir(parents=True, exist_ok=True)
-                part = table.take(pa.array(sorted(rows), pa.int64()))
                 part = part.select(PREDICTION_SCHEMA.names).cast(PREDICTION_SCHEMA)
                 tmp = directory / f".tmp-{name}"
                 staged.append((tmp, directory / f"{name}.parquet"))
@@ -274,6 +261,34 @@ class ParquetSink:
             for directory in {final.parent for _, final in staged}:
                 _fsync_path(directory)
         return [final for _, final in staged]
+
+
+def _partitions(table: pa.Table, models: list[str]) -> Iterator[tuple[str, date, pa.Table]]:
+    """``table``'s rows per (model, UTC date), in row order within each.
+
+    The usual segment (one model, one day) is passed through whole: grouping and taking rows
+    would hold the GIL for milliseconds in the compactor thread while requests wait for it.
+    """
+    dates = pc.cast(table.column("ts"), pa.date32())
+    span = pc.min_max(dates).as_py()
+    if len(models) == 1 and span["min"] == span["max"]:
+        yield models[0], span["min"], table
+        return
+    keys = pa.table(
+        {
+            "model": table.column("model"),
+            "date": dates,
+            "row": pa.array(range(table.num_rows), pa.int64()),
+        }
+    )
+    groups = keys.group_by(["model", "date"], use_threads=False).aggregate([("row", "list")])
+    for model, day, rows in zip(
+        groups.column("model").to_pylist(),
+        groups.column("date").to_pylist(),
+        groups.column("row_list").to_pylist(),
+        strict=True,
+    ):
+        yield model, day, table.take(pa.array(sorted(rows), pa.int64()))
 
 
 class ObjectStoreSink:
@@ -487,13 +502,17 @@ class PredictionLogWriter:
         if full and not self._wake.is_set():
             self._wake.set()
 
-    def append_durable(self, record: PredictionRecord) -> asyncio.Future[None] | None:
+    def append_durable(
+        self, record: PredictionRecord, *, alone: bool = False
+    ) -> asyncio.Future[None] | None:
         """Take one record; return a future of the running event loop that completes once the
         record is durable (``fsync``: written and fdatasynced; ``write``: written to the WAL
         file) or fails with :class:`~warehouse.wal.LogUnavailable`; None when there is nothing
         to wait for (``durability="buffered"``, or buffer mode).
 
-        Call it from a coroutine. Starts the WAL's threads if they are not running.
+        Call it from a coroutine. Starts the WAL's threads if they are not running. ``alone``:
+        the caller is the only request in flight and calls :meth:`sync_here` before it awaits
+        the future (:meth:`warehouse.wal.WriteAheadLog.append`).
         """
         wal = self.wal
         if wal is None or wal.durability is Durability.BUFFERED:
@@ -502,8 +521,14 @@ class PredictionLogWriter:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if not wal.started:
             self.start()
-        wal.append(self._minimise(record), future)
+        wal.append(self._minimise(record), future, alone=alone)
         return future
+
+    def sync_here(self) -> bool:
+        """Make the records written so far durable in this thread, now (``fsync`` only; see
+        :meth:`warehouse.wal.WriteAheadLog.sync_here`); returns whether it synced."""
+        wal = self.wal
+        return wal is not None and wal.sync_here()
 
     def append_sync(self, record: PredictionRecord, timeout: float | None = None) -> None:
         """:meth:`append_durable` for threads: block until the record is durable.

@@ -194,6 +194,81 @@ def test_concurrent_requests_share_one_fsync(
     assert len(logged(tmp_path)) == 1000
 
 
+def test_a_lone_request_syncs_on_its_own_thread_and_the_syncer_stays_asleep(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``alone``: the record is written at once and ``sync_here`` fdatasyncs it in the calling
+    thread (the event loop's), completing the future directly; the syncer thread never syncs."""
+    synced_on: list[str] = []
+    real = wal_module._sync_data
+
+    def recording_sync(fd: int) -> None:
+        synced_on.append(threading.current_thread().name)
+        real(fd)
+
+    monkeypatch.setattr(wal_module, "_sync_data", recording_sync)
+    writer = wal_writer(tmp_path)
+    writer.start()
+    wal = writer.wal
+    assert wal is not None
+    loop_thread = threading.current_thread().name
+    try:
+
+        async def go() -> None:
+            for i in range(5):
+                future = writer.append_durable(make_record(request_id=f"a{i}"), alone=True)
+                assert future is not None
+                assert wal.committed_total == i + 1  # written at once, not next iteration
+                assert not future.done()  # not durable yet: nothing synced it
+                assert writer.sync_here()
+                assert future.done() and future.exception() is None  # no loop turn needed
+                await future
+                assert not writer.sync_here()  # nothing left to sync
+
+        asyncio.run(go())
+        assert synced_on == [loop_thread] * 5
+    finally:
+        writer.close()
+    assert logged(tmp_path) == [(f"a{i}", 1) for i in range(5)]
+
+
+def test_a_lone_request_that_does_not_sync_is_synced_by_the_syncer(tmp_path: Path) -> None:
+    """An ``alone`` append whose caller awaits without ``sync_here`` still completes: a
+    callback on the loop's next iteration hands the sync to the syncer thread."""
+    writer = wal_writer(tmp_path)
+    writer.start()
+    try:
+
+        async def go() -> None:
+            future = writer.append_durable(make_record(request_id="late"), alone=True)
+            assert future is not None
+            await asyncio.wait_for(future, 10)
+
+        asyncio.run(go())
+        wal = writer.wal
+        assert wal is not None
+        assert wal.syncs_total >= 1
+    finally:
+        writer.close()
+    assert logged(tmp_path) == [("late", 1)]
+
+
+def test_write_durability_alone_completes_before_the_loop_turns(tmp_path: Path) -> None:
+    writer = wal_writer(tmp_path, durability="write")
+    writer.start()
+    try:
+
+        async def go() -> None:
+            future = writer.append_durable(make_record(request_id="w"), alone=True)
+            assert future is not None and future.done()  # written here: nothing to wait for
+            assert not writer.sync_here()  # only ``fsync`` syncs on the caller's thread
+
+        asyncio.run(go())
+    finally:
+        writer.close()
+    assert logged(tmp_path) == [("w", 1)]
+
+
 def test_buffered_durability_neither_waits_nor_syncs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
