@@ -15,19 +15,36 @@ p99, the server's CPU per answer, RSS idle -> max (and max in the burst's second
 
 Run it against another checkout with ``PYTHONPATH=/path/to/checkout`` (``--max-inflight 0``:
 older code has no such setting).
+
+``--trace`` runs the gateway under plain uvicorn with ``shed_trace.TracingProtocol`` (the same
+protocol, plus timing) and adds, per status, where the server's time went: headers read ->
+ASGI task ran -> answer started -> answer written, and the event loop's lateness (its turn
+length); see shed_trace.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from harness import BODY_FILE, http, log, roost_target, run_burst, run_wrk, start, stop, wait_ready
+from harness import (
+    BENCH_DIR,
+    BODY_FILE,
+    http,
+    log,
+    roost_target,
+    run_burst,
+    run_wrk,
+    start,
+    stop,
+    wait_ready,
+)
 from roost_testing import deploy_model, make_linear_onnx
 
 KNOBS = {"max_queue_size": 64, "queue_timeout_ms": 100}
@@ -65,6 +82,17 @@ def summary(limit: int, result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def traced(target: Any, out: Path) -> None:
+    """Run ``target`` under plain uvicorn with the timing protocol of shed_trace.py."""
+    target.argv = [
+        sys.executable, "-m", "uvicorn", "--factory", "serving.app:create_app_from_env",
+        "--host", "127.0.0.1", "--port", str(target.port), "--log-level", "warning",
+        "--no-access-log", "--http", "shed_trace:TracingProtocol",
+    ]
+    paths = [str(BENCH_DIR), *filter(None, [os.environ.get("PYTHONPATH")])]
+    target.env.update({"PYTHONPATH": os.pathsep.join(paths), "ROOST_TRACE_OUT": str(out)})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--max-inflight", default="0,128",
@@ -74,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--connections", type=int, default=1000)
     parser.add_argument("--drain", type=float, default=30.0)
+    parser.add_argument("--trace", action="store_true", help="time the server's stages")
     parser.add_argument("--out", type=Path, default=Path("/tmp/shed-burst.json"))
     args = parser.parse_args(argv)
     body = BODY_FILE.read_bytes().strip()
@@ -85,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
             prepare(home)
             env = {"ROOST_MAX_INFLIGHT_REQUESTS": str(limit)}  # 0: off (older code: ignored)
             target = roost_target(home, env=env)
+            trace = Path(tmp) / "trace.json"
+            if args.trace:
+                traced(target, trace)
             start(target, Path(tmp))
             try:
                 wait_ready(target)
@@ -101,7 +133,10 @@ def main(argv: list[str] | None = None) -> int:
                 )
             finally:
                 stop(target)
+            server_trace = json.loads(trace.read_text()) if trace.exists() else None
         row = summary(limit, result)
+        if args.trace:
+            row["server_trace"] = server_trace
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "command"}), flush=True)
     args.out.write_text(json.dumps(rows, indent=2))

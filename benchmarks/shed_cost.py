@@ -1,7 +1,7 @@
 """Server CPU per refused request against per served request, side by side on one gateway.
 
     flock /tmp/roost-bench.lock .venv/bin/python benchmarks/shed_cost.py [--duration 5]
-        [--concurrency 64] [--rounds 2] [--out /tmp/shed-cost.json]
+        [--concurrency 64] [--rounds 2] [--before /path/to/checkout] [--out /tmp/shed-cost.json]
 
 One ``roost serve`` (as shipped: durable log, metrics, gRPC on) over a fresh ROOST_HOME with two
 models taking the breast-cancer body (``benchmarks/body.json``, 30 FP32): ``ok``, a linear
@@ -12,8 +12,11 @@ loads ``ok`` and ``bad`` in turn, ``--rounds`` times, interleaved; each run repo
 process's CPU time per request (utime + stime from /proc, all threads). The refusal is what a
 full queue costs too: both are decided by the same check (serving/shedding.py).
 
-Run it against another checkout (e.g. the code before load shedding) with
-``PYTHONPATH=/path/to/checkout``: the registry writes and the server come from there.
+``--before CHECKOUT`` runs a second gateway from another checkout (e.g. ``git worktree add
+/tmp/before HEAD~3``; started with ``PYTHONPATH=CHECKOUT``) alongside, and interleaves its runs
+with this checkout's, so the two are compared in one sitting. Run the whole script against
+another checkout with ``PYTHONPATH=/path/to/checkout``: the registry writes and the server come
+from there.
 """
 
 from __future__ import annotations
@@ -57,47 +60,66 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--before", type=Path, default=None,
+                        help="another checkout to measure alongside (PYTHONPATH)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/shed-cost.json"))
     args = parser.parse_args(argv)
     body = BODY_FILE.read_bytes().strip()
+    variants: list[tuple[str, dict[str, str]]] = [("this checkout", {})]
+    if args.before is not None:
+        variants.append((f"before ({args.before})", {"PYTHONPATH": str(args.before.resolve())}))
     with tempfile.TemporaryDirectory(prefix="shed-cost-") as tmp:
-        home = Path(tmp) / "home"
-        prepare(home)
-        target = roost_target(home)
-        start(target, Path(tmp))
+        targets = []
+        for n, (_name, env) in enumerate(variants):
+            home = Path(tmp) / f"home{n}"
+            prepare(home)
+            target = roost_target(home, name=f"v{n}", env=env)
+            start(target, Path(tmp))
+            targets.append(target)
+        runs: dict[str, dict[str, list[dict[str, Any]]]] = {
+            name: {"served": [], "refused": []} for name, _ in variants
+        }
+        refusal = ""
         try:
-            wait_ready(target)
-            assert http("POST", target.infer_url("ok"), body)[0] == 200
-            refusal = trip(target.infer_url("bad"), body)
-            log(f"bad: {refusal}")
-            runs: dict[str, list[dict[str, Any]]] = {"served": [], "refused": []}
+            for target in targets:
+                wait_ready(target)
+                assert http("POST", target.infer_url("ok"), body)[0] == 200
+                refusal = trip(target.infer_url("bad"), body)
+                log(f"{target.name} bad: {refusal}")
             for n in range(args.rounds):
-                for kind, model in (("served", "ok"), ("refused", "bad")):
-                    row = run_wrk(
-                        target, args.concurrency, args.duration, BODY_FILE,
-                        url=target.infer_url(model),
-                    )
-                    runs[kind].append(row)
-                    log(
-                        f"round {n + 1} {kind}: {row['rps']:,.0f} req/s, "
-                        f"{row['server_cpu_us_per_req']:.1f} us CPU/req, non-2xx "
-                        f"{row['non_2xx']}"
-                    )
+                for (name, _), target in zip(variants, targets, strict=True):
+                    for kind, model in (("served", "ok"), ("refused", "bad")):
+                        row = run_wrk(
+                            target, args.concurrency, args.duration, BODY_FILE,
+                            url=target.infer_url(model),
+                        )
+                        runs[name][kind].append(row)
+                        log(
+                            f"round {n + 1} {name} {kind}: {row['rps']:,.0f} req/s, "
+                            f"{row['server_cpu_us_per_req']:.1f} us CPU/req, non-2xx "
+                            f"{row['non_2xx']}"
+                        )
         finally:
-            stop(target)
-    served = statistics.median(r["server_cpu_us_per_req"] for r in runs["served"])
-    refused = statistics.median(r["server_cpu_us_per_req"] for r in runs["refused"])
-    result = {
-        "concurrency": args.concurrency,
-        "duration_s": args.duration,
-        "refusal": refusal,
-        "served_cpu_us_per_req": served,
-        "refused_cpu_us_per_req": refused,
-        "ratio": refused / served,
-        "runs": runs,
-    }
-    args.out.write_text(json.dumps(result, indent=2))
-    print(json.dumps({k: v for k, v in result.items() if k != "runs"}))
+            for target in targets:
+                stop(target)
+    results = []
+    for name, _ in variants:
+        served = statistics.median(r["server_cpu_us_per_req"] for r in runs[name]["served"])
+        refused = statistics.median(r["server_cpu_us_per_req"] for r in runs[name]["refused"])
+        results.append({
+            "code": name,
+            "concurrency": args.concurrency,
+            "duration_s": args.duration,
+            "refusal": refusal,
+            "served_cpu_us_per_req": served,
+            "refused_cpu_us_per_req": refused,
+            "ratio": refused / served,
+            "served_rps": [round(r["rps"]) for r in runs[name]["served"]],
+            "refused_rps": [round(r["rps"]) for r in runs[name]["refused"]],
+            "runs": runs[name],
+        })
+        print(json.dumps({k: v for k, v in results[-1].items() if k != "runs"}), flush=True)
+    args.out.write_text(json.dumps(results, indent=2))
     return 0
 
 
