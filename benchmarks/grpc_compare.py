@@ -11,6 +11,8 @@ The demo breast-cancer model (one row per request) is materialized into a tempor
   and ``grpc.aio`` in N processes sharing the port (``--processes``);
 - ``roost serve`` with each ``--grpc-servers`` (``ROOST_GRPC_SERVER``) and each
   ``--grpc-processes`` (``ROOST_GRPC_PROCESSES``; 0: on the gateway's loop);
+- ``--baseline-tree``: ``roost serve`` from another checkout (the code before a change), with
+  each ``--baseline-servers``;
 - MLServer 1.7.1 (``parallel_workers: 0``) as ``benchmarks/peers.py`` runs it
   (``benchmarks/peers/mlserver``: its own cached virtualenv, a small ONNX Runtime model class).
 
@@ -209,6 +211,17 @@ def build_servers(args: argparse.Namespace, home: Path, work: Path) -> list[Serv
             s.env = {**env, "ROOST_GRPC_PORT": str(s.port), "ROOST_HTTP_PORT": str(http),
                      "ROOST_GRPC_PROCESSES": str(n), "ROOST_GRPC_SERVER": impl, **extra}
             servers.append(s)
+    if args.baseline_tree:  # `roost serve` from another checkout (e.g. `git archive <ref>`)
+        tree = Path(args.baseline_tree).resolve()
+        for impl in args.baseline_servers:
+            s = Server(f"baseline ({args.baseline_label}), {impl}, on the loop", [], env)
+            http = free_port()
+            s.argv = [sys.executable, "-c", "from orchestration.cli import main; main()",
+                      "serve", "--host", "127.0.0.1", "--port", str(http)]
+            s.env = {**env, "ROOST_GRPC_PORT": str(s.port), "ROOST_HTTP_PORT": str(http),
+                     "ROOST_GRPC_SERVER": impl, "PYTHONPATH": str(tree)}
+            s.cwd = tree
+            servers.append(s)
     if "mlserver" in wanted:  # the bench helper's setup: benchmarks/peers/mlserver
         from peers.mlserver import mlserver_bin, write_model_folder
 
@@ -258,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=1, help="client processes per load")
     parser.add_argument("--channels", type=int, default=1,
                         help="connections per client process (grpc_load.py --channels)")
-    parser.add_argument("--servers", nargs="+",
+    parser.add_argument("--servers", nargs="*",
                         default=["aio", "threaded", "grpclib", "aio-xN", "mlserver"])
     parser.add_argument("--processes", type=int, nargs="+", default=[2],
                         help="process counts for the aio-xN variant")
@@ -268,6 +281,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="ROOST_GRPC_SERVER values for --grpc-processes")
     parser.add_argument("--roost-env", nargs="*", default=[],
                         help="KEY=VALUE settings for every `roost serve` target")
+    parser.add_argument("--baseline-tree",
+                        help="a checkout to run `roost serve` from as well (the code before a "
+                        "change: `git archive <ref> | tar -x -C <dir>`)")
+    parser.add_argument("--baseline-label", default="as shipped", help="its label")
+    parser.add_argument("--baseline-servers", nargs="*", default=["grpcio"],
+                        help="ROOST_GRPC_SERVER values to run the baseline tree with")
     parser.add_argument("--home", help="a ROOST_HOME with breast-cancer deployed (reused)")
     parser.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "out"))
     args = parser.parse_args(argv)

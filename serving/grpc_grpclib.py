@@ -87,6 +87,69 @@ async def _recv_limited(stream: Any, request_type: Any, limit: int) -> Any:
         raise GRPCError(Status.INTERNAL, f"the request message does not parse: {exc}") from None
 
 
+class CoalescingTransport:
+    """A connection's transport whose writes within one event-loop iteration leave as one.
+
+    grpclib writes each HTTP/2 step of an answer as it is made (headers, data, trailers: three
+    ``send`` calls per unary answer, and as many TCP segments for the client to wake up for).
+    Here they are joined and written once, by a callback that runs right after the current
+    iteration's callbacks (so a burst of answers on one connection leaves in one write too).
+    """
+
+    __slots__ = ("transport", "loop", "pending", "scheduled")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.loop = asyncio.get_running_loop()
+        self.pending: list[bytes] = []
+        self.scheduled = False
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        self.pending.append(data)
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.scheduled = False
+        pending = self.pending
+        if not pending:
+            return
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        pending.clear()
+        if not self.transport.is_closing():
+            self.transport.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.transport.get_extra_info(name, default)
+
+    def __getattr__(self, name: str) -> Any:  # pause_reading, abort, ...: the transport's
+        return getattr(self.transport, name)
+
+
+class _Server(Server):  # type: ignore[misc]
+    """grpclib's server, each connection's writes coalesced (:class:`CoalescingTransport`)."""
+
+    def _protocol_factory(self) -> Any:  # grpclib's (private) per-connection protocol factory
+        protocol = super()._protocol_factory()
+        made = protocol.connection_made
+
+        def connection_made(transport: asyncio.Transport) -> None:
+            made(CoalescingTransport(transport))
+
+        protocol.connection_made = connection_made
+        return protocol
+
+
 class GrpclibServer:
     """A servicer on grpclib, with ``grpc.aio.Server``'s ``stop(grace)``."""
 
@@ -97,7 +160,7 @@ class GrpclibServer:
         self.streams: set[Any] = set()  # the calls in flight
         self.draining = False
         self._idle = asyncio.Event()
-        self.server = Server([self])
+        self.server = _Server([self])
 
     def __mapping__(self) -> dict[str, Handler]:
         """Every RPC of the service, to the servicer's method of the same name."""

@@ -13,6 +13,7 @@ their 4-byte little-endian length; FP16 only this way). Responses always carry
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -73,20 +74,6 @@ def _presented_key(metadata: dict[str, str]) -> str | None:
     return None
 
 
-def _call_context(
-    metadata: dict[str, str], principal: Principal, arrived: float | None = None
-) -> CallContext:
-    """``arrived``: when the call reached the servicer (its queue deadline counts from there)."""
-    return CallContext(
-        protocol=PROTOCOL,
-        user_id=metadata.get(USER_METADATA),
-        request_id=metadata.get(REQUEST_ID_METADATA),
-        headers=metadata,
-        principal=principal,
-        arrived=arrived,
-    )
-
-
 def _rejected(message: Any) -> Rejected:
     """A request that did not decode, for the log: its tensor headers and its size."""
     tensors = tuple(
@@ -135,15 +122,21 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         ok, _reasons = self.plane.repository.readiness()
         return pb.ServerReadyResponse(ready=ok)
 
-    async def _authorize(self, context: Any, role: str, model: str | None) -> Principal:
+    async def _authorize(
+        self, context: Any, role: str, model: str | None,
+        metadata: dict[str, str] | None = None,
+    ) -> Principal:
         """The caller, when its ``x-api-key`` (or ``authorization: Bearer``) metadata names a key
         with ``role`` for ``model`` (:meth:`KeyChecker.authorize`, as HTTP); aborts the RPC with
-        the error's status otherwise (UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED)."""
+        the error's status otherwise (UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED).
+        ``metadata``: the call's, when the caller has it already."""
         if self.keys is None:
             return ANONYMOUS
+        if metadata is None:
+            metadata = _metadata(context)
         try:
             return await self.keys.authorize(
-                _presented_key(_metadata(context)), role, model, how="x-api-key metadata"
+                _presented_key(metadata), role, model, how="x-api-key metadata"
             )
         except RoostError as exc:
             await _abort(context, exc, "authorization")
@@ -184,17 +177,23 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:  # noqa: N802
         arrived = time.monotonic()
-        principal = await self._authorize(context, "predict", request.model_name)
+        metadata = _metadata(context)
+        principal = await self._authorize(context, "predict", request.model_name, metadata)
         model, version = request.model_name, request.model_version or None
-        refused = self.admission.refusal(self.plane.repository, model, version)
+        admission = self.admission
+        refused = admission.refusal(self.plane.repository, model, version)
         if refused is not None:  # before the tensors are decoded, as the HTTP edge does
             self._count_refusal(model, refused, arrived)
             await _abort(context, refused[0], "ModelInfer")
-        call = _call_context(_metadata(context), principal, arrived)
+        admission.inflight += 1
         try:
-            return await self._infer(request, call)
+            return await self._infer(
+                request, metadata, principal, arrived, alone=admission.inflight == 1
+            )
         except Exception as exc:
             await _abort(context, exc, "ModelInfer")
+        finally:
+            admission.inflight -= 1
 
     def _count_refusal(
         self, model: str, refused: tuple[ServiceUnavailable, Any], arrived: float
@@ -208,19 +207,42 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         metrics.rejected.labels(model, version, reason_of(error)).inc()
         metrics.record_request(model, version, PROTOCOL, 503, time.monotonic() - arrived)
 
-    async def _infer(self, message: Any, call: CallContext) -> Any:
-        """Decode with the gateway's limits; a request that does not decode is logged against
-        the version that would have answered (:meth:`DataPlane.reject`)."""
+    async def _infer(
+        self, message: Any, metadata: dict[str, str], principal: Principal, arrived: float,
+        alone: bool,
+    ) -> Any:
+        """Decode with the gateway's limits (a request that does not decode is logged against
+        the version that would have answered: :meth:`DataPlane.reject`), infer, encode the
+        answer, and only then wait for its log record to be durable (as REST does: the sync
+        overlaps the encoding; ``alone``, the only call in flight here: fdatasynced on this
+        loop, :attr:`CallContext.alone`). A record the log cannot store: UNAVAILABLE."""
+        durable: list[asyncio.Future[None]] = []
+        call = CallContext(
+            protocol=PROTOCOL,
+            user_id=metadata.get(USER_METADATA),
+            request_id=metadata.get(REQUEST_ID_METADATA),
+            headers=metadata,
+            principal=principal,
+            arrived=arrived,
+            durable=durable,
+            alone=alone,
+        )
         model, version = message.model_name, message.model_version or None
         try:
             decoded = decode_model_infer_request(message, self.limits)
         except InvalidRequest as exc:
             await self.plane.reject(model, version, call, exc, _rejected(message))
         result = await self.plane.infer(model, version, decoded, call)
-        return encode_model_infer_response(
+        response = encode_model_infer_response(
             result.model, result.version, result.request_id, result.outputs,
             result.response_parameters(),
         )
+        if durable:
+            if alone and not durable[-1].done():
+                self.plane.log_writer.sync_here()
+            for waiter in durable:
+                await waiter  # LogUnavailable: UNAVAILABLE, the answer never leaves
+        return response
 
 
 def _unimplemented(rpc: str) -> Any:
