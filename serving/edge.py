@@ -60,7 +60,7 @@ from serving.bodies import (
 )
 from serving.protocol.types import DecodeLimits
 from serving.rest import handle_v2_infer
-from serving.shedding import ARRIVED, Admission, reason_of
+from serving.shedding import ARRIVED, RESERVED, Admission, reason_of
 
 log = logging.getLogger("roost.serving")
 
@@ -170,6 +170,8 @@ async def _infer(
     model = unquote(groups[0] or "")
     version = unquote(groups[1]) if groups[1] else None
     admission = edge.admission
+    if scope["state"].pop(RESERVED, False):  # the HTTP protocol admitted it and took a slot:
+        admission.inflight -= 1  # given back here, taken again below if it goes on
     refused = admission.refusal(plane.repository, model, version)
     if refused is not None:
         await _refuse(admission, plane, model, refused, raw, send, arrived)

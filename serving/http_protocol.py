@@ -24,6 +24,13 @@ connection is parsed as usual. The answer carries ``Connection: close`` (and the
 closed once it is written) when the client did not ask for keep-alive, or sent ``Expect:
 100-continue`` (it may still send the body it announced, where the next request belongs).
 
+An infer request it lets through takes its in-flight slot (``max_inflight_requests``) at once:
+the hundreds of requests read in one event-loop turn are admitted one by one against the limit,
+not all against the count from before their tasks ran (most would then be refused by the edge
+after all, each at the price of a task). The edge takes the slot over
+(:data:`serving.shedding.RESERVED`); if it never does (the gateway started draining meanwhile,
+the app failed), the protocol gives it back when the answer is written or the connection lost.
+
 Every request that goes on carries its arrival time, taken here, in ``scope["state"]`` under
 :data:`ARRIVED`: its queue deadline counts from when its headers were read, not from when its
 task first ran (with thousands of connections that can be an event-loop turn later).
@@ -46,7 +53,7 @@ from uvicorn.protocols.http.httptools_impl import (
 )
 
 from serving.bodies import check_encoding
-from serving.shedding import ARRIVED, reason_of
+from serving.shedding import ARRIVED, RESERVED, Admission, reason_of
 
 if TYPE_CHECKING:
     from registry.errors import ServiceUnavailable
@@ -78,7 +85,25 @@ class EarlyRefusalProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, answering early refusals itself (see the module)."""
 
     _edge: Edge | None = None
+    _reserved: tuple[Admission, dict[str, Any]] | None = None  # the slot the answer holds
     _wire: dict[tuple[int, int, bool], tuple[object, object, bytes]] = {}
+
+    def _release(self) -> None:
+        """Give back the in-flight slot taken for the request being answered, unless the edge
+        took it over (the edge never ran for it, or failed before: the slot would leak)."""
+        reserved = self._reserved
+        if reserved is not None:
+            self._reserved = None
+            if reserved[1].pop(RESERVED, False):
+                reserved[0].inflight -= 1
+
+    def on_response_complete(self) -> None:
+        self._release()
+        super().on_response_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._release()
+        super().connection_lost(exc)
 
     def on_headers_complete(self) -> None:
         arrived = time.monotonic()
@@ -140,7 +165,10 @@ class EarlyRefusalProtocol(HttpToolsProtocol):
         refused = admission.refusal(
             plane.repository, model, None if version is None else version.decode("latin-1")
         )
-        if refused is None:
+        if refused is None:  # admitted: its in-flight slot is taken now (see RESERVED)
+            admission.inflight += 1
+            self._reserved = (admission, self.scope["state"])
+            self._reserved[1][RESERVED] = True
             return False
         error, loaded = refused
         if plane.metrics is not None:

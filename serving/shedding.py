@@ -49,7 +49,13 @@ ARRIVED = "arrived"
 """``scope["state"]`` key of a request's arrival (``time.monotonic()``), set by the HTTP
 protocol when it read the headers (:mod:`serving.http_protocol`); the deadline counts from it."""
 
-__all__ = ["ARRIVED", "Admission", "Overloaded", "reason_of"]
+RESERVED = "inflight_reserved"
+"""``scope["state"]`` key set when the HTTP protocol admitted an infer request and took its
+in-flight slot at once (requests read in one event-loop turn are admitted one by one, not all
+against the count before their tasks ran); the edge takes the slot over, or the protocol gives
+it back when the answer is written or the connection is lost."""
+
+__all__ = ["ARRIVED", "RESERVED", "Admission", "Overloaded", "reason_of"]
 
 
 class Overloaded(ServiceUnavailable):

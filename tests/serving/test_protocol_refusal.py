@@ -9,6 +9,7 @@ reached it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import threading
@@ -20,7 +21,16 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from refusal_testing import BODY, FAILING, ROW, post, quiet, read_response, rejected
+from refusal_testing import (
+    BODY,
+    FAILING,
+    ROW,
+    post,
+    quiet,
+    read_response,
+    read_responses,
+    rejected,
+)
 from roost_testing import (
     deploy_model,
     free_port,
@@ -32,6 +42,7 @@ from roost_testing import (
 from registry import Registry, RoostSettings
 from serving import create_app
 from serving.http_protocol import EarlyRefusalProtocol
+from serving.shedding import Admission
 
 
 class Counted:
@@ -108,8 +119,8 @@ def test_refused_in_the_protocol_without_reaching_the_app(
             # order, with the same answer
             sock.sendall(post("/v2/models/good/infer", BODY) + BODY
                          + post("/v2/models/bad/infer", BODY) + BODY)
-            assert read_response(sock)[0] == 200
-            status, edge_headers, edge_refusal = read_response(sock)
+            served, (status, edge_headers, edge_refusal) = read_responses(sock, 2)
+            assert served[0] == 200
             assert status == 503 and edge_refusal == refusal
             assert edge_headers.keys() == headers.keys()
         with socket.create_connection(address, timeout=10) as sock:
@@ -168,6 +179,71 @@ def test_over_the_admission_limit_is_refused_in_the_protocol(
             assert status == 504, answer
             assert b"old when it reached the queue" in answer
         assert httpx.post(f"{url}/v2/models/m/infer", json=ROW).status_code == 200
+
+
+async def answer(sock: socket.socket) -> tuple[int, bytes]:
+    """Status and body of one answer on a non-blocking client socket."""
+    loop = asyncio.get_running_loop()
+    data = b""
+    while b"\r\n\r\n" not in data or len(data.partition(b"\r\n\r\n")[2]) < int(
+        data.lower().split(b"content-length: ")[1].split(b"\r\n")[0]
+    ):
+        chunk = await asyncio.wait_for(loop.sock_recv(sock, 65536), 10)
+        assert chunk, "closed before the answer"
+        data += chunk
+    return int(data.split(b" ")[1]), data.partition(b"\r\n\r\n")[2]
+
+
+def test_requests_read_in_one_loop_turn_are_admitted_one_by_one(
+    settings: RoostSettings, registry: Registry
+) -> None:
+    """Two requests read before any task runs: the first takes the only in-flight slot, the
+    second is refused in the protocol (without the slot taken at once both would pass, and the
+    edge would refuse one after its task ran). A slot the edge never takes over (the gateway
+    started draining before the task ran) is given back when the answer is written."""
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    deploy_model(registry, "m", make_linear_onnx())
+    app = Counted(create_app(quiet(settings, max_inflight_requests=1)))
+    fastapi = app.app
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        async with fastapi.router.lifespan_context(fastapi):
+            transport = httpx.ASGITransport(app=app)  # builds the edge; warms the model up
+            async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+                assert (await client.post("/v2/models/m/infer", json=ROW)).status_code == 200
+            admission: Admission = fastapi.state.edge.admission
+            config = uvicorn.Config(app, http=EarlyRefusalProtocol, log_level="warning")
+            config.load()
+            state = ServerState()
+            clients, protocols = [], []
+            for _ in range(3):
+                ours, theirs = socket.socketpair()
+                theirs.setblocking(False)
+                protocol = EarlyRefusalProtocol(config, state, {}, _loop=loop)
+                await loop.connect_accepted_socket(lambda p=protocol: p, ours)
+                clients.append(theirs)
+                protocols.append(protocol)
+            request = post("/v2/models/m/infer", BODY) + BODY
+            reached = len(app.paths)
+            protocols[0].data_received(request)  # as the transport does, in one loop turn
+            protocols[1].data_received(request)
+            assert admission.inflight == 1
+            first, second = await answer(clients[0]), await answer(clients[1])
+            assert first[0] == 200 and second[0] == 503 and b"overloaded" in second[1]
+            assert len(app.paths) == reached + 1 and admission.inflight == 0
+            protocols[2].data_received(request)  # admitted; then the gateway starts draining
+            fastapi.state.draining = True
+            status, body = await answer(clients[2])
+            assert status == 503 and b"draining" in body
+            assert admission.inflight == 0  # the protocol gave the slot back
+            fastapi.state.draining = False
+            for sock in clients:
+                sock.close()
+
+    asyncio.run(scenario())
 
 
 @pytest.mark.slow
