@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import sys
 from typing import Any
 
 from starlette.datastructures import State
@@ -37,6 +38,15 @@ from serving.scope import DeploymentScope
 from warehouse import PredictionLogWriter
 
 log = logging.getLogger("roost.serving")
+
+GIL_SWITCH_INTERVAL_S = 0.00025
+"""``sys.setswitchinterval`` while a gateway serves (CPython's default is 5 ms): how long the
+event loop waits for the GIL while a background thread runs Python (a WAL seal decoding rows,
+a registry poll or consent refresh in SQLAlchemy) before that thread must let go. At 5 ms a
+request arriving during a seal could wait 5 ms each time the loop took the GIL back
+(docs/latency.md)."""
+_interval_holders: list[Gateway] = []  # serving gateways; the last one out restores it
+_saved_interval: list[float] = []
 
 
 class Gateway:
@@ -119,6 +129,7 @@ class Gateway:
             # collector's full passes, which otherwise stall the event loop for tens of ms.
             gc.collect()
             gc.freeze()
+            _shorten_switch_interval(self)
             await self._open_feature_store(repository, plane)
             self.poller = RegistryPoller(repository)
             self.poller.start()
@@ -177,3 +188,21 @@ class Gateway:
         # ("nanobind: leaked ... instances" from onnx), and an embedded gateway's models stay
         # alive after it stopped.
         gc.unfreeze()
+        _restore_switch_interval(self)
+
+
+def _shorten_switch_interval(gateway: Gateway) -> None:
+    if gateway in _interval_holders:
+        return
+    if not _interval_holders:
+        _saved_interval[:] = [sys.getswitchinterval()]
+        sys.setswitchinterval(min(_saved_interval[0], GIL_SWITCH_INTERVAL_S))
+    _interval_holders.append(gateway)
+
+
+def _restore_switch_interval(gateway: Gateway) -> None:
+    if gateway not in _interval_holders:
+        return
+    _interval_holders.remove(gateway)
+    if not _interval_holders and _saved_interval:
+        sys.setswitchinterval(_saved_interval.pop())

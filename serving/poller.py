@@ -78,9 +78,10 @@ class RegistryPoller:
         repository = self.repository
         try:
             await repository.sync()
-            await asyncio.to_thread(
-                repository.rewards.flush, repository.registry, repository.table
-            )
+            table = repository.table
+            if repository.rewards.pending or any(r.policy.bandit for r in table.routers.values()):
+                # a thread hop (and the GIL for SQL) only when there are rewards to exchange
+                await asyncio.to_thread(repository.rewards.flush, repository.registry, table)
         except Exception as exc:  # registry unreachable: keep serving the last table
             repository.health.poll_failed(exc)
         else:
