@@ -151,9 +151,7 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
         from serving.metrics import MULTIPROC_ENV
 
         settings.home.mkdir(parents=True, exist_ok=True)
-        shared = tempfile.mkdtemp(prefix="metrics-", dir=settings.home)
-        os.environ[MULTIPROC_ENV] = shared
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = shared  # prometheus_client's value storage
+        os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="metrics-", dir=settings.home)
     from serving.workers import AddressInUse, run_workers
 
     try:  # N > 1: one SO_REUSEPORT socket per worker, supervised (serving/workers.py)

@@ -1,8 +1,8 @@
 """Prometheus metrics of the gateway, served on ``/metrics``.
 
 Each app gets its own :class:`CollectorRegistry` (several gateways can live in one test process).
-With ``roost serve --workers N`` the workers share a metrics directory and ``/metrics``
-aggregates every worker's figures.
+With ``roost serve --workers N`` (and ``ROOST_GRPC_PROCESSES``) every process keeps its own
+in-memory registry and ``/metrics`` merges every process's figures (:mod:`serving.metrics_share`).
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client import multiprocess as prom_multiprocess
 
 from serving.breaker import BreakerState
 from serving.llm.metrics import LLMMetrics
+from serving.metrics_share import MetricsShare, Snapshot, gauge_modes, snapshot
 
 LATENCY_BUCKETS = (
     0.0001,
@@ -49,8 +49,8 @@ MULTIPROC_ENV = "ROOST_METRICS_MULTIPROC_DIR"
 def multiprocess_dir() -> str | None:
     """The directory worker processes share metrics through (set by ``roost serve --workers``).
 
-    Roost's own variable, not ``PROMETHEUS_MULTIPROC_DIR``: importing Feast sets that one for
-    Feast's metrics, which must not switch a single-process gateway into multi-process mode.
+    Roost's own variable, not ``PROMETHEUS_MULTIPROC_DIR`` (prometheus_client's multiprocess
+    mode, not used: see :mod:`serving.metrics_share`).
     """
     return os.environ.get(MULTIPROC_ENV) or None
 
@@ -175,6 +175,16 @@ class GatewayMetrics:
             registry=reg,
             multiprocess_mode="livemin",
         )
+        # how each gauge's values of several processes combine (livesum, max, ...)
+        self._gauge_modes = gauge_modes(
+            g for owner in (self, self.llm) for g in vars(owner).values() if isinstance(g, Gauge)
+        )
+        shared = multiprocess_dir()
+        self.share = MetricsShare(self.figures, shared) if shared else None
+
+    def figures(self) -> Snapshot:
+        """This process's figures, as the other processes receive them (for ``/metrics``)."""
+        return snapshot(self.registry, self._gauge_modes)
 
     def record_request(
         self,
@@ -275,8 +285,6 @@ class GatewayMetrics:
         """
         for (model, version), depth in depths.items():
             self.queue_depth.labels(model, version).set(depth)
-        if multiprocess_dir():
-            merged = CollectorRegistry()
-            prom_multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
-            return generate_latest(merged), CONTENT_TYPE_LATEST
+        if self.share is not None:
+            return generate_latest(self.share.collect_all()), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
