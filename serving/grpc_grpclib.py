@@ -25,7 +25,7 @@ import contextlib
 import logging
 import struct
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import grpc
 from google.protobuf import message_factory
@@ -136,17 +136,17 @@ class CoalescingTransport:
         return getattr(self.transport, name)
 
 
-class _Server(Server):  # type: ignore[misc]
+class _Server(Server):
     """grpclib's server, each connection's writes coalesced (:class:`CoalescingTransport`)."""
 
     def _protocol_factory(self) -> Any:  # grpclib's (private) per-connection protocol factory
         protocol = super()._protocol_factory()
         made = protocol.connection_made
 
-        def connection_made(transport: asyncio.Transport) -> None:
-            made(CoalescingTransport(transport))
+        def connection_made(transport: asyncio.BaseTransport) -> None:
+            made(cast(asyncio.Transport, CoalescingTransport(cast(asyncio.Transport, transport))))
 
-        protocol.connection_made = connection_made
+        protocol.connection_made = connection_made  # type: ignore[method-assign]
         return protocol
 
 

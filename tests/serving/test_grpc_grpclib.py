@@ -113,3 +113,107 @@ def test_stop_cancels_what_outlives_the_grace() -> None:
             assert stopped.value.code() == grpc.StatusCode.UNAVAILABLE
 
     asyncio.run(scenario())
+
+
+def test_grpclib_is_the_pinned_version_with_the_private_parts_roost_uses() -> None:
+    """serving/grpc_grpclib.py reaches into grpclib: ``Server._protocol_factory`` (to coalesce a
+    connection's writes), ``Server._server`` (to stop listening while calls drain) and the
+    server stream's ``_stream.recv_data`` (to refuse a message from its length prefix). They are
+    not grpclib's API: pyproject.toml pins grpclib's exact version, and this fails when the
+    installed one differs or those parts moved. Upgrading grpclib: check these against its
+    source, run this file and tests/serving/test_grpc.py, then move the pin."""
+    import inspect
+    import re
+    import tomllib
+    from importlib import metadata
+    from pathlib import Path
+
+    import grpclib.protocol
+    import grpclib.server
+
+    project = tomllib.loads(
+        (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
+    )["project"]
+    pins = [d for d in project["dependencies"] if re.match(r"grpclib\b", d)]
+    assert pins == [f"grpclib=={metadata.version('grpclib')}"], (
+        f"pyproject.toml pins {pins}, grpclib {metadata.version('grpclib')} is installed: "
+        "serving/grpc_grpclib.py uses grpclib's private parts, review them for this version"
+    )
+    assert callable(getattr(grpclib.server.Server, "_protocol_factory", None))
+    assert "_server" in inspect.getsource(grpclib.server.Server.start)
+    assert "self._stream = stream" in inspect.getsource(grpclib.server.Stream.__init__)
+    assert "recv_data" in vars(grpclib.protocol.Stream)
+    assert "self._transport.write(" in inspect.getsource(grpclib.protocol.Stream.send_headers)
+
+
+def test_an_answer_leaves_in_one_write() -> None:
+    """Headers, message and trailers of a unary answer reach the client together (one send;
+    grpclib alone sends three): the first bytes the client reads hold the trailers."""
+    import socket
+
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    async def scenario() -> None:
+        servicer = WaitingServicer()
+        servicer.release.set()
+        server = GrpclibServer(servicer, max_request_bytes=1 << 20)
+        port = free_port()
+        await server.start("127.0.0.1", port, reuse_port=False)
+        try:
+            await asyncio.to_thread(call_raw, port)
+        finally:
+            await server.stop(None)
+
+    def call_raw(port: int) -> None:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(conn.data_to_send())
+            while not any(  # the server's preface (SETTINGS) first
+                isinstance(e, h2.events.RemoteSettingsChanged)
+                for e in conn.receive_data(sock.recv(65536))
+            ):
+                pass
+            sock.sendall(conn.data_to_send())
+            body = pb.ModelInferRequest(model_name="m", id="one-write").SerializeToString()
+            conn.send_headers(1, [
+                (":method", "POST"), (":scheme", "http"), (":path", METHOD),
+                (":authority", "localhost"), ("content-type", "application/grpc"),
+                ("te", "trailers"),
+            ])
+            conn.send_data(1, b"\0" + len(body).to_bytes(4, "big") + body, end_stream=True)
+            sock.sendall(conn.data_to_send())
+            events: list[Any] = []
+            while not any(isinstance(e, h2.events.ResponseReceived) for e in events):
+                events = conn.receive_data(sock.recv(65536))  # acks and settings come first
+            kinds = [type(e) for e in events]
+            assert h2.events.DataReceived in kinds and h2.events.TrailersReceived in kinds, kinds
+            trailers = dict(next(e for e in events if isinstance(e, h2.events.TrailersReceived))
+                            .headers)
+            assert trailers[b"grpc-status"] == b"0"
+
+    asyncio.run(scenario())
+
+
+def test_a_call_past_its_client_deadline_ends_deadline_exceeded() -> None:
+    async def scenario() -> None:
+        servicer = WaitingServicer()  # never released
+        server = GrpclibServer(servicer, max_request_bytes=1 << 20)
+        port = free_port()
+        await server.start("127.0.0.1", port, reuse_port=False)
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                call = channel.unary_unary(
+                    METHOD, request_serializer=pb.ModelInferRequest.SerializeToString,
+                    response_deserializer=pb.ModelInferResponse.FromString,
+                )
+                with pytest.raises(grpc.aio.AioRpcError) as late:
+                    await call(pb.ModelInferRequest(model_name="m"), timeout=0.3)
+                assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                assert server.inflight == 0  # the handler was cancelled, not left running
+        finally:
+            await server.stop(None)
+
+    asyncio.run(scenario())
