@@ -189,7 +189,7 @@ def build_servers(args: argparse.Namespace, home: Path, work: Path) -> list[Serv
         s = Server("aio on asyncio's own loop (no uvloop)", [], env)
         s.argv = [*variants, "--variant", "aio", "--port", str(s.port), "--loop", "asyncio"]
         servers.append(s)
-    for variant in ("aio", "threaded", "grpclib"):
+    for variant in ("aio", "threaded", "grpclib", "grpclib-plain"):
         if f"{variant}-null" in wanted:
             s = Server(f"{variant} transport only (fixed answer)", [], env)
             s.argv = [*variants, "--variant", variant, "--port", str(s.port), "--null"]

@@ -9,8 +9,10 @@ data plane; its own gRPC off) on an asyncio loop and then serves ``ModelInfer`` 
 - ``threaded``: grpcio's synchronous server (``grpc.server(ThreadPoolExecutor)``); each call is
   decoded on a pool thread and handed to the data plane on the loop
   (``run_coroutine_threadsafe``), its answer encoded back on the thread;
-- ``grpclib``: ``grpclib.server.Server`` (pure asyncio, h2) on the gateway's loop, with the
-  same ``tritonclient`` messages;
+- ``grpclib``: Roost's servicer on :class:`~serving.grpc_grpclib.GrpclibServer` (grpclib, pure
+  asyncio, h2, each connection's writes coalesced) on the gateway's loop, as ``roost serve``
+  runs it by default; ``grpclib-plain``: ``grpclib.server.Server`` as it comes, with the same
+  ``tritonclient`` messages;
 - ``aio``: Roost's own ``grpc.aio`` servicer, on a loop with no HTTP edge; ``--processes N``
   starts N such processes sharing the port (SO_REUSEPORT), each with its own data plane.
 
@@ -145,6 +147,17 @@ def grpclib_service(plane: DataPlane) -> Any:
     return Service()
 
 
+def _servicer(plane: DataPlane, null: bool) -> InferenceServicer:
+    """Roost's servicer; ``null``: its ModelInfer decodes and answers the fixed response."""
+    servicer = InferenceServicer(plane)
+    if null:
+        async def model_infer(request: Any, context: Any) -> Any:
+            return await _infer(plane, request, _context({}))
+
+        setattr(servicer, "ModelInfer", model_infer)  # noqa: B010
+    return servicer
+
+
 # -- the process ---------------------------------------------------------------------------
 
 
@@ -169,7 +182,7 @@ async def main_async(variant: str, port: int, threads: int, reuse: bool, null: b
             sync_server = serve_threaded(plane, loop, port, threads)
             await stop.wait()
             await asyncio.to_thread(lambda: sync_server.stop(5).wait())
-        elif variant == "grpclib":
+        elif variant == "grpclib-plain":
             from grpclib.server import Server
 
             lib_server = Server([grpclib_service(plane)])
@@ -177,17 +190,18 @@ async def main_async(variant: str, port: int, threads: int, reuse: bool, null: b
             await stop.wait()
             lib_server.close()
             await lib_server.wait_closed()
+        elif variant == "grpclib":
+            from serving.grpc_grpclib import GrpclibServer
+
+            lib = GrpclibServer(_servicer(plane, null), settings.max_request_bytes)
+            await lib.start("127.0.0.1", port, reuse)
+            await stop.wait()
+            await lib.stop(5)
         else:
             aio_server = grpc.aio.server(options=[("grpc.so_reuseport", 1 if reuse else 0)])
             from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
-            servicer = InferenceServicer(plane)
-            if null:
-                async def model_infer(request: Any, context: Any) -> Any:
-                    return await _infer(plane, request, _context({}))
-
-                setattr(servicer, "ModelInfer", model_infer)  # noqa: B010
-            pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, aio_server)
+            pb_grpc.add_GRPCInferenceServiceServicer_to_server(_servicer(plane, null), aio_server)
             aio_server.add_insecure_port(f"127.0.0.1:{port}")
             await aio_server.start()
             await stop.wait()
@@ -209,7 +223,8 @@ def run(variant: str, port: int, threads: int, reuse: bool, null: bool = False,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--variant", choices=["threaded", "grpclib", "aio"], required=True)
+    parser.add_argument("--variant", choices=["threaded", "grpclib", "grpclib-plain", "aio"],
+                        required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--threads", type=int, default=16, help="threaded: pool size")
     parser.add_argument("--processes", type=int, default=1, help="aio/grpclib: processes")
