@@ -30,6 +30,19 @@ hop). Appends from other threads are written the same way by the syncer thread. 
   which bounds what a power loss can take.
 * ``buffered``: nobody waits and nothing is synced.
 
+Spare segments: with ``fsync`` or ``write``, the compactor thread prepares the next segment
+ahead of time (``prealloc_bytes``, 0 to turn this off): ``spare-<n>.arrow``, its schema
+written, then filled with zeros to the size the last segment reached with a quarter more (at
+least 256 KiB, at most ``segment_bytes``) and fsynced. When a new segment is needed the spare
+is renamed to it (the directory is fsynced before a record in it is acknowledged, as for any
+new segment), and records overwrite the zeros in place (``pwrite``), so an fdatasync flushes
+data blocks only: appending grows the file, and ext4 (like most file systems) must then commit
+the new size through its journal on every fdatasync (on this project's disk about 190 -> 120 us
+per sync). PostgreSQL zero-fills its WAL segments for the same reason. A segment is closed when
+its zeros are used up and cut to its written size when it is closed. A zero tail reads as the
+end of a segment's stream, so the unused end of a crashed process's open segment is read and
+recovered like any other segment; a spare left behind holds no record and is removed.
+
 Nothing that can take milliseconds runs on the loop: a new segment is created there (``open``
 and the schema's ``write``) but its directory entry is fsynced by the syncer before the first
 record in it is acknowledged; closed segments are synced and closed by the syncer, and sealed
@@ -86,6 +99,8 @@ WAL_DIR = "wal"
 """Directory under the logs root that holds one directory of segments per writer."""
 
 LOCK_NAME = "LOCK"
+SPARE_PREFIX = "spare-"
+"""``spare-<n>.arrow``: a writer's next segment, zero-filled ahead of time (holds no record)."""
 SEGMENT_SUFFIX = ".arrow"
 
 WAL_SCHEMA: pa.Schema = pa.schema(
@@ -294,14 +309,20 @@ def read_segment(path: Path, *, truncate: bool = False) -> SegmentContents:
         except StopIteration:
             pass
         except (pa.ArrowException, OSError, ValueError) as exc:
-            logger.warning("prediction log: %s: torn tail after byte %d (%s)", path, valid, exc)
+            if data.count(0, valid) != len(data) - valid:  # not a spare's unused end
+                logger.warning(
+                    "prediction log: %s: torn tail after byte %d (%s)", path, valid, exc
+                )
     if compact:
         assert schema is not None
         table = _expand(pa.Table.from_batches(batches, schema=schema), path)
     else:
         table = pa.Table.from_batches(batches, schema=WAL_SCHEMA)
     contents = _dedupe(path, SegmentContents(table, valid, len(data)))
-    if truncate and contents.torn:
+    zeros = contents.torn and data.count(0, valid) == len(data) - valid  # a spare's unused end
+    if truncate and zeros:
+        os.truncate(path, valid)
+    elif truncate and contents.torn:
         with open(path, "r+b") as handle:
             handle.truncate(valid)
             handle.flush()
@@ -426,6 +447,7 @@ class _OpenSegment:
     synced: int = 0  # bytes known to be on disk (fdatasync returned after they were written)
     synced_rows: int = 0
     dir_synced: bool = False  # the directory entry was fsynced
+    capacity: int = 0  # a spare's zero-filled size (0: grows by appending)
     waiters: list[Waiter] = dataclasses.field(default_factory=list)  # fsync: written, unsynced
 
 
@@ -449,6 +471,7 @@ class WriteAheadLog:
         segment_rows: int = 5000,
         segment_age_s: float = 2.0,
         segment_bytes: int = 64 * 1024 * 1024,
+        prealloc_bytes: int = 1024 * 1024,
         recover_orphans: bool = True,
         orphan_scan_s: float = 10.0,
         max_retry_backoff_s: float = 30.0,
@@ -464,6 +487,10 @@ class WriteAheadLog:
         self.segment_rows = segment_rows
         self.segment_age_s = segment_age_s
         self.segment_bytes = segment_bytes
+        self.prealloc_bytes = (
+            0 if self.durability is Durability.BUFFERED else min(prealloc_bytes, segment_bytes)
+        )
+        """Zeros a spare segment starts with (0: no spares); adapts to the segments' sizes."""
         self.recover_orphans = recover_orphans
         self.orphan_scan_s = orphan_scan_s
         self.max_retry_backoff_s = max_retry_backoff_s
@@ -482,6 +509,9 @@ class WriteAheadLog:
         self._syncing = False  # a sync round is running (a hint: no lock)
         self._seal_lock = threading.Lock()  # one sealer at a time
         self._segment: _OpenSegment | None = None
+        self._spare: _OpenSegment | None = None  # zero-filled, synced; the next segment
+        self._spare_lock = threading.Lock()  # one spare being prepared at a time
+        self._spares_made = 0
         self._seq = 0
         self._segment_number = 0
         self._last_created_ns = 0
@@ -543,6 +573,7 @@ class WriteAheadLog:
             fd = _lock(self.directory / LOCK_NAME)
             if fd is None:
                 raise WalLocked(f"{self.directory} is locked by another live process")
+            _remove_spares(self.directory)  # an earlier life's
             leftovers = list_segments(self.directory)
             if leftovers:
                 logger.warning(
@@ -652,24 +683,73 @@ class WriteAheadLog:
     # -- committing -------------------------------------------------------------------------
 
     def _new_segment(self) -> _OpenSegment:
-        """Create the next segment and write its schema. Not synced here (it may run on the
-        event loop): the syncer fsyncs the directory and the file before it acknowledges a
-        record in it."""
-        created = max(time.time_ns(), self._last_created_ns + 1)
-        self._last_created_ns = created
-        number = self._segment_number
-        self._segment_number += 1
-        path = self.directory / segment_name(created, number)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        """The next segment (caller holds ``_commit_lock``): the spare if one is ready, else
+        a new file with its schema written. Not synced here (it may run on the event loop): the
+        syncer fsyncs the directory and the file before it acknowledges a record in it."""
+        path = self._next_path()
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            try:
+                os.rename(spare.path, path)
+            except OSError as exc:
+                logger.warning("prediction log: could not use the spare segment: %s", exc)
+                with contextlib.suppress(OSError):
+                    os.close(spare.fd)
+            else:
+                spare.path, spare.created = path, time.monotonic()
+                self._compact_wake.set()  # prepare the one after it
+                return spare
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         schema = COMPACT_WAL_SCHEMA.serialize()
         try:
-            _write_all(fd, schema)
+            _write_all(fd, schema, 0)
         except BaseException:
             os.close(fd)
             with contextlib.suppress(OSError):
                 path.unlink()
             raise
+        if self.prealloc_bytes:
+            self._compact_wake.set()  # a spare for the next one
         return _OpenSegment(path, fd, time.monotonic(), size=len(schema))
+
+    def _next_path(self) -> Path:
+        """The next segment's name (caller holds ``_commit_lock``): names sort in write order."""
+        created = max(time.time_ns(), self._last_created_ns + 1)
+        self._last_created_ns = created
+        number = self._segment_number
+        self._segment_number += 1
+        return self.directory / segment_name(created, number)
+
+    def _prepare_spare(self) -> None:
+        """Compactor thread: create, zero-fill and sync the next segment as ``spare-<n>.arrow``
+        (see the module's docstring), unless one is ready."""
+        if not self.prealloc_bytes or self._lock_fd is None or self._spare is not None:
+            return
+        if not self._spare_lock.acquire(blocking=False):
+            return
+        self._spares_made += 1
+        path = self.directory / f"{SPARE_PREFIX}{self._spares_made}{SEGMENT_SUFFIX}"
+        fd = -1
+        try:
+            schema = COMPACT_WAL_SCHEMA.serialize()
+            capacity = max(self.prealloc_bytes, len(schema) + 4096)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            _write_all(fd, schema, 0)
+            _write_zeros(fd, len(schema), capacity - len(schema))
+            os.fsync(fd)
+            spare = _OpenSegment(path, fd, time.monotonic(), size=len(schema), capacity=capacity)
+            spare.synced = len(schema)
+            with self._commit_lock:
+                if self._lock_fd is not None:
+                    self._spare, fd = spare, -1
+        except OSError as exc:
+            logger.warning("prediction log: could not prepare a spare segment: %s", exc)
+        finally:
+            self._spare_lock.release()
+            if fd >= 0:
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    path.unlink()
 
     def write_pending(self) -> int:
         """Write every record appended so far as one record batch with one ``write``; return
@@ -693,7 +773,7 @@ class WriteAheadLog:
                     segment = self._segment = self._new_segment()
                 data = records_to_compact_batch(records, self._seq).serialize()
                 try:
-                    _write_all(segment.fd, data)
+                    _write_all(segment.fd, data, segment.size)
                 except BaseException:
                     # After a failed write the file's state is unknown: cut it back to the last
                     # good group and start a new segment for the next one.
@@ -721,6 +801,7 @@ class WriteAheadLog:
             if (
                 segment.rows >= self.segment_rows
                 or segment.size >= self.segment_bytes
+                or (segment.capacity and segment.size >= segment.capacity)
                 or time.monotonic() - segment.created >= self.segment_age_s
             ):
                 self._retire()
@@ -774,12 +855,21 @@ class WriteAheadLog:
                 segment.synced, segment.synced_rows = size, rows
             _settle(waiters, None)
         for segment in retiring:
+            self._fit_prealloc(segment.size)
             with contextlib.suppress(OSError):
+                if segment.capacity > segment.size:
+                    os.ftruncate(segment.fd, segment.size)  # the unused zeros
                 os.close(segment.fd)
             with self._lock:
                 self._closed.append((segment.path, segment.rows))
         if retiring:
             self._compact_wake.set()
+
+    def _fit_prealloc(self, used: int) -> None:
+        """Size the next spares to what segments reach (with a quarter to spare)."""
+        if self.prealloc_bytes:
+            wanted = max(256 * 1024, used + used // 4)
+            self.prealloc_bytes = min(self.segment_bytes, -(-wanted // 65536) * 65536)
 
     def _sync_failed(self, segment: _OpenSegment, waiters: list[Waiter], exc: Exception) -> None:
         """A failed fdatasync: the segment's unsynced bytes are in an unknown state. ``fsync``:
@@ -927,6 +1017,7 @@ class WriteAheadLog:
         try:
             if not directory.is_dir():
                 return 0
+            _remove_spares(directory)  # they hold no record
             segments = list_segments(directory)
             if segments:
                 logger.warning(
@@ -952,6 +1043,7 @@ class WriteAheadLog:
         return rows
 
     def _compact_once(self) -> None:
+        self._prepare_spare()
         now = time.monotonic()
         if now >= self._seal_retry_at:
             try:
@@ -1028,6 +1120,7 @@ class WriteAheadLog:
                 return
         self.commit()
         self.rotate()
+        self._drop_spare()
         try:
             self.seal_closed()
         except Exception as exc:
@@ -1048,6 +1141,15 @@ class WriteAheadLog:
         finally:
             if fd is not None:
                 os.close(fd)
+
+
+    def _drop_spare(self) -> None:
+        with self._spare_lock, self._commit_lock:
+            spare, self._spare = self._spare, None
+        if spare is not None:
+            with contextlib.suppress(OSError):
+                os.close(spare.fd)
+                spare.path.unlink()
 
 
 class _Wakeup:
@@ -1075,11 +1177,28 @@ class _Wakeup:
         self._lock.acquire(blocking=False)
 
 
-def _write_all(fd: int, data: bytes | pa.Buffer) -> None:
+def _remove_spares(directory: Path) -> None:
+    for spare in directory.glob(f"{SPARE_PREFIX}*{SEGMENT_SUFFIX}"):
+        spare.unlink(missing_ok=True)
+
+
+def _write_all(fd: int, data: bytes | pa.Buffer, offset: int) -> None:
     view = memoryview(data)
     while view:
-        written = os.write(fd, view)
+        written = os.pwrite(fd, view, offset)
         view = view[written:]
+        offset += written
+
+
+_ZEROS = bytes(64 * 1024)
+
+
+def _write_zeros(fd: int, offset: int, count: int) -> None:
+    while count > 0:
+        chunk = min(count, len(_ZEROS))
+        _write_all(fd, memoryview(_ZEROS)[:chunk], offset)
+        offset += chunk
+        count -= chunk
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

@@ -398,6 +398,38 @@ def test_segments_rotate_and_rows_reach_parquet_within_seconds(tmp_path: Path) -
         writer.close()
 
 
+def test_the_next_segment_is_a_zero_filled_spare_written_in_place(tmp_path: Path) -> None:
+    """Records after the first rotation go into a spare the compactor zero-filled and synced
+    ahead of time (an fdatasync then need not commit a new file size); closing a segment cuts
+    its unused zeros, a killed writer's zero tail is recovered, its spare removed."""
+    writer = wal_writer(tmp_path, flush_rows=5)
+    writer.start()
+    wal = writer.wal
+    assert wal is not None
+    spares = tmp_path / WAL_DIR / "w1"
+    for i in range(5):
+        writer.append_sync(make_record(request_id=f"s{i}"))  # the first segment: 5 rows
+    wait_for(lambda: wal._spare is not None)  # prepared by the compactor thread
+    spare = wal._spare
+    assert spare is not None and spare.capacity >= 256 * 1024
+    assert spare.path.parent == spares and spare.path.name.startswith("spare-")
+    inode = os.fstat(spare.fd).st_ino
+    writer.append_sync(make_record(request_id="s5"))
+    wait_for(lambda: len(segments(tmp_path)) == 1)  # the first one sealed
+    [segment] = segments(tmp_path)
+    assert segment.stat().st_ino == inode  # the spare, renamed
+    assert segment.stat().st_size == spare.capacity  # written in place, not appended
+    assert read_segment(segment).table.column("request_id").to_pylist() == ["s5"]
+    die(writer)  # what a SIGKILL leaves: the open segment with its zero tail, maybe a spare
+    rescuer = wal_writer(tmp_path, "rescuer", recover_orphans=True)
+    rescuer.start()
+    try:
+        wait_for(lambda: not spares.exists())
+    finally:
+        rescuer.close()
+    assert logged(tmp_path) == [(f"s{i}", 1) for i in range(6)]
+
+
 def test_resealing_a_segment_replaces_its_files(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
