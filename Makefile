@@ -34,8 +34,11 @@ lint: install
 	$(BIN)/mypy
 
 # pytest exits 5 when it collected nothing: that is a broken suite, never a pass.
+# TEST_WORKERS pytest-xdist processes (loadgroup: the tests/e2e ones run one at a time on one
+# worker, tests/conftest.py); TEST_WORKERS=0 runs everything in this one process.
+TEST_WORKERS ?= 2
 test: install lint
-	@$(BIN)/pytest; rc=$$?; \
+	@$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests"; exit 1; fi; exit $$rc
 
 bench: install

@@ -271,7 +271,9 @@ def run_failover(
             time.sleep(restart_after_s)
             gateways[victim].start()
             gateways[victim].wait_ready()
-            time.sleep(max(0.0, killed_at + after_s - time.monotonic()))
+            # the replacement gets live traffic for a while however slowly it came back (a busy
+            # machine: ready after the window closed would leave capacity_back unmeasured)
+            time.sleep(max(eject_s + 2.0, killed_at + after_s - time.monotonic()))
         else:
             time.sleep(after_s)
         stop.set()

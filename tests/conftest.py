@@ -16,6 +16,18 @@ from postgres import start_server as start_postgres
 
 from registry import Registry, RoostSettings
 
+E2E_DIR = Path(__file__).parent / "e2e"
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the marks (--dist loadgroup)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """``make test`` runs on two pytest-xdist workers: the end-to-end tests (each starts a process
+    tree: gateways, Dagster, load generators; several measure outages and drain times) share one
+    group, so they run one after another on one worker, never beside each other."""
+    for item in items:
+        if E2E_DIR in item.path.parents:
+            item.add_marker(pytest.mark.xdist_group("e2e"))
+
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
