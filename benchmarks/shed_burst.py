@@ -2,6 +2,7 @@
 
     flock /tmp/roost-bench.lock .venv/bin/python benchmarks/shed_burst.py \\
         [--max-inflight 0,128] [--rate 0] [--factor 10] [--duration 10] [--connections 1000]
+        [--trace] [--env ROOST_LOG_DURABILITY=write]
 
 For each value of ``--max-inflight`` (``ROOST_MAX_INFLIGHT_REQUESTS``; 0: no limit) a fresh
 ``roost serve`` (as shipped: durable log, metrics, gRPC on) serves ``ok``, a linear softmax on
@@ -103,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=1000)
     parser.add_argument("--drain", type=float, default=30.0)
     parser.add_argument("--trace", action="store_true", help="time the server's stages")
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting for the gateway, e.g. ROOST_LOG_DURABILITY=write")
     parser.add_argument("--out", type=Path, default=Path("/tmp/shed-burst.json"))
     args = parser.parse_args(argv)
     body = BODY_FILE.read_bytes().strip()
@@ -113,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             home = Path(tmp) / "home"
             prepare(home)
             env = {"ROOST_MAX_INFLIGHT_REQUESTS": str(limit)}  # 0: off (older code: ignored)
+            env.update(pair.split("=", 1) for pair in args.env)
             target = roost_target(home, env=env)
             trace = Path(tmp) / "trace.json"
             if args.trace:

@@ -2,8 +2,10 @@
 
 :class:`TracingProtocol` is the gateway's HTTP protocol (serving/http_protocol.py) plus timing:
 for every request the protocol passes on it records when its headers were read (its arrival),
-when its ASGI task first ran, when its answer started and when it was written; a timer every
-10 ms records how late the event loop ran it (the loop's turn length). At exit the percentiles
+when its ASGI task first ran, when it reached the batcher's queue and when the batcher gave its
+outputs back (``DynamicBatcher.submit`` is wrapped for this, in this probe only), when its
+answer started and when it was written; a timer every 10 ms records how late the event loop
+ran it (the loop's turn length). At exit the percentiles
 go to the JSON file named by ``ROOST_TRACE_OUT``. Used by ``shed_burst.py --trace``:
 
     PYTHONPATH=benchmarks .venv/bin/python -m uvicorn --factory \\
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextvars
 import json
 import os
 import time
@@ -22,7 +25,27 @@ from typing import Any
 
 import numpy as np
 
+from serving.batching import DynamicBatcher
 from serving.http_protocol import ANSWERED, EarlyRefusalProtocol
+
+STATE: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "trace_state", default=None
+)
+_submit = DynamicBatcher.submit
+
+
+async def _timed_submit(self: DynamicBatcher, *args: Any, **kwargs: Any) -> Any:
+    state = STATE.get()
+    if state is not None:
+        state["trace_submit"] = time.monotonic()
+    try:
+        return await _submit(self, *args, **kwargs)
+    finally:
+        if state is not None:
+            state["trace_ran"] = time.monotonic()
+
+
+DynamicBatcher.submit = _timed_submit  # type: ignore[method-assign]
 
 TICK_S = 0.01
 
@@ -31,7 +54,7 @@ class Trace:
     """The samples of one process."""
 
     def __init__(self) -> None:
-        self.by_status: dict[int, list[tuple[float, float, float]]] = defaultdict(list)
+        self.by_status: dict[int, list[tuple[float, ...]]] = defaultdict(list)
         self.refused_in_protocol = 0
         self.lag_s: list[float] = []
         self.started = False
@@ -62,12 +85,15 @@ class Trace:
             "refused_in_protocol": self.refused_in_protocol,
             "loop_lag_ms": pct(self.lag_s),
         }
+        names = (
+            "headers_to_task_ms", "task_to_queue_ms", "queue_to_outputs_ms",
+            "outputs_to_answer_ms", "headers_to_written_ms",
+        )
         for status, samples in sorted(self.by_status.items()):
-            to_task, to_answer, total = zip(*samples, strict=True)
+            columns = list(zip(*samples, strict=True))
             out[str(status)] = {
-                "headers_to_task_ms": pct(list(to_task)),
-                "task_to_answer_ms": pct(list(to_answer)),
-                "headers_to_written_ms": pct(list(total)),
+                name: pct([v for v in column if v >= 0])
+                for name, column in zip(names, columns, strict=True)
             }
         return out
 
@@ -94,6 +120,7 @@ class _Timed:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             scope["state"]["trace_task"] = time.monotonic()
+            STATE.set(scope["state"])
         await self.app(scope, receive, send)
 
 
@@ -121,8 +148,14 @@ class TracingProtocol(EarlyRefusalProtocol):
             if message["type"] == "http.response.body" and not message.get("more_body"):
                 now = time.monotonic()
                 task = state.get("trace_task", arrived)
-                TRACE.by_status[int(status[0])].append(
-                    (task - arrived, status[1] - task, now - arrived)
-                )
+                queued = state.get("trace_submit")
+                ran = state.get("trace_ran")
+                TRACE.by_status[int(status[0])].append((
+                    task - arrived,
+                    -1.0 if queued is None else queued - task,
+                    -1.0 if queued is None or ran is None else ran - queued,
+                    -1.0 if ran is None else status[1] - ran,
+                    now - arrived,
+                ))
 
         cycle.send = send  # type: ignore[method-assign]
