@@ -1,11 +1,12 @@
 """The OIP v2 gRPC service on ``grpclib`` (pure-asyncio HTTP/2), on the gateway's event loop.
 
-``ROOST_GRPC_SERVER=grpclib`` serves the same :class:`~serving.grpc_server.InferenceServicer`
-(every RPC, auth, request ids, early refusals, logging) through grpclib instead of ``grpc.aio``.
-Why: ``grpc.aio`` runs its own poller thread, and every call crosses from it to the event loop
-and back; next to the data plane's own threads (the batcher's, the log's) that costs the
-gateway about twice the CPU per call that grpclib's in-loop HTTP/2 costs, measured side by side
-in ``benchmarks/grpc_compare.py`` (the numbers are in benchmarks/RESULTS.md).
+The default (``ROOST_GRPC_SERVER=grpclib``): it serves the same
+:class:`~serving.grpc_server.InferenceServicer` (every RPC, auth, request ids, early refusals,
+logging) that ``grpc.aio`` serves with ``ROOST_GRPC_SERVER=grpcio``. Why: ``grpc.aio`` runs its
+own poller thread, and every call crosses from it to the event loop and back (about 15 context
+switches per call next to the data plane's own threads, against 4 here); with the data plane it
+costs the gateway more CPU per call than grpclib's in-loop HTTP/2, measured side by side in
+``benchmarks/grpc_compare.py`` (docs/grpc.md, benchmarks/RESULTS.md).
 
 The servicer is written against ``grpc.aio``'s context (``invocation_metadata()``,
 ``abort(code, details, trailing_metadata)``); :class:`StreamContext` gives it that over a grpclib
@@ -15,7 +16,14 @@ stream, so one servicer serves both. What grpclib does not do by itself is done 
   length prefix, before its body is read (as grpc-core's ``max_receive_message_length``);
 - ``stop(grace)`` drains like ``grpc.aio.Server.stop``: no new connections, new calls on open
   ones UNAVAILABLE, calls in flight get ``grace`` seconds; those still running then are answered
-  UNAVAILABLE and cancelled.
+  UNAVAILABLE and cancelled;
+- a connection's writes of one event-loop iteration leave in one ``send``
+  (:class:`CoalescingTransport`): grpclib writes an answer's headers, message and trailers
+  separately, three sends and three TCP segments for the client to wake up for.
+
+Three of grpclib's private parts are used (``Server._protocol_factory``, ``Server._server``, the
+server stream's ``_stream.recv_data``): pyproject.toml pins grpclib's exact version and
+tests/serving/test_grpc_grpclib.py fails when the installed one differs or they moved.
 """
 
 from __future__ import annotations

@@ -2,8 +2,12 @@
 
 The messages and the service stubs are the ones NVIDIA ships inside ``tritonclient`` (generated
 from Triton's ``grpc_service.proto``), so ``tritonclient.grpc`` talks to Roost unchanged. The
-server is a ``grpc.aio`` server on the gateway's event loop, started and stopped by the FastAPI
-lifespan; every RPC goes through the same :class:`~serving.dataplane.DataPlane` as REST.
+servicer is written against ``grpc.aio``'s servicer context; it is served on the gateway's event
+loop by grpclib (``ROOST_GRPC_SERVER=grpclib``, the default: :mod:`serving.grpc_grpclib`) or by
+a ``grpc.aio`` server (``grpcio``), or from processes of its own (:mod:`serving.grpc_processes`),
+started and stopped by the gateway; every RPC goes through the same
+:class:`~serving.dataplane.DataPlane` as REST. ``ModelInfer`` encodes its answer before it waits
+for the answer's log record to be durable, as REST does.
 
 Tensor data arrives either typed (``InferInputTensor.contents``) or raw
 (``ModelInferRequest.raw_input_contents``: little-endian bytes; BYTES elements each prefixed by
@@ -281,9 +285,10 @@ async def start_grpc_server(
 ) -> grpc.aio.Server | GrpcProcesses | GrpclibServer | None:
     """Start the OIP v2 gRPC service on ``settings.grpc_port``; None when the port is 0.
 
-    On this event loop with ``grpc.aio`` or, with ``settings.grpc_server`` ``grpclib``, with
-    grpclib (:mod:`serving.grpc_grpclib`); or in ``settings.grpc_processes`` processes of its
-    own (:mod:`serving.grpc_processes`). Each answers ``await server.stop(grace)``.
+    On this event loop with grpclib (``settings.grpc_server`` ``grpclib``, the default:
+    :mod:`serving.grpc_grpclib`) or ``grpc.aio`` (``grpcio``); or in
+    ``settings.grpc_processes`` processes of its own (:mod:`serving.grpc_processes`). Each
+    answers ``await server.stop(grace)``.
     ``reuse_port``: share the port (SO_REUSEPORT) even with one worker (a gRPC process does).
     """
     if settings.grpc_port == 0:
@@ -301,7 +306,7 @@ async def start_grpc_server(
         except ImportError as exc:
             raise GrpcBindError(
                 f"ROOST_GRPC_SERVER=grpclib needs the grpclib package ({exc}): "
-                "pip install 'grpclib>=0.4.7', or set ROOST_GRPC_SERVER=grpcio"
+                "pip install 'grpclib==0.4.9' (a serving dependency), or ROOST_GRPC_SERVER=grpcio"
             ) from None
         lib = GrpclibServer(InferenceServicer(plane), settings.max_request_bytes)
         try:
