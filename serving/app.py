@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from registry import Registry, RoostSettings
 from serving.admin_api import admin
+from serving.asgi import GatewayApp
 from serving.consent_api import consent
 from serving.dataplane import SERVER_VERSION
 from serving.drain import Drain
@@ -53,7 +54,7 @@ def create_app(settings: RoostSettings, gateway: Gateway | Registry | None = Non
                 await governance.consent.stop()
             await parts.stop()
 
-    app = FastAPI(
+    app = GatewayApp(
         title="Roost gateway",
         version=SERVER_VERSION,
         lifespan=lifespan,
