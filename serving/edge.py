@@ -170,13 +170,12 @@ async def _infer(
     model = unquote(groups[0] or "")
     version = unquote(groups[1]) if groups[1] else None
     admission = edge.admission
-    if scope["state"].pop(RESERVED, False):  # the HTTP protocol admitted it and took a slot:
-        admission.inflight -= 1  # given back here, taken again below if it goes on
-    refused = admission.refusal(plane.repository, model, version)
-    if refused is not None:
-        await _refuse(admission, plane, model, refused, raw, send, arrived)
-        return
-    admission.inflight += 1
+    if not scope["state"].pop(RESERVED, False):  # else admitted by the HTTP protocol: slot taken
+        refused = admission.refusal(plane.repository, model, version)
+        if refused is not None:
+            await _refuse(admission, plane, model, refused, raw, send, arrived)
+            return
+        admission.inflight += 1
     try:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in raw.items()}
         try:
