@@ -12,7 +12,9 @@ loads ``ok`` and ``bad`` in turn, ``--rounds`` times, interleaved; each run repo
 process's CPU time per request (utime + stime from /proc, all threads). The refusal is what a
 full queue costs too: both are decided by the same check (serving/shedding.py).
 
-``--before CHECKOUT`` runs a second gateway from another checkout (e.g. ``git worktree add
+``--plain-httptools`` adds this checkout under plain uvicorn with its own httptools protocol
+(``roost serve`` uses serving/http_protocol.py's), where the ASGI edge refuses: the protocol's
+share, measured alongside. ``--before CHECKOUT`` runs a second gateway from another checkout (e.g. ``git worktree add
 /tmp/before HEAD~3``; started with ``PYTHONPATH=CHECKOUT``) alongside, and interleaves its runs
 with this checkout's, so the two are compared in one sitting. Run the whole script against
 another checkout with ``PYTHONPATH=/path/to/checkout``: the registry writes and the server come
@@ -33,6 +35,7 @@ from typing import Any
 from harness import BODY_FILE, http, log, roost_target, run_wrk, start, stop, wait_ready
 from roost_testing import deploy_model, make_failing_onnx, make_linear_onnx
 
+PLAIN = "this checkout, uvicorn --http httptools"
 FAILING = {"warmup_runs": 0, "breaker_failures": 1, "breaker_reset_ms": 3_600_000}
 
 
@@ -62,18 +65,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--before", type=Path, default=None,
                         help="another checkout to measure alongside (PYTHONPATH)")
+    parser.add_argument("--plain-httptools", action="store_true",
+                        help="also this checkout under uvicorn's own httptools protocol (the "
+                        "ASGI edge refuses), alongside")
     parser.add_argument("--out", type=Path, default=Path("/tmp/shed-cost.json"))
     args = parser.parse_args(argv)
     body = BODY_FILE.read_bytes().strip()
     variants: list[tuple[str, dict[str, str]]] = [("this checkout", {})]
     if args.before is not None:
         variants.append((f"before ({args.before})", {"PYTHONPATH": str(args.before.resolve())}))
+    if args.plain_httptools:
+        variants.append((PLAIN, {}))
     with tempfile.TemporaryDirectory(prefix="shed-cost-") as tmp:
         targets = []
         for n, (_name, env) in enumerate(variants):
             home = Path(tmp) / f"home{n}"
             prepare(home)
             target = roost_target(home, name=f"v{n}", env=env)
+            if _name == PLAIN:
+                target.argv = [
+                    sys.executable, "-m", "uvicorn", "--factory", "serving.app:create_app_from_env",
+                    "--host", "127.0.0.1", "--port", str(target.port), "--log-level", "warning",
+                    "--no-access-log", "--http", "httptools",
+                ]
             start(target, Path(tmp))
             targets.append(target)
         runs: dict[str, dict[str, list[dict[str, Any]]]] = {
