@@ -364,6 +364,30 @@ def test_grpc_predictions_are_logged(
     }
 
 
+def test_an_answer_whose_log_record_cannot_be_made_durable_is_unavailable(
+    client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The answer is encoded before its record's fdatasync is awaited (as REST); a failed sync
+    still keeps the answer from leaving: UNAVAILABLE, and the next call is served."""
+    from warehouse import wal as wal_module
+
+    real, failed = wal_module._sync_data, []
+
+    def failing_once(fd: int) -> None:
+        if not failed:
+            failed.append(fd)
+            raise OSError(5, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(wal_module, "_sync_data", failing_once)
+    x = np.ones((1, 4), np.float32)
+    error = grpc_error(lambda: client.infer("linear", [linear_input(x)]))
+    assert failed and error.status() == "StatusCode.UNAVAILABLE", error
+    assert "Input/output error" in error.message()
+    result = client.infer("linear", [linear_input(x)])
+    np.testing.assert_allclose(result.as_numpy("probabilities"), reference(x)["probabilities"])
+
+
 # -- decoding (pure) -------------------------------------------------------------------------
 
 
