@@ -1,7 +1,7 @@
 """Server CPU per refused request against per served request, side by side on one gateway.
 
     flock /tmp/roost-bench.lock .venv/bin/python benchmarks/shed_cost.py [--duration 5]
-        [--concurrency 64] [--rounds 2] [--before /path/to/checkout] [--out /tmp/shed-cost.json]
+        [--concurrency 64] [--rounds 2] [--before CHECKOUT] [--plain-httptools] [--out FILE]
 
 One ``roost serve`` (as shipped: durable log, metrics, gRPC on) over a fresh ROOST_HOME with two
 models taking the breast-cancer body (``benchmarks/body.json``, 30 FP32): ``ok``, a linear
@@ -14,11 +14,11 @@ full queue costs too: both are decided by the same check (serving/shedding.py).
 
 ``--plain-httptools`` adds this checkout under plain uvicorn with its own httptools protocol
 (``roost serve`` uses serving/http_protocol.py's), where the ASGI edge refuses: the protocol's
-share, measured alongside. ``--before CHECKOUT`` runs a second gateway from another checkout (e.g. ``git worktree add
-/tmp/before HEAD~3``; started with ``PYTHONPATH=CHECKOUT``) alongside, and interleaves its runs
-with this checkout's, so the two are compared in one sitting. Run the whole script against
-another checkout with ``PYTHONPATH=/path/to/checkout``: the registry writes and the server come
-from there.
+share, measured alongside. ``--before CHECKOUT`` runs a second gateway from another checkout
+(e.g. ``git worktree add /tmp/before HEAD~3``; started with ``PYTHONPATH=CHECKOUT``) alongside,
+and interleaves its runs with this checkout's, so the two are compared in one sitting. Run the
+whole script against another checkout with ``PYTHONPATH=/path/to/checkout``: the registry
+writes and the server come from there.
 """
 
 from __future__ import annotations
