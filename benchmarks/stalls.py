@@ -197,6 +197,8 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--concurrency", default="1",
+                        help="comma-separated wrk connection counts (the tables: one each)")
     parser.add_argument("--no-floor", action="store_true")
     parser.add_argument("--worktrees", type=Path, default=Path(tempfile.gettempdir()))
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "out")
@@ -222,6 +224,7 @@ def main() -> None:
     logs = args.out / "logs"
     logs.mkdir(exist_ok=True)
     runs: list[dict[str, Any]] = []
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
     try:
         for target in targets:
             start(target, logs)
@@ -231,14 +234,16 @@ def main() -> None:
         for round_no in range(1, args.rounds + 1):
             order = targets if round_no % 2 else list(reversed(targets))
             for target in order:
-                probe(target, reset=True)
-                result = run_wrk(target, 1, args.duration, BODY_FILE)
-                result["probe"] = probe(target, reset=False)
-                result["wrk_us"] = wrk_buckets(result.pop("raw"))
-                result["round"] = round_no
-                runs.append(result)
-                print(f"round {round_no} {target.name}: {result['rps']:,.0f} req/s, "
-                      f"p99 {result['wrk_us'].get('p99')} µs", file=sys.stderr, flush=True)
+                for concurrency in concurrencies:
+                    probe(target, reset=True)
+                    result = run_wrk(target, concurrency, args.duration, BODY_FILE)
+                    result["probe"] = probe(target, reset=False)
+                    result["wrk_us"] = wrk_buckets(result.pop("raw"))
+                    result["round"] = round_no
+                    runs.append(result)
+                    print(f"round {round_no} {target.name} c={concurrency}: "
+                          f"{result['rps']:,.0f} req/s, p99 {result['wrk_us'].get('p99')} µs",
+                          file=sys.stderr, flush=True)
     finally:
         for target in targets:
             stop(target)
@@ -250,7 +255,11 @@ def main() -> None:
         f"{args.duration:g} s per run, {args.rounds} interleaved rounds, values per round "
         f"joined with /)"
     )
-    text = report(runs, [t.name for t in targets], header)
+    text = "\n".join(
+        report([r for r in runs if r["concurrency"] == c], [t.name for t in targets],
+               header.replace("-c1", f"-c{c}"))
+        for c in concurrencies
+    )
     (args.out / "stalls.md").write_text(text)
     (args.out / "stalls.json").write_text(json.dumps(runs, indent=1, default=str))
     print(text)
