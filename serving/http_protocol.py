@@ -62,7 +62,8 @@ if TYPE_CHECKING:
 PROTOCOL = "serving.http_protocol:EarlyRefusalProtocol"
 """uvicorn's ``http`` setting for the gateway (an import string: worker processes load it)."""
 
-INFER = re.compile(rb"/v2/models/([^/%\x80-\xff]+)(?:/versions/([^/%\x80-\xff]+))?/infer")
+_NAME = rb"([^/%?\x80-\xff]+)"  # no escapes, no query, ASCII (as the edge's path after unquote)
+INFER = re.compile(rb"/v2/models/" + _NAME + rb"(?:/versions/" + _NAME + rb")?/infer(?:\?.*)?")
 """OIP v2 infer: the first route of :data:`serving.edge.ROUTES`, so a match is that route."""
 
 __all__ = ["ARRIVED", "PROTOCOL", "EarlyRefusalProtocol"]
@@ -135,7 +136,7 @@ class EarlyRefusalProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
             return False  # pipelined behind an answer still being written
-        match = INFER.fullmatch(self.url.partition(b"?")[0])
+        match = INFER.fullmatch(self.url)
         if match is None:
             return False
         edge = self._edge or self._find_edge()
@@ -147,7 +148,6 @@ class EarlyRefusalProtocol(HttpToolsProtocol):
             return False
         if self.parser.should_upgrade():
             return False
-        close = self.expect_100_continue or not self.parser.should_keep_alive()
         for name, value in self.headers:
             if name == b"content-encoding":
                 try:
@@ -157,8 +157,6 @@ class EarlyRefusalProtocol(HttpToolsProtocol):
             elif name == b"content-length":
                 if value.isdigit() and int(value) > edge.max_bytes:
                     return False
-        if self.parser.get_http_version() != "1.1":
-            close = True
         model = match.group(1).decode("latin-1")
         version = match.group(2)
         admission = edge.admission
@@ -176,6 +174,11 @@ class EarlyRefusalProtocol(HttpToolsProtocol):
                 plane.metrics, plane.repository, model, loaded, reason_of(error),
                 time.monotonic() - arrived,
             )
+        close = (
+            self.expect_100_continue
+            or not self.parser.should_keep_alive()
+            or self.parser.get_http_version() != "1.1"
+        )
         self.cycle = ANSWERED
         self.transport.write(self._rendered(edge, error, close))
         if close:
