@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 # prometheus_client picks its value storage when first imported; Feast sets
 # PROMETHEUS_MULTIPROC_DIR when *it* is imported, which would make every gateway in this test
@@ -16,17 +17,29 @@ from postgres import start_server as start_postgres
 
 from registry import Registry, RoostSettings
 
-E2E_DIR = Path(__file__).parent / "e2e"
 
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``make test`` runs on two pytest-xdist workers with ``--dist loadgroup``; the work units
+    handed to a worker are whole test files (a file's module fixtures are built once and its
+    tests run in order, as in one process), and all of tests/e2e is ONE unit: those tests run one
+    after another on one worker, never beside each other (each starts a process tree: gateways,
+    Dagster, load generators; several measure outages and drain times). tests/e2e goes out first,
+    then the other files, most tests first. (pytest-xdist 3.8's own ``xdist_group`` marks do nothing
+    on pytest 9: it renames ``item._nodeid``, which pytest 9 no longer reads.)"""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the marks (--dist loadgroup)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """``make test`` runs on two pytest-xdist workers: the end-to-end tests (each starts a process
-    tree: gateways, Dagster, load generators; several measure outages and drain times) share one
-    group, so they run one after another on one worker, never beside each other."""
-    for item in items:
-        if E2E_DIR in item.path.parents:
-            item.add_marker(pytest.mark.xdist_group("e2e"))
+    class FileAndE2EScheduling(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return "tests/e2e" if nodeid.startswith("tests/e2e/") else nodeid.split("::")[0]
+
+        def _assign_work_unit(self, node: Any) -> None:
+            if "tests/e2e" in self.workqueue:  # the longest unit: first, or it ends the run
+                self.workqueue.move_to_end("tests/e2e", last=False)
+            super()._assign_work_unit(node)
+
+    return FileAndE2EScheduling(config, log)
 
 
 @pytest.fixture(scope="session")
