@@ -5,10 +5,11 @@
 process, without changing the request path:
 
 - **loop lag**: a thread posts a callback to the event loop every ``STALL_PROBE_EVERY_MS`` (2)
-  with ``call_soon_threadsafe`` and records how long it waited to run. A ready callback waits
-  exactly as long as a request that arrives at that moment would: a callback running on the
-  loop, or another thread holding the GIL (the loop thread gets it back only after
-  ``sys.getswitchinterval()``), both show here;
+  with ``call_soon_threadsafe`` and records how long it waited to run (from the moment it was
+  posted: a probe thread kept waiting for the GIL itself misses samples rather than inventing
+  lags). A ready callback waits exactly as long as a request that arrives at that moment would:
+  a callback running on the loop, or another thread holding the GIL (the loop thread gets it
+  back only after ``sys.getswitchinterval()``), both show here;
 - **requests**: each HTTP request's time from the ASGI call to its last body message;
 - **garbage collection**: every collection's duration by generation (``gc.callbacks``);
 - **background work**: start and end of the work that runs next to requests (WAL segment seals:
@@ -204,15 +205,19 @@ class StallProbe:
         loop = self._loop
         assert loop is not None
         while not self._stop.wait(self.every_s):
-            posted = time.perf_counter_ns()
+            # Stamped once posted: were this thread kept from the GIL between a stamp and the
+            # post, its own wait would count as the loop's lag.
+            stamp = [0]
             try:
-                loop.call_soon_threadsafe(self._landed, posted)
+                loop.call_soon_threadsafe(self._landed, stamp)
             except RuntimeError:  # the loop closed
                 return
+            stamp[0] = time.perf_counter_ns()
 
-    def _landed(self, posted: int) -> None:
+    def _landed(self, stamp: list[int]) -> None:
         now = time.perf_counter_ns()
-        self.window.lag.add(now - posted)
+        posted = stamp[0] or now  # 0: it ran before this thread stamped it
+        self.window.lag.add(max(0, now - posted))
         if now - posted > self.threshold_ns:
             self.window.stalls.append((posted, now))
 
