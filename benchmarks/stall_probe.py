@@ -10,7 +10,8 @@ process, without changing the request path:
   lags). A ready callback waits exactly as long as a request that arrives at that moment would:
   a callback running on the loop, or another thread holding the GIL (the loop thread gets it
   back only after ``sys.getswitchinterval()``), both show here;
-- **requests**: each HTTP request's time from the ASGI call to its last body message;
+- **requests**: each HTTP request's time from uvicorn's protocol taking its bytes off the socket
+  (the ASGI call, under another server) to its last body message;
 - **garbage collection**: every collection's duration by generation (``gc.callbacks``);
 - **background work**: start and end of the work that runs next to requests (WAL segment seals:
   reading the segment and writing Parquet; WAL sync rounds; registry polls and table rebuilds;
@@ -28,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import collections
+import contextvars
 import functools
 import gc
 import os
@@ -59,6 +61,11 @@ ACTIVITIES = (
     ("serving.governance", "ConsentGate.refresh", "consent: refresh"),
     ("serving.rewards", "BanditRewards.flush", "rewards: flush"),
 )
+
+
+ARRIVED: contextvars.ContextVar[int] = contextvars.ContextVar("stall_probe_arrived", default=0)
+"""When the request's bytes were handed to uvicorn's HTTP protocol (the request's task inherits
+the context it was created in, inside ``data_received``)."""
 
 
 class Histogram:
@@ -180,6 +187,7 @@ class StallProbe:
 
     def install(self) -> None:
         gc.callbacks.append(self._on_gc)
+        _stamp_arrivals()
         for module_name, path, name in ACTIVITIES:
             _wrap(module_name, path, functools.partial(self.event, name))
 
@@ -269,6 +277,27 @@ def _overlaps(merged: tuple[list[int], list[int]], start: int, end: int) -> bool
     return i >= 0 and ends[i] > start
 
 
+def _stamp_arrivals() -> None:
+    """Set :data:`ARRIVED` while uvicorn's httptools protocol takes bytes off the socket."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:
+        return
+    original = HttpToolsProtocol.data_received
+    if getattr(original, "stall_probe", False):
+        return
+
+    def data_received(self: HttpToolsProtocol, data: bytes) -> None:
+        token = ARRIVED.set(time.perf_counter_ns())
+        try:
+            original(self, data)
+        finally:
+            ARRIVED.reset(token)
+
+    data_received.stall_probe = True  # type: ignore[attr-defined]
+    HttpToolsProtocol.data_received = data_received  # type: ignore[method-assign]
+
+
 def _wrap(module_name: str, path: str, record: Callable[[int, int], None]) -> None:
     """Time ``module.path`` (a function or a class's method), sync or async; skip if absent."""
     import importlib
@@ -332,7 +361,7 @@ class ProbedApp:
                         "headers": [(b"content-type", b"application/json")]})
             await send({"type": "http.response.body", "body": body})
             return
-        start = time.perf_counter_ns()
+        start = ARRIVED.get() or time.perf_counter_ns()  # from the bytes, if uvicorn's
         done = self.probe.request_done
 
         async def timed_send(message: Message) -> None:
