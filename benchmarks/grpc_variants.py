@@ -147,9 +147,9 @@ def grpclib_service(plane: DataPlane) -> Any:
     return Service()
 
 
-def _servicer(plane: DataPlane, null: bool) -> InferenceServicer:
+def _servicer(plane: DataPlane, null: bool, sync_alone: bool = False) -> InferenceServicer:
     """Roost's servicer; ``null``: its ModelInfer decodes and answers the fixed response."""
-    servicer = InferenceServicer(plane)
+    servicer = InferenceServicer(plane, sync_alone)
     if null:
         async def model_infer(request: Any, context: Any) -> Any:
             return await _infer(plane, request, _context({}))
@@ -193,7 +193,7 @@ async def main_async(variant: str, port: int, threads: int, reuse: bool, null: b
         elif variant == "grpclib":
             from serving.grpc_grpclib import GrpclibServer
 
-            lib = GrpclibServer(_servicer(plane, null), settings.max_request_bytes)
+            lib = GrpclibServer(_servicer(plane, null, True), settings.max_request_bytes)
             await lib.start("127.0.0.1", port, reuse)
             await stop.wait()
             await lib.stop(5)

@@ -104,8 +104,12 @@ async def _abort(context: Any, exc: Exception, rpc: str) -> NoReturn:
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     """The OIP v2 RPCs over a :class:`DataPlane`; Triton-only RPCs stay UNIMPLEMENTED."""
 
-    def __init__(self, plane: DataPlane) -> None:
+    def __init__(self, plane: DataPlane, sync_alone: bool = False) -> None:
         self.plane = plane
+        self.sync_alone = sync_alone
+        """The only call in flight fdatasyncs its log record on the event loop
+        (:attr:`CallContext.alone`). On for grpclib; off for ``grpc.aio``, which hands calls to
+        the loop one by one and then measured slower with it (a blocked loop delays the next)."""
         settings = getattr(plane.repository, "settings", None)
         self.keys = (
             None
@@ -192,7 +196,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         admission.inflight += 1
         try:
             return await self._infer(
-                request, metadata, principal, arrived, alone=admission.inflight == 1
+                request, metadata, principal, arrived,
+                alone=self.sync_alone and admission.inflight == 1,
             )
         except Exception as exc:
             await _abort(context, exc, "ModelInfer")
@@ -308,7 +313,7 @@ async def start_grpc_server(
                 f"ROOST_GRPC_SERVER=grpclib needs the grpclib package ({exc}): "
                 "pip install 'grpclib==0.4.9' (a serving dependency), or ROOST_GRPC_SERVER=grpcio"
             ) from None
-        lib = GrpclibServer(InferenceServicer(plane), settings.max_request_bytes)
+        lib = GrpclibServer(InferenceServicer(plane, sync_alone=True), settings.max_request_bytes)
         try:
             await lib.start(settings.host, settings.grpc_port, reuse_port or settings.workers > 1)
         except OSError as exc:
