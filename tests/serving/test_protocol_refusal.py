@@ -121,7 +121,8 @@ def test_refused_in_the_protocol_without_reaching_the_app(
                          + post("/v2/models/bad/infer", BODY) + BODY)
             served, (status, edge_headers, edge_refusal) = read_responses(sock, 2)
             assert served[0] == 200
-            assert status == 503 and edge_refusal == refusal
+            assert status == 503  # the same message, up to the seconds left until the probe
+            assert edge_refusal.rpartition(b" in ")[0] == refusal.rpartition(b" in ")[0]
             assert edge_headers.keys() == headers.keys()
         with socket.create_connection(address, timeout=10) as sock:
             # a client waiting for 100 Continue may still send its body: closed after
