@@ -12,8 +12,10 @@ Variants, interleaved over ``--repeat`` rounds:
 - ``switch 5 ms``: CPython's default ``sys.setswitchinterval`` (what the gateway ran with);
 - ``switch 0.25 ms``: the gateway's :data:`serving.gateway.GIL_SWITCH_INTERVAL_S`;
 - ``+ chunked decode``: as above, with the segment's rows decoded in slices of ``--chunk`` rows
-  (a proposal for ``warehouse.wal._expand``, patched in here only), so no single C call
-  (``orjson.loads``, ``pa.array``) holds the GIL for long.
+  (``warehouse.wal._expand`` called per slice), so no single C call (``orjson.loads``,
+  ``pa.array``) holds the GIL for long. Since b6415cb ``_expand`` decodes 256 rows per call
+  itself, so on this checkout both variants are chunked; run the script from an older tree
+  (``PYTHONPATH``) to see the difference.
 
 Also a ``no seal`` row: the same loop with nothing else running, the machine's own noise.
 
