@@ -374,11 +374,11 @@ def _expand(table: pa.Table, path: Path | None = None) -> pa.Table:
         known = [(i, WAL_SCHEMA.field(n).with_nullable(True)) for i, n in enumerate(names)
                  if n in WAL_SCHEMA.names]  # fmt: skip
         schema = pa.schema([f for _, f in known] + [WAL_SCHEMA.field("wal_seq")])
-        raw = table.column("row").to_pylist()
+        raw = table.column("row").combine_chunks()  # one C call that releases the GIL
         seqs = table.column("wal_seq").combine_chunks()
         batches = []
         for start in range(0, len(raw), EXPAND_CHUNK_ROWS):
-            chunk = raw[start : start + EXPAND_CHUNK_ROWS]
+            chunk = raw.slice(start, EXPAND_CHUNK_ROWS).to_pylist()
             rows = orjson.loads(b"[" + b",".join(chunk) + b"]")
             columns = list(zip(*rows, strict=True))
             if len(columns) != len(names):
