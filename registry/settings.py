@@ -150,6 +150,12 @@ class RoostSettings(BaseSettings):
     """Largest request body the gateway reads, on every REST route (``Content-Length`` or the
     bytes actually sent; more gets 413) and per gRPC message (more gets RESOURCE_EXHAUSTED)."""
 
+    gil_switch_interval_ms: float = Field(default=0.25, ge=0, le=100)
+    """``sys.setswitchinterval`` while a gateway serves (``ROOST_GIL_SWITCH_INTERVAL_MS``;
+    CPython's default is 5 ms): the longest the event loop waits for the GIL while a background
+    thread (a WAL seal, a registry poll) runs Python. 0 leaves the interpreter's own
+    (docs/latency.md)."""
+
     max_inflight_requests: int = Field(default=128, ge=0)
     """REST inference requests one gateway process works on at once, from admission to the
     last byte of the answer (``ROOST_MAX_INFLIGHT_REQUESTS``); one more is answered 503

@@ -40,7 +40,8 @@ from warehouse import PredictionLogWriter
 log = logging.getLogger("roost.serving")
 
 GIL_SWITCH_INTERVAL_S = 0.00025
-"""``sys.setswitchinterval`` while a gateway serves (CPython's default is 5 ms): how long the
+"""The default of ``gil_switch_interval_ms`` (``ROOST_GIL_SWITCH_INTERVAL_MS``):
+``sys.setswitchinterval`` while a gateway serves (CPython's default is 5 ms): how long the
 event loop waits for the GIL while a background thread runs Python (a WAL seal decoding rows,
 a registry poll or consent refresh in SQLAlchemy) before that thread must let go. At 5 ms a
 request arriving during a seal could wait 5 ms each time the loop took the GIL back
@@ -194,9 +195,12 @@ class Gateway:
 def _shorten_switch_interval(gateway: Gateway) -> None:
     if gateway in _interval_holders:
         return
+    wanted = float(getattr(gateway.settings, "gil_switch_interval_ms", 0.25)) / 1000.0
+    if not wanted:
+        return
     if not _interval_holders:
         _saved_interval[:] = [sys.getswitchinterval()]
-        sys.setswitchinterval(min(_saved_interval[0], GIL_SWITCH_INTERVAL_S))
+        sys.setswitchinterval(min(_saved_interval[0], wanted))
     _interval_holders.append(gateway)
 
 
