@@ -76,10 +76,8 @@ from peers.report import render  # noqa: E402
 from peers.venvs import VenvError  # noqa: E402
 
 LOCK_FILE = Path("/tmp/roost-bench.lock")
-DEFAULT_SERVERS = [
-    "floor", "roost", "mlserver", "kserve", "roost-w2", "floor-granian", "roost-granian",
-]
-OPTIONAL_SERVERS: list[str] = []
+DEFAULT_SERVERS = ["floor", "roost", "mlserver", "kserve", "roost-w2", "floor-w2"]
+OPTIONAL_SERVERS: list[str] = ["roost-gil5", "floor-granian", "roost-granian"]
 
 
 def durability_levels() -> tuple[list[str], str]:
@@ -168,6 +166,14 @@ class PeersBench:
                                         roost_target(self.home_copy("roost-w2"), 2,
                                                      name="roost-w2"),
                                         rest=[top], grpc=[])],
+            "floor-w2": lambda: [Column("floor-w2", "floor, 2 workers",
+                                        floor_target(self.model_path, 2),
+                                        rest=[top], grpc=[])],
+            "roost-gil5": lambda: [Column(
+                "roost-gil5", f"Roost, {default}, CPython's 5 ms switch interval",
+                roost_target(self.home_copy("roost-gil5"), name="roost-gil5",
+                             env={"ROOST_GIL_SWITCH_INTERVAL_MS": "0"}),
+                rest=args.concurrency, grpc=[])],
             "mlserver": lambda: [Column("mlserver", "MLServer 1.7.1",
                                         mlserver_target(self.model_path, self.root),
                                         rest=args.concurrency, grpc=args.grpc_concurrency)],

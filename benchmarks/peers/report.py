@@ -134,6 +134,26 @@ def ratios(report: dict[str, Any]) -> list[str]:
             f"can reach at most (2 − wrk − others) / {one['cores']:.2f} = "
             f"{(2 - two['client'] - two['other']) / max(one['cores'], 1e-9):.2f}× here."
         )
+    floor_one = medians(report, "floor", "REST JSON", top)
+    floor_two = medians(report, "floor-w2", "REST JSON", top)
+    if floor_one and floor_two:
+        text = (f"- The floor with 2 uvicorn workers = {floor_two['rps'] / floor_one['rps']:.2f}× "
+                f"one at c={top} (the machine's ceiling for two workers here)")
+        if one and two:
+            text += (f"; Roost's 2 workers reach {two['rps'] / one['rps']:.2f}× = "
+                     f"{(two['rps'] / one['rps']) / (floor_two['rps'] / floor_one['rps']):.0%} "
+                     f"of that ceiling")
+        out.append(text + ".")
+    for c in settings["concurrency"]:
+        roost = medians(report, shipped, "REST JSON", c)
+        gil5 = medians(report, "roost-gil5", "REST JSON", c)
+        if roost and gil5:
+            out.append(
+                f"- GIL switch interval c={c}: Roost as shipped (0.25 ms) = "
+                f"{roost['rps'] / gil5['rps']:.2f}× the req/s with CPython's 5 ms, p99 "
+                f"{roost['p99']:.2f} vs {gil5['p99']:.2f} ms, CPU/req {roost['cpu']:.0f} vs "
+                f"{gil5['cpu']:.0f} µs."
+            )
     for c in settings["concurrency"]:
         floor = medians(report, "floor", "REST JSON", c)
         granian = medians(report, "floor-granian", "REST JSON", c)
