@@ -70,10 +70,11 @@ class RoostSettings(BaseSettings):
     ``grpc_port`` (each loads the same models and logs its own predictions), instead of on each
     gateway worker's event loop (0). Per gateway worker (see serving/grpc_processes.py)."""
 
-    grpc_server: Literal["grpcio", "grpclib"] = "grpclib"
-    """``ROOST_GRPC_SERVER``: the gRPC implementation on the event loop: ``grpclib`` (pure
-    asyncio, no poller thread, less CPU per call; serving/grpc_grpclib.py) or ``grpcio``
-    (``grpc.aio``); docs/grpc.md has the measured difference."""
+    grpc_server: Literal["grpcio", "grpclib"] = "grpcio"
+    """``ROOST_GRPC_SERVER``: the gRPC implementation on the event loop: ``grpcio``
+    (``grpc.aio``) or ``grpclib`` (pure asyncio, no poller thread: less CPU per call and more
+    calls per second with many in flight, fewer with a few; serving/grpc_grpclib.py, and
+    docs/grpc.md for the measured difference)."""
 
     dagster_port: int = 3000
     """Port of the Dagster webserver that ``roost up`` starts."""

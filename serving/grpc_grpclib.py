@@ -1,12 +1,13 @@
 """The OIP v2 gRPC service on ``grpclib`` (pure-asyncio HTTP/2), on the gateway's event loop.
 
-The default (``ROOST_GRPC_SERVER=grpclib``): it serves the same
-:class:`~serving.grpc_server.InferenceServicer` (every RPC, auth, request ids, early refusals,
-logging) that ``grpc.aio`` serves with ``ROOST_GRPC_SERVER=grpcio``. Why: ``grpc.aio`` runs its
-own poller thread, and every call crosses from it to the event loop and back (about 15 context
-switches per call next to the data plane's own threads, against 4 here); with the data plane it
-costs the gateway more CPU per call than grpclib's in-loop HTTP/2, measured side by side in
-``benchmarks/grpc_compare.py`` (docs/grpc.md, benchmarks/RESULTS.md).
+``ROOST_GRPC_SERVER=grpclib`` serves the same :class:`~serving.grpc_server.InferenceServicer`
+(every RPC, auth, request ids, early refusals, logging) that ``grpc.aio`` serves by default.
+Why: ``grpc.aio`` runs its own poller thread, and every call crosses from it to the event loop
+and back (about 15 context switches per call next to the data plane's own threads, against 4
+here); with the data plane it costs the gateway more CPU per call than grpclib's in-loop
+HTTP/2, and answers fewer calls at 64 in flight, more at 8 (its poller thread does the network
+I/O in parallel), measured side by side in ``benchmarks/grpc_compare.py`` and
+``benchmarks/grpc_cpu.py`` (docs/grpc.md, benchmarks/RESULTS.md).
 
 The servicer is written against ``grpc.aio``'s context (``invocation_metadata()``,
 ``abort(code, details, trailing_metadata)``); :class:`StreamContext` gives it that over a grpclib

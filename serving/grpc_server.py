@@ -3,9 +3,9 @@
 The messages and the service stubs are the ones NVIDIA ships inside ``tritonclient`` (generated
 from Triton's ``grpc_service.proto``), so ``tritonclient.grpc`` talks to Roost unchanged. The
 servicer is written against ``grpc.aio``'s servicer context; it is served on the gateway's event
-loop by grpclib (``ROOST_GRPC_SERVER=grpclib``, the default: :mod:`serving.grpc_grpclib`) or by
-a ``grpc.aio`` server (``grpcio``), or from processes of its own (:mod:`serving.grpc_processes`),
-started and stopped by the gateway; every RPC goes through the same
+loop by a ``grpc.aio`` server (``ROOST_GRPC_SERVER=grpcio``, the default) or by grpclib
+(``grpclib``: :mod:`serving.grpc_grpclib`), or from processes of its own
+(:mod:`serving.grpc_processes`), started and stopped by the gateway; every RPC goes through the same
 :class:`~serving.dataplane.DataPlane` as REST. ``ModelInfer`` encodes its answer before it waits
 for the answer's log record to be durable, as REST does.
 
@@ -290,8 +290,8 @@ async def start_grpc_server(
 ) -> grpc.aio.Server | GrpcProcesses | GrpclibServer | None:
     """Start the OIP v2 gRPC service on ``settings.grpc_port``; None when the port is 0.
 
-    On this event loop with grpclib (``settings.grpc_server`` ``grpclib``, the default:
-    :mod:`serving.grpc_grpclib`) or ``grpc.aio`` (``grpcio``); or in
+    On this event loop with ``grpc.aio`` (``settings.grpc_server`` ``grpcio``, the default) or
+    grpclib (``grpclib``: :mod:`serving.grpc_grpclib`); or in
     ``settings.grpc_processes`` processes of its own (:mod:`serving.grpc_processes`). Each
     answers ``await server.stop(grace)``.
     ``reuse_port``: share the port (SO_REUSEPORT) even with one worker (a gRPC process does).
