@@ -11,8 +11,8 @@ data plane; its own gRPC off) on an asyncio loop and then serves ``ModelInfer`` 
   (``run_coroutine_threadsafe``), its answer encoded back on the thread;
 - ``grpclib``: Roost's servicer on :class:`~serving.grpc_grpclib.GrpclibServer` (grpclib, pure
   asyncio, h2, each connection's writes coalesced) on the gateway's loop, as ``roost serve``
-  runs it by default; ``grpclib-plain``: ``grpclib.server.Server`` as it comes, with the same
-  ``tritonclient`` messages;
+  runs it with ``ROOST_GRPC_SERVER=grpclib``; ``grpclib-plain``: ``grpclib.server.Server`` as
+  it comes, with the same ``tritonclient`` messages;
 - ``aio``: Roost's own ``grpc.aio`` servicer, on a loop with no HTTP edge; ``--processes N``
   starts N such processes sharing the port (SO_REUSEPORT), each with its own data plane.
 
