@@ -34,9 +34,10 @@ lint: install
 	$(BIN)/mypy
 
 # pytest exits 5 when it collected nothing: that is a broken suite, never a pass.
-# TEST_WORKERS pytest-xdist processes (loadgroup: the tests/e2e ones run one at a time on one
-# worker, tests/conftest.py); TEST_WORKERS=0 runs everything in this one process.
-TEST_WORKERS ?= 2
+# TEST_WORKERS=2: two pytest-xdist processes (whole files per worker, tests/e2e one unit that
+# starts first: tests/conftest.py). Not the default yet: on the busy 2-core machine the demo
+# pipeline's staging p99 latency check failed in parallel runs. 0: one process, as before.
+TEST_WORKERS ?= 0
 test: install lint
 	@$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests"; exit 1; fi; exit $$rc

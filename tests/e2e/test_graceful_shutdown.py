@@ -44,7 +44,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(tmp_path: Path) -> Non
     registry.close()
     gateway = GatewayProcess(
         home,
-        env={"ROOST_DRAIN_DELAY_S": "1.0", "ROOST_DRAIN_GRACE_S": "30"},
+        env={"ROOST_DRAIN_DELAY_S": "3.0", "ROOST_DRAIN_GRACE_S": "30"},
         log_path=tmp_path / "gateway.log",
     ).start()
     url, grpc_address = gateway.url, gateway.grpc_address
