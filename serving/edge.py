@@ -170,7 +170,8 @@ async def _infer(
     model = unquote(groups[0] or "")
     version = unquote(groups[1]) if groups[1] else None
     admission = edge.admission
-    if not scope["state"].pop(RESERVED, False):  # else admitted by the HTTP protocol: slot taken
+    reserved = scope["state"].pop(RESERVED, False)
+    if not reserved:  # else admitted by the HTTP protocol: slot taken
         refused = admission.refusal(plane.repository, model, version)
         if refused is not None:
             await _refuse(admission, plane, model, refused, raw, send, arrived)
@@ -182,7 +183,7 @@ async def _infer(
             body = await read_body(receive, edge.max_bytes, raw.get(b"content-encoding"))
             encoded, media_type, extra = await handle_v2_infer(
                 plane, model, version, body, headers, edge.limits, scope["state"]["principal"],
-                arrived, admission.inflight == 1,
+                arrived, admission.alone if reserved else None,
             )
         except ClientGone:
             return  # nobody to answer; nothing was run

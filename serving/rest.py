@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Annotated, Any
 
@@ -131,13 +131,13 @@ async def handle_v2_infer(
     limits: DecodeLimits,
     principal: Principal = ANONYMOUS,
     arrived: float | None = None,
-    alone: bool = False,
+    alone: Callable[[], bool] | None = None,
 ) -> tuple[bytes, str, dict[str, str]]:
     """One OIP v2 infer over HTTP: (response body, media type, extra headers); the queue
     deadline counts from ``arrived`` (``time.monotonic()`` when the edge took the request).
-    ``alone``: no other inference request is in flight in this process, so the log record's
-    fdatasync runs here, on the event loop, after the answer is encoded
-    (:attr:`CallContext.alone`).
+    ``alone``: whether no other inference request is in flight in this process (asked when the
+    request starts and again once its answer is encoded): then the log record's fdatasync runs
+    here, on the event loop (:attr:`CallContext.alone`).
 
     Decodes the body (v2 JSON, or Triton's binary tensor extension when
     ``Inference-Header-Content-Length`` is set) with ``limits``; a body that does not decode is
@@ -147,7 +147,8 @@ async def handle_v2_infer(
     durable: list[asyncio.Future[None]] = []  # the log record's sync, awaited after encoding
     context = CallContext(
         "v2-rest", headers.get(USER_HEADER), headers.get(REQUEST_ID_HEADER), headers,
-        principal=principal, arrived=arrived, durable=durable, alone=alone,
+        principal=principal, arrived=arrived, durable=durable,
+        alone=alone is not None and alone(),
     )
     header = headers.get(_HEADER_LENGTH)  # ASGI header names are lower-case
     try:
@@ -165,12 +166,13 @@ async def handle_v2_infer(
             result.model, str(result.version), result.request_id, result.outputs,
             result.response_parameters(),
         )
-        await _durable(plane, durable, alone)  # LogUnavailable: 503, the answer never leaves
+        await _durable(plane, durable, context.alone and alone is not None and alone())
+        # LogUnavailable: 503, the answer never leaves
         return encoded, "application/json", variant
     encoded, json_length = encode_binary_response(
         result.model, str(result.version), result.request_id, result.outputs, flags
     )
-    await _durable(plane, durable, alone)
+    await _durable(plane, durable, context.alone and alone is not None and alone())
     return (
         encoded,
         "application/octet-stream",
@@ -179,7 +181,8 @@ async def handle_v2_infer(
 
 
 async def _durable(plane: DataPlane, durable: list[asyncio.Future[None]], alone: bool) -> None:
-    """Wait until the log record of the answer is durable (fdatasynced here when ``alone``)."""
+    """Wait until the log record of the answer is durable (fdatasynced here when still
+    ``alone``; else the syncer syncs it, woken by the log's fallback on the next loop turn)."""
     if alone and durable and not durable[-1].done():
         plane.log_writer.sync_here()
     for waiter in durable:

@@ -95,6 +95,13 @@ class Admission:
         self._rendered: dict[int, tuple[ServiceUnavailable, Rendered]] = {}
         self._counters: dict[tuple[str, str, str], Any] = {}
 
+
+    def alone(self) -> bool:
+        """Whether exactly one inference request is in flight in this process (the caller's).
+        Exact only when slots are taken as requests are read (the HTTP protocol's
+        ``RESERVED``): requests read in one loop turn are counted before any of them runs."""
+        return self.inflight == 1
+
     def overloaded(self) -> Overloaded | None:
         if not self.max_inflight or self.inflight < self.max_inflight:
             return None
