@@ -82,7 +82,7 @@ def test_sigkill_one_of_two_gateways_under_load(tmp_path: Path) -> None:
 def test_multi_worker_supervisor_replaces_a_killed_worker(tmp_path: Path) -> None:
     """uvicorn's supervisor (``roost serve --workers 2``) notices a SIGKILLed worker within
     about half a second and starts a new one, which serves once it has loaded its models; the
-    listening socket is shared, so the surviving worker answers meanwhile."""
+    surviving worker answers meanwhile."""
     home = tmp_path / "home"
     registry = Registry.from_settings(RoostSettings(home=home))
     deploy_model(registry, "m", make_linear_onnx(seed=1))
@@ -124,7 +124,10 @@ def test_multi_worker_supervisor_replaces_a_killed_worker(tmp_path: Path) -> Non
         os.kill(first, signal.SIGKILL)
         deadline = time.monotonic() + 10
         while first in workers() or len(workers()) < 2:
-            assert serves(), "the surviving worker stopped answering"
+            # each worker has its own SO_REUSEPORT socket: a connect the kernel queued on the
+            # killed worker's socket in the instant it died is reset (docs/workers.md); the
+            # client's retry reaches the survivor
+            assert serves() or serves(), "the surviving worker stopped answering"
             assert time.monotonic() < deadline, "the dead worker was not replaced"
             time.sleep(0.05)
         (replacement,) = set(workers()) - {second}
