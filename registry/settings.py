@@ -151,11 +151,13 @@ class RoostSettings(BaseSettings):
     """Largest request body the gateway reads, on every REST route (``Content-Length`` or the
     bytes actually sent; more gets 413) and per gRPC message (more gets RESOURCE_EXHAUSTED)."""
 
-    gil_switch_interval_ms: float = Field(default=0.25, ge=0, le=100)
-    """``sys.setswitchinterval`` while a gateway serves (``ROOST_GIL_SWITCH_INTERVAL_MS``;
-    CPython's default is 5 ms): the longest the event loop waits for the GIL while a background
-    thread (a WAL seal, a registry poll) runs Python. 0 leaves the interpreter's own
-    (docs/latency.md)."""
+    gil_switch_interval_ms: float = Field(default=0.0, ge=0, le=100)
+    """``sys.setswitchinterval`` while a gateway serves (``ROOST_GIL_SWITCH_INTERVAL_MS``); 0
+    (the default) leaves the interpreter's own, 5 ms. A shorter interval bounds how long a
+    background thread running Python (a WAL seal, a registry poll) keeps the event loop
+    waiting, but every hand-off costs: measured side by side (benchmarks/peers.py, RESULTS
+    S4.1) 0.25 ms cost 6 % of the req/s at 1 and 8 connections and 22 % at 64, for no better
+    p99, so it is not the default (docs/latency.md)."""
 
     max_inflight_requests: int = Field(default=128, ge=0)
     """REST inference requests one gateway process works on at once, from admission to the

@@ -40,8 +40,9 @@ from warehouse import PredictionLogWriter
 log = logging.getLogger("roost.serving")
 
 GIL_SWITCH_INTERVAL_S = 0.00025
-"""The default of ``gil_switch_interval_ms`` (``ROOST_GIL_SWITCH_INTERVAL_MS``):
-``sys.setswitchinterval`` while a gateway serves (CPython's default is 5 ms): how long the
+"""A short ``gil_switch_interval_ms`` (``ROOST_GIL_SWITCH_INTERVAL_MS``; off by default: it cost
+throughput, RESULTS S4.1): ``sys.setswitchinterval`` while a gateway serves (CPython's default
+is 5 ms): how long the
 event loop waits for the GIL while a background thread runs Python (a WAL seal decoding rows,
 a registry poll or consent refresh in SQLAlchemy) before that thread must let go. At 5 ms a
 request arriving during a seal could wait 5 ms each time the loop took the GIL back
@@ -195,7 +196,7 @@ class Gateway:
 def _shorten_switch_interval(gateway: Gateway) -> None:
     if gateway in _interval_holders:
         return
-    wanted = float(getattr(gateway.settings, "gil_switch_interval_ms", 0.25)) / 1000.0
+    wanted = float(getattr(gateway.settings, "gil_switch_interval_ms", 0.0)) / 1000.0
     if not wanted:
         return
     if not _interval_holders:

@@ -45,7 +45,9 @@ def test_switch_interval_is_short_while_serving_and_restored_after(
     settings: RoostSettings, registry: Registry
 ) -> None:
     deploy_model(registry, "m", make_linear_onnx(seed=1))
-    settings = settings.model_copy(update={"grpc_port": 0})
+    settings = settings.model_copy(
+        update={"grpc_port": 0, "gil_switch_interval_ms": GIL_SWITCH_INTERVAL_S * 1000}
+    )
     before = sys.getswitchinterval()
     seen: list[float] = []
 
@@ -58,7 +60,7 @@ def test_switch_interval_is_short_while_serving_and_restored_after(
     assert seen == [min(before, GIL_SWITCH_INTERVAL_S)]
     assert sys.getswitchinterval() == before
 
-    # ROOST_GIL_SWITCH_INTERVAL_MS=0 leaves the interpreter's own
+    # ROOST_GIL_SWITCH_INTERVAL_MS=0 (the default) leaves the interpreter's own
     settings = settings.model_copy(update={"gil_switch_interval_ms": 0})
     seen.clear()
     asyncio.run(scenario())
