@@ -49,12 +49,24 @@ def _text(dom: str) -> str:
     return re.sub(r"<[^>]+>", " ", dom)
 
 
+def _rendered(url: str, profile: Path, needle: str, attempts: int = 3) -> str:
+    """The DOM of ``url`` once it holds ``needle``: chromium's virtual-time budget does not wait
+    for the UI's GraphQL answers, which on a busy machine can come after the dump; the page is
+    loaded again (at most ``attempts`` times) and the caller checks the last DOM."""
+    dom = ""
+    for attempt in range(attempts):
+        dom = ui.dump_dom(url, profile.with_name(f"{profile.name}-{attempt}"))
+        if needle in dom:
+            break
+    return dom
+
+
 def test_the_asset_graph_shows_the_models_lineage_and_checks(
     served: tuple[str, str, Path],
 ) -> None:
     base, run_id, root = served
     urls = ui.pages(base, run_id)
-    dom = ui.dump_dom(urls["lineage"], root / "profile-lineage")
+    dom = _rendered(urls["lineage"], root / "profile-lineage", "Materialize all")
     # the graph's nodes shorten long names ("tumor_..._deployment"): the short ones in full,
     # the deployment stages by their ending, and the group's count of materializable assets
     for stage in ("candidate", "validation", "serving"):
@@ -65,7 +77,7 @@ def test_the_asset_graph_shows_the_models_lineage_and_checks(
     png = ui.screenshot(urls["lineage"], root / "lineage.png", root / "profile-shot")
     assert png.stat().st_size > 20_000  # a rendered graph, not a blank page
 
-    checks = _text(ui.dump_dom(urls["checks"], root / "profile-checks"))
+    checks = _text(_rendered(urls["checks"], root / "profile-checks", "staging_agreement_check"))
     for check in ("staging_error_rate_check", "staging_latency_check",
                   "staging_agreement_check"):
         assert check in checks, f"{check} not on {urls['checks']}"
@@ -74,7 +86,7 @@ def test_the_asset_graph_shows_the_models_lineage_and_checks(
 def test_the_rollout_run_page_shows_its_steps(served: tuple[str, str, Path]) -> None:
     base, run_id, root = served
     url = ui.pages(base, run_id)["rollout_run"]
-    dom = ui.dump_dom(url, root / "profile-run")
+    dom = _rendered(url, root / "profile-run", "tumor_canary_deployment")
     assert run_id[:8] in dom
     for step in ("tumor_staging_deployment", "tumor_staging_tests", "tumor_canary_deployment"):
         assert step in dom, f"{step} not on {url}"
