@@ -9,11 +9,9 @@ uvicorn server on loopback.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -22,7 +20,13 @@ import onnx
 import orjson
 import pytest
 from refusal_testing import BODY, FAILING, ROW, post, quiet, read_response, rejected
-from roost_testing import deploy_model, make_failing_onnx, make_linear_onnx, running_gateway
+from roost_testing import (
+    deploy_model,
+    in_process_client,
+    make_failing_onnx,
+    make_linear_onnx,
+    running_gateway,
+)
 
 from registry import Registry, RoostSettings, ServingConfig, State
 from registry.errors import DeadlineExceeded, ServiceUnavailable
@@ -71,14 +75,6 @@ async def call(app: Any, path: str, body: Body) -> tuple[int, dict[str, str], An
     return start["status"], headers, orjson.loads(b"".join(m.get("body", b"") for m in sent[1:]))
 
 
-@contextlib.asynccontextmanager
-async def lifespan(app: Any) -> AsyncIterator[httpx.AsyncClient]:
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
-            yield client
-
-
 # -- through the ASGI app ---------------------------------------------------------------------
 
 
@@ -89,7 +85,7 @@ def test_open_breaker_refuses_before_the_body_is_read(
     app = create_app(quiet(settings))
 
     async def scenario() -> None:
-        async with lifespan(app) as client:
+        async with in_process_client(app) as client:
             first = Body()
             status, _, _ = await call(app, "/v2/models/bad/infer", first)
             assert status == 500 and first.calls == 1  # it ran, failed, opened the breaker
@@ -116,7 +112,7 @@ def test_over_the_admission_limit_is_refused_at_once(
     app = create_app(quiet(settings, max_inflight_requests=1))
 
     async def scenario() -> None:
-        async with lifespan(app) as client:
+        async with in_process_client(app) as client:
             slow = Body()
             slow.release = asyncio.Event()
             in_flight = asyncio.create_task(call(app, "/v2/models/m/infer", slow))
@@ -149,7 +145,7 @@ def test_deadline_counts_from_arrival_a_slow_upload_is_not_run(
     app = create_app(quiet(settings))
 
     async def scenario() -> None:
-        async with lifespan(app):
+        async with in_process_client(app):
             batcher = app.state.dataplane.repository.resolve("m", None).batcher
             assert (await call(app, "/v2/models/m/infer", Body()))[0] == 200
             batches = batcher.stats.batches
@@ -178,7 +174,7 @@ def test_routed_model_is_refused_early_only_when_every_version_would_refuse(
     app = create_app(quiet(settings))
 
     async def scenario() -> None:
-        async with lifespan(app):
+        async with in_process_client(app):
             assert "m" in app.state.dataplane.repository.table.routers
             assert (await call(app, "/v2/models/m/versions/1/infer", Body()))[0] == 500
             through = Body()  # v1's breaker is open, the canary's is not: the body is read

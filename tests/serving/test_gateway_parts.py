@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import pytest
-from roost_testing import deploy_model, make_linear_onnx
+from roost_testing import deploy_model, in_process_client, make_linear_onnx
 
 from registry import Registry, RoostSettings, State
 from serving import create_app
@@ -39,15 +37,6 @@ def no_grpc(settings: RoostSettings) -> RoostSettings:
     return settings.model_copy(update={"grpc_port": 0, "log_flush_interval_s": 0.2})
 
 
-@contextlib.asynccontextmanager
-async def serving(app: Any) -> AsyncIterator[httpx.AsyncClient]:
-    """The app's lifespan around an in-process client."""
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
-            yield client
-
-
 def test_both_backends_satisfy_the_protocol() -> None:
     # mypy checks the assignment in serving.backends; this checks the factory's keys
     assert BACKENDS == {
@@ -69,8 +58,8 @@ def test_production_and_staging_gateways_in_one_process(
 
     async def scenario() -> None:
         async with contextlib.AsyncExitStack() as stack:
-            prod = await stack.enter_async_context(serving(create_app(base, production)))
-            stag = await stack.enter_async_context(serving(create_app(base, staging)))
+            prod = await stack.enter_async_context(in_process_client(create_app(base, production)))
+            stag = await stack.enter_async_context(in_process_client(create_app(base, staging)))
             for _ in range(3):
                 a, b = await asyncio.gather(
                     prod.post("/v2/models/m/infer", json=BODY),
@@ -141,7 +130,7 @@ def test_create_app_takes_injected_parts(settings: RoostSettings, registry: Regi
     assert app.state.gateway is gateway and app.state.registry is registry
 
     async def scenario() -> None:
-        async with serving(app) as client:
+        async with in_process_client(app) as client:
             assert app.state.dataplane is gateway.plane
             assert gateway.plane.log_writer is writer and gateway.plane.metrics is metrics
             resp = await client.post("/v2/models/m/infer", json=BODY)

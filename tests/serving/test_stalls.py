@@ -5,16 +5,14 @@ probe (benchmarks/stall_probe.py) reports a served window."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.util
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import httpx
-from roost_testing import deploy_model, make_linear_onnx
+from roost_testing import deploy_model, in_process_client, make_linear_onnx
 
 from registry import Registry, RoostSettings
 from serving import create_app
@@ -22,14 +20,6 @@ from serving.gateway import GIL_SWITCH_INTERVAL_S, Gateway
 
 BODY = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
 PROBE = Path(__file__).resolve().parents[2] / "benchmarks" / "stall_probe.py"
-
-
-@contextlib.asynccontextmanager
-async def serving(app: Any) -> AsyncIterator[httpx.AsyncClient]:
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
-            yield client
 
 
 def load_probe() -> ModuleType:
@@ -52,7 +42,8 @@ def test_switch_interval_is_short_while_serving_and_restored_after(
     seen: list[float] = []
 
     async def scenario() -> None:
-        async with serving(create_app(settings, Gateway(settings, registry=registry))) as client:
+        app = create_app(settings, Gateway(settings, registry=registry))
+        async with in_process_client(app) as client:
             seen.append(sys.getswitchinterval())
             assert (await client.post("/v2/models/m/infer", json=BODY)).status_code == 200
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import httpx
 import numpy as np
 import onnx
 from gateway_process import GatewayProcess, free_port, gateway_process
@@ -189,3 +190,12 @@ def make_failing_onnx(n_features: int = 4) -> bytes:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 9
     return model.SerializeToString()
+
+
+@contextlib.asynccontextmanager
+async def in_process_client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """The app's lifespan around an in-process ``httpx`` client (no sockets)."""
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+            yield client
